@@ -1,0 +1,405 @@
+"""The ``redlight`` command line (SPEC §5). Every error is one clear sentence, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+from collections.abc import Sequence
+from typing import Any, Final
+
+import structlog
+from paho.mqtt.client import topic_matches_sub
+
+from redlight import __version__
+from redlight.broker import BrokerClient, BrokerError, Connected, Disconnected, Message, Received
+from redlight.config import Config, ConfigError, config_path, describe, load_config
+from redlight.durations import format_duration, parse_duration
+from redlight.messages import Topics, dumps
+from redlight.presets import PlugState, build_plug
+
+log = structlog.get_logger("redlight")
+
+#: How long a command waits for the daemon's answer.
+ANSWER_TIMEOUT_S: Final = 10.0
+#: How long a client waits to connect to the broker.
+CONNECT_TIMEOUT_S: Final = 10.0
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_CONFIG: Final = 78  # EX_CONFIG: systemd does not restart on it (RestartPreventExitStatus)
+
+
+class UserError(Exception):
+    """A failure to report as one sentence."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with one sub-command per SPEC §5 row."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $REDLIGHT_CONFIG or /etc/redlight/config.toml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="redlight",
+        description="Safe timed red-light therapy sessions on MQTT smart plugs.",
+    )
+    parser.add_argument("--version", action="version", version=f"redlight {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-format", default="auto", choices=["auto", "console", "json", "journald"]
+    )
+    sub.add_parser("check", parents=[common], help="validate the config file")
+    sub.add_parser("status", parents=[common], help="show every panel's state")
+
+    start = sub.add_parser(
+        "start",
+        parents=[common],
+        help="start a session",
+        epilog=(
+            "examples:\n"
+            "  redlight start hip_left --duration 8m\n"
+            "  redlight start hip_left --dose 25 --follow"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    start.add_argument("panel", nargs="?", help="panel id")
+    group = start.add_mutually_exclusive_group()
+    group.add_argument("--duration", help="session length, e.g. 90s, 10m")
+    group.add_argument("--dose", type=float, metavar="J_CM2", help="dose in J/cm²")
+    start.add_argument("--routine", metavar="ID", help="start a routine instead of a panel")
+    start.add_argument("--follow", action="store_true", help="show a countdown until it ends")
+
+    stop = sub.add_parser("stop", parents=[common], help="stop a session")
+    stop.add_argument("panel", nargs="?", help="panel id")
+    stop.add_argument("--all", action="store_true", help="stop every session")
+
+    off = sub.add_parser(
+        "off", parents=[common], help="switch every plug OFF directly, without the daemon"
+    )
+    off.add_argument("--all", action="store_true", required=True, help="every configured plug")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``redlight`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as error:
+        for line in error.problems:
+            print(line, file=sys.stderr)
+        return EXIT_CONFIG if args.command == "run" else EXIT_FAILED
+    except (UserError, BrokerError) as error:
+        print(f"redlight: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "check":
+        return _check(args)
+    config = load_config(args.config)
+    if args.command == "run":
+        from redlight.daemon import run_daemon
+
+        return run_daemon(config, log_level=args.log_level, log_format=args.log_format)
+    _quiet_logging()
+    if args.command == "status":
+        return asyncio.run(_status(config))
+    if args.command == "start":
+        return asyncio.run(_start(config, args))
+    if args.command == "stop":
+        return asyncio.run(_stop(config, args))
+    return asyncio.run(_off_all(config))
+
+
+def _quiet_logging() -> None:
+    from redlight.logs import configure_logging
+
+    configure_logging("error")
+
+
+def _check(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        for line in error.problems:
+            print(line, file=sys.stderr)
+        return EXIT_FAILED
+    summary = describe(config)
+    print(
+        f"{path}: OK ({len(summary['panels'])} panels, {len(summary['routines'])} routines, "
+        f"{len(summary['schedules'])} schedules; max_on {summary['max_on']})"
+    )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- broker clients
+
+
+class Link:
+    """A short-lived client connection for the command line, as an async context manager."""
+
+    def __init__(self, config: Config, purpose: str) -> None:
+        """Prepare a client with a unique id so it never kicks the daemon off the broker."""
+        from redlight.daemon import broker_from_config
+
+        suffix = secrets.token_hex(3)
+        self.config = config
+        self.topics = Topics(config.mqtt.base_topic)
+        self.client: BrokerClient = broker_from_config(
+            config, client_id=f"{config.mqtt.client_id}-{purpose}-{suffix}", will=None
+        )
+        self.queue: asyncio.Queue[Connected | Disconnected | Received] = asyncio.Queue()
+
+    async def __aenter__(self) -> Link:
+        """Connect, or fail with one sentence."""
+        self.client.start(self.queue.put_nowait)
+        reason = ""
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                while True:
+                    event = await self.queue.get()
+                    if isinstance(event, Connected):
+                        return self
+                    if isinstance(event, Disconnected) and event.reason:
+                        reason = event.reason
+        except TimeoutError:
+            await self.client.stop()
+            detail = f" ({reason})" if reason else ""
+            raise UserError(
+                f"cannot connect to the broker at {self.config.mqtt.url}{detail}"
+            ) from None
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Disconnect."""
+        await self.client.stop()
+
+    async def subscribe(self, filters: Sequence[str]) -> None:
+        """Subscribe and give retained messages a moment to arrive."""
+        self.client.subscribe(filters)
+
+    async def messages(self, quiet_s: float) -> list[Received]:
+        """Collect messages until ``quiet_s`` passes with nothing new."""
+        got: list[Received] = []
+        while True:
+            try:
+                event = await asyncio.wait_for(self.queue.get(), quiet_s)
+            except TimeoutError:
+                return got
+            if isinstance(event, Received):
+                got.append(event)
+
+    async def wait_for(self, predicate: Any, within_s: float) -> Received | None:
+        """The first received message for which ``predicate`` is true, or None."""
+        try:
+            async with asyncio.timeout(within_s):
+                while True:
+                    event = await self.queue.get()
+                    if isinstance(event, Received) and predicate(event):
+                        return event
+        except TimeoutError:
+            return None
+
+    def publish(self, topic: str, payload: str) -> None:
+        """Publish a command (never retained)."""
+        if not self.client.publish(Message(topic, payload)):
+            raise UserError("the broker connection was lost before the command was sent")
+
+
+async def _daemon_online(link: Link) -> None:
+    await link.subscribe([link.topics.status])
+    status = await link.wait_for(lambda m: m.topic == link.topics.status, 2.0)
+    if status is None or status.payload != b"online":
+        raise UserError(
+            f"redlight is not running (nothing says online on {link.topics.status}); "
+            "start it with 'redlight run' or systemctl"
+        )
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+async def _status(config: Config) -> int:
+    async with Link(config, "status") as link:
+        topics = link.topics
+        await link.subscribe([topics.status, f"{topics.base}/panel/+/state"])
+        received = await link.messages(quiet_s=1.0)
+    status = next((m.payload.decode() for m in received if m.topic == topics.status), "unknown")
+    states = {
+        m.topic.split("/")[-2]: _json(m.payload)
+        for m in received
+        if topic_matches_sub(f"{topics.base}/panel/+/state", m.topic)
+    }
+    print(f"redlight: {status}  ({config.mqtt.url}, base topic {topics.base})")
+    for panel_id, panel in config.panels.items():
+        state = states.get(panel_id)
+        name = panel.name or panel_id
+        if state is None:
+            print(f"  {panel_id:<16} {name:<24} no state published yet")
+            continue
+        session = state.get("session") or {}
+        plug = state.get("plug", "unknown")
+        online = "online" if state.get("plug_online") else "OFFLINE"
+        line = f"  {panel_id:<16} {name:<24} {state.get('state', '?'):<9} plug {plug:<7} {online}"
+        if session:
+            line += f"  until {str(session.get('ends_at', '?'))[11:19]} ({session.get('source')})"
+        today = state.get("today_s")
+        if isinstance(today, int | float):
+            line += f"  today {format_duration(today)}"
+        print(line)
+    return EXIT_OK if status == "online" else EXIT_FAILED
+
+
+async def _start(config: Config, args: argparse.Namespace) -> int:
+    if args.routine:
+        raise UserError("routines are not available in this version of redlight")
+    if not args.panel:
+        raise UserError("name a panel to start, e.g. 'redlight start hip_left'")
+    if args.panel not in config.panels:
+        raise UserError(f"there is no panel {args.panel!r} in the config")
+    body: dict[str, Any] = {"action": "start", "source": "cli"}
+    if args.duration:
+        try:
+            body["duration"] = parse_duration(args.duration).total_seconds()
+        except ValueError as error:
+            raise UserError(f"--duration: {error}") from None
+    if args.dose is not None:
+        body["dose_j_cm2"] = args.dose
+    request_id = f"cli-{secrets.token_hex(4)}"
+    body["request_id"] = request_id
+    async with Link(config, "cli") as link:
+        await _daemon_online(link)
+        event_topic = link.topics.panel_event(args.panel)
+        await link.subscribe([event_topic])
+        await link.messages(quiet_s=0.2)  # let the subscription settle
+        link.publish(link.topics.panel_set(args.panel), dumps(body))
+        answer = await link.wait_for(
+            lambda m: m.topic == event_topic and _json(m.payload).get("request_id") == request_id,
+            ANSWER_TIMEOUT_S,
+        )
+        if answer is None:
+            raise UserError(f"redlight did not answer within {ANSWER_TIMEOUT_S:g} s")
+        event = _json(answer.payload)
+        if event.get("event_type") == "command_rejected":
+            print(f"rejected: {event.get('message')} ({event.get('reason')})", file=sys.stderr)
+            return EXIT_FAILED
+        duration = event.get("duration_s", 0)
+        print(
+            f"started {args.panel} for {format_duration(float(duration))}, "
+            f"until {str(event.get('ends_at', ''))[11:19]} (session {event.get('session')})"
+        )
+        if args.follow:
+            return await _follow(link, args.panel, str(event.get("session")), float(duration))
+    return EXIT_OK
+
+
+async def _follow(link: Link, panel: str, session: str, duration_s: float) -> int:
+    """A live countdown until the session's ``session_finished`` event."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + duration_s
+    tty = sys.stdout.isatty()
+    while True:
+        event = await link.wait_for(
+            lambda m: (
+                _json(m.payload).get("session") == session
+                and _json(m.payload).get("event_type") == "session_finished"
+            ),
+            1.0,
+        )
+        if event is not None:
+            reason = _json(event.payload).get("reason")
+            print(("\r" if tty else "") + f"{panel}: finished ({reason})" + " " * 30)
+            return EXIT_OK
+        left = max(0.0, end - loop.time())
+        done = 1.0 - left / duration_s if duration_s else 1.0
+        bar = "#" * int(done * 30)
+        line = f"{panel}: [{bar:<30}] {format_duration(round(left))} left"
+        print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+        if left <= 0 and loop.time() > end + ANSWER_TIMEOUT_S:
+            print()
+            raise UserError("the session should have ended, but redlight did not say so")
+
+
+async def _stop(config: Config, args: argparse.Namespace) -> int:
+    if not args.all and not args.panel:
+        raise UserError("name a panel to stop, or use --all")
+    if args.panel and args.panel not in config.panels:
+        raise UserError(f"there is no panel {args.panel!r} in the config")
+    panels = list(config.panels) if args.all else [args.panel]
+    async with Link(config, "cli") as link:
+        await _daemon_online(link)
+        state_filter = f"{link.topics.base}/panel/+/state"
+        await link.subscribe([state_filter])
+        await link.messages(quiet_s=0.3)
+        if args.all:
+            link.publish(link.topics.daemon_set, dumps({"action": "stop_all"}))
+        else:
+            link.publish(link.topics.panel_set(args.panel), "OFF")
+        waiting = set(panels)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ANSWER_TIMEOUT_S
+        while waiting and loop.time() < deadline:
+            message = await link.wait_for(
+                lambda m: topic_matches_sub(state_filter, m.topic), deadline - loop.time()
+            )
+            if message is None:
+                break
+            state = _json(message.payload)
+            if state.get("session") is None and state.get("plug") != "on":
+                waiting.discard(message.topic.split("/")[-2])
+    if waiting:
+        raise UserError(
+            f"not confirmed off within {ANSWER_TIMEOUT_S:g} s: {', '.join(sorted(waiting))}"
+        )
+    print("stopped: " + ", ".join(panels))
+    return EXIT_OK
+
+
+async def _off_all(config: Config) -> int:
+    """Safety rule 9 without the daemon: every plug OFF, straight to the plugs."""
+    base = config.mqtt.base_topic
+    plugs = {key: build_plug(key, p.plug, base_topic=base) for key, p in config.panels.items()}
+    async with Link(config, "off") as link:
+        filters = sorted({t for plug in plugs.values() for t in plug.subscriptions})
+        await link.subscribe(filters)
+        await link.messages(quiet_s=0.3)
+        for plug in plugs.values():
+            for message in plug.turn_off() + plug.ask_state():
+                link.client.publish(message)
+        waiting = set(plugs)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(3.0, 2 * config.safety.confirm_timeout.total_seconds())
+        while waiting and loop.time() < deadline:
+            message = await link.wait_for(lambda m: True, deadline - loop.time())
+            if message is None:
+                break
+            for key in list(waiting):
+                report = plugs[key].read(message.topic, message.payload)
+                if isinstance(report, PlugState) and not report.on:
+                    waiting.discard(key)
+    confirmed = sorted(set(plugs) - waiting)
+    print(f"OFF sent to {len(plugs)} plugs; confirmed off: {', '.join(confirmed) or 'none'}")
+    if waiting:
+        print(f"not confirmed (check them): {', '.join(sorted(waiting))}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

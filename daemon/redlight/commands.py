@@ -1,0 +1,255 @@
+"""Parsing what arrives on redlight's command topics into typed requests, or a rejection.
+
+Nothing here has side effects; a bad payload becomes a :class:`Rejection` whose reason and
+message end up in a ``command_rejected`` event (safety rule 13).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from redlight.durations import format_duration, parse_duration
+
+#: Commands are short; anything longer is rejected before it is parsed.
+MAX_COMMAND_BYTES: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Start a session: for ``duration_s``, for ``dose_j_cm2``, or (both None) the default."""
+
+    duration_s: float | None = None
+    dose_j_cm2: float | None = None
+    request_id: str | None = None
+    source: Literal["homeassistant", "cli"] = "homeassistant"
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Stop the panel's session (or switch it off if it is on for any reason)."""
+
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetDefault:
+    """Set a panel's default session length (from Home Assistant's number entity)."""
+
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StopAll:
+    """Stop every session and switch every panel off."""
+
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptOffer:
+    """Accept a schedule's offer to start a session."""
+
+    offer: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutineCommand:
+    """Start or stop a routine."""
+
+    start: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleCommand:
+    """Enable or disable a schedule."""
+
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a command was refused: a machine-readable reason and a sentence for people."""
+
+    reason: str
+    message: str
+    request_id: str | None = None
+    allowed_at: str | None = None
+
+
+PanelCommand = Start | Stop
+DaemonCommand = StopAll | AcceptOffer
+
+
+def _decode(payload: bytes) -> str | Rejection:
+    if len(payload) > MAX_COMMAND_BYTES:
+        return Rejection("invalid_payload", f"the command is longer than {MAX_COMMAND_BYTES} bytes")
+    try:
+        return payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return Rejection("invalid_payload", "the command is not UTF-8 text")
+
+
+def _json_object(text: str) -> dict[str, object] | Rejection:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return Rejection(
+            "invalid_payload", f"expected ON, OFF or a JSON object (got {_quote(text)})"
+        )
+    if not isinstance(value, dict):
+        return Rejection(
+            "invalid_payload", f"expected ON, OFF or a JSON object (got {_quote(text)})"
+        )
+    return value
+
+
+def _quote(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _request_id(body: dict[str, object]) -> str | Rejection | None:
+    value = body.get("request_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        return Rejection("invalid_payload", "'request_id' must be a string of 1 to 64 characters")
+    return value
+
+
+def _seconds(value: object, what: str) -> float | str:
+    """A duration in seconds, or an error message."""
+    try:
+        seconds = parse_duration(value).total_seconds()
+    except ValueError as error:
+        return f"'{what}': {error}"
+    return seconds
+
+
+def parse_panel_command(payload: bytes) -> PanelCommand | Rejection:
+    """Parse ``<b>/panel/<id>/set``: ``ON``, ``OFF`` or a JSON start/stop object."""
+    text = _decode(payload)
+    if isinstance(text, Rejection):
+        return text
+    if text.upper() == "ON":
+        return Start()
+    if text.upper() == "OFF":
+        return Stop()
+    body = _json_object(text)
+    if isinstance(body, Rejection):
+        return body
+    request_id = _request_id(body)
+    if isinstance(request_id, Rejection):
+        return request_id
+    action = body.get("action")
+    if action == "stop":
+        unknown = set(body) - {"action", "request_id"}
+        if unknown:
+            return _unknown_keys(unknown, request_id)
+        return Stop(request_id=request_id)
+    if action != "start":
+        return Rejection(
+            "unknown_action",
+            f"'action' must be 'start' or 'stop' (got {_quote(str(action))})",
+            request_id,
+        )
+    unknown = set(body) - {"action", "duration", "dose_j_cm2", "request_id", "source"}
+    if unknown:
+        return _unknown_keys(unknown, request_id)
+    source = body.get("source", "homeassistant")
+    if source not in ("homeassistant", "cli"):
+        return Rejection("invalid_payload", "'source' must be 'homeassistant' or 'cli'", request_id)
+    if "duration" in body and "dose_j_cm2" in body:
+        return Rejection(
+            "invalid_payload", "give either 'duration' or 'dose_j_cm2', not both", request_id
+        )
+    if "duration" in body:
+        seconds = _seconds(body["duration"], "duration")
+        if isinstance(seconds, str):
+            return Rejection("invalid_duration", seconds, request_id)
+        return Start(duration_s=seconds, request_id=request_id, source=source)
+    if "dose_j_cm2" in body:
+        dose = body["dose_j_cm2"]
+        if isinstance(dose, bool) or not isinstance(dose, int | float) or not math.isfinite(dose):
+            return Rejection("invalid_dose", "'dose_j_cm2' must be a number", request_id)
+        if dose <= 0:
+            return Rejection("invalid_dose", "'dose_j_cm2' must be more than 0", request_id)
+        return Start(dose_j_cm2=float(dose), request_id=request_id, source=source)
+    return Start(request_id=request_id, source=source)
+
+
+def _unknown_keys(keys: set[str], request_id: str | None) -> Rejection:
+    names = ", ".join(sorted(repr(k) for k in keys))
+    return Rejection("invalid_payload", f"unknown key {names}", request_id)
+
+
+def parse_duration_minutes(payload: bytes, max_on_s: float) -> SetDefault | Rejection:
+    """Parse ``<b>/panel/<id>/duration/set``: minutes from 1 to ``max_on``."""
+    text = _decode(payload)
+    if isinstance(text, Rejection):
+        return text
+    try:
+        minutes = float(text)
+    except ValueError:
+        return Rejection("invalid_duration", f"expected a number of minutes (got {_quote(text)})")
+    lowest = min(1.0, max_on_s / 60)
+    if not math.isfinite(minutes) or not lowest <= minutes <= max_on_s / 60:
+        return Rejection(
+            "invalid_duration",
+            f"the session length must be {lowest:g} to {max_on_s / 60:g} minutes "
+            f"(got {_quote(text)}); safety.max_on is {format_duration(max_on_s)}",
+        )
+    return SetDefault(duration_s=minutes * 60)
+
+
+def parse_daemon_command(payload: bytes) -> DaemonCommand | Rejection:
+    """Parse ``<b>/set``: ``{"action": "stop_all"}`` or ``{"action": "accept_offer", ...}``."""
+    text = _decode(payload)
+    if isinstance(text, Rejection):
+        return text
+    body = _json_object(text)
+    if isinstance(body, Rejection):
+        return body
+    request_id = _request_id(body)
+    if isinstance(request_id, Rejection):
+        return request_id
+    action = body.get("action")
+    if action == "stop_all":
+        unknown = set(body) - {"action", "request_id"}
+        return _unknown_keys(unknown, request_id) if unknown else StopAll(request_id)
+    if action == "accept_offer":
+        offer = body.get("offer")
+        unknown = set(body) - {"action", "offer", "request_id"}
+        if unknown:
+            return _unknown_keys(unknown, request_id)
+        if not isinstance(offer, str) or not offer:
+            return Rejection("invalid_payload", "'offer' must name the offer to accept", request_id)
+        return AcceptOffer(offer, request_id)
+    return Rejection(
+        "unknown_action",
+        f"'action' must be 'stop_all' or 'accept_offer' (got {_quote(str(action))})",
+        request_id,
+    )
+
+
+def parse_routine_command(payload: bytes) -> RoutineCommand | Rejection:
+    """Parse ``<b>/routine/<id>/set``: ``START`` or ``STOP``."""
+    text = _decode(payload)
+    if isinstance(text, Rejection):
+        return text
+    if text.upper() in {"START", "STOP"}:
+        return RoutineCommand(start=text.upper() == "START")
+    return Rejection("invalid_payload", f"expected START or STOP (got {_quote(text)})")
+
+
+def parse_schedule_command(payload: bytes) -> ScheduleCommand | Rejection:
+    """Parse ``<b>/schedule/<id>/set``: ``ON`` or ``OFF``."""
+    text = _decode(payload)
+    if isinstance(text, Rejection):
+        return text
+    if text.upper() in {"ON", "OFF"}:
+        return ScheduleCommand(enabled=text.upper() == "ON")
+    return Rejection("invalid_payload", f"expected ON or OFF (got {_quote(text)})")

@@ -1,0 +1,872 @@
+"""The session core: every safety rule of SPEC §3 that decides when a panel is on or off.
+
+Pure logic with an injected clock. It takes what happened (a command, a plug report, the
+broker connecting, time passing) and returns effects to carry out, plug commands first, so a
+full 15-minute session is tested in microseconds. Deadlines are on the monotonic clock
+(safety rule 3); the wall clock only labels events and finds the local day.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+from paho.mqtt.client import topic_matches_sub
+
+from redlight import commands as cmd
+from redlight.broker import Message
+from redlight.config import Config, dose_to_duration
+from redlight.durations import format_duration
+from redlight.messages import (
+    Event,
+    Topics,
+    clear_retained,
+    event_messages,
+    iso,
+    panel_state_message,
+)
+from redlight.presets import Plug, PlugAvailability, PlugState, build_plug
+
+#: Safety rule 4: an unconfirmed OFF is re-sent at least this often.
+MAX_OFF_RETRY_S: Final = 10.0
+#: ``ending_soon`` is announced this long before a session ends.
+ENDING_SOON_S: Final = 30.0
+
+Source = Literal["homeassistant", "cli", "schedule", "routine", "external"]
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    """One reading of both clocks: ``mono`` times deadlines, ``wall`` (aware) labels them."""
+
+    mono: float
+    wall: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    """Journal a session before its plug is switched on."""
+
+    id: str
+    panel: str
+    area: str | None
+    source: str
+    started_at: datetime
+    planned_s: float
+    irradiance_mw_cm2: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    """A session ended: move it from the journal to the history."""
+
+    id: str
+    ended_at: datetime
+    actual_s: float
+    reason: str
+    dose_j_cm2: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SettingChanged:
+    """Persist a small setting (a panel's default length)."""
+
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """Something to log that is not an event (a cleared retained command, ...)."""
+
+    level: Literal["info", "warning", "error"]
+    event: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+Effect = Message | Event | SessionOpened | SessionClosed | SettingChanged | LogLine
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What survives a restart, read from storage before the core starts."""
+
+    finished_today_s: Mapping[str, float] = field(default_factory=dict)
+    last_end: Mapping[str, datetime] = field(default_factory=dict)
+    default_duration_s: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Session:
+    """A period in which redlight holds a panel on, or watches an ON it did not start."""
+
+    id: str
+    source: Source
+    started_mono: float
+    started_wall: datetime
+    duration_s: float
+    request_id: str | None = None
+    confirmed: bool = False
+    ending_soon_sent: bool = False
+
+    @property
+    def deadline(self) -> float:
+        """When the panel must be off, on the monotonic clock."""
+        return self.started_mono + self.duration_s
+
+    def elapsed(self, now: Now) -> float:
+        """Seconds on so far."""
+        return max(0.0, min(now.mono, self.deadline) - self.started_mono)
+
+
+@dataclass(slots=True)
+class Panel:
+    """Everything the core knows about one panel; only the core mutates it."""
+
+    id: str
+    name: str
+    area: str | None
+    plug: Plug
+    irradiance: float | None
+    default_s: float
+    day: str = ""
+    finished_today_s: float = 0.0
+    plug_state: Literal["on", "off", "unknown"] = "unknown"
+    availability: dict[str, bool] = field(default_factory=dict)
+    session: Session | None = None
+    on_confirm_by: float | None = None
+    off_pending: bool = False
+    off_next_at: float = 0.0
+    off_attempts: int = 0
+    unresponsive: bool = False
+    cooldown_until: float = float("-inf")
+    cooldown_wall: datetime | None = None
+
+    @property
+    def online(self) -> bool:
+        """The plug (and its bridge) are not known to be offline."""
+        return all(self.availability.values())
+
+
+class Core:
+    """Owns every panel's state; each public method returns the effects to carry out."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        restored: Restored | None = None,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
+        """Build the panels from config; ``restored`` brings totals and settings from storage."""
+        self.config = config
+        self.topics = Topics(config.mqtt.base_topic)
+        self.max_on_s = config.safety.max_on.total_seconds()
+        self.cooldown_s = config.safety.cooldown.total_seconds()
+        self.confirm_s = config.safety.confirm_timeout.total_seconds()
+        self.margin_s = config.safety.failsafe_margin.total_seconds()
+        self.daily_max_s = (
+            config.safety.daily_max.total_seconds() if config.safety.daily_max else None
+        )
+        self._new_id = new_id or (lambda: uuid.uuid4().hex[:12])
+        restored = restored or Restored()
+        self.panels: dict[str, Panel] = {}
+        for key, panel in config.panels.items():
+            plug = build_plug(key, panel.plug, base_topic=config.mqtt.base_topic)
+            self.panels[key] = Panel(
+                id=key,
+                name=panel.name or key.replace("_", " ").capitalize(),
+                area=panel.area,
+                plug=plug,
+                irradiance=panel.irradiance_mw_cm2,
+                default_s=restored.default_duration_s.get(
+                    key, config.default_duration(key).total_seconds()
+                ),
+                finished_today_s=restored.finished_today_s.get(key, 0.0),
+                availability=dict.fromkeys(plug.availability_topics, True),
+            )
+        self._restored_last_end = dict(restored.last_end)
+        self._exact_routes: dict[str, list[Panel]] = {}
+        self._wild_routes: list[tuple[str, Panel]] = []
+        self._plug_command_topics: dict[str, Panel] = {}
+        for panel in self.panels.values():
+            for topic in panel.plug.subscriptions:
+                if "+" in topic or "#" in topic:
+                    self._wild_routes.append((topic, panel))
+                else:
+                    self._exact_routes.setdefault(topic, []).append(panel)
+            self._plug_command_topics[panel.plug.command_topic] = panel
+        self.connected = False
+        self.ready = False
+        self.stopping = False
+        self._plug_out: list[Effect] = []  # plug commands, and the journal entry before an ON
+        self._out: list[Effect] = []
+
+    # ------------------------------------------------------------------ inputs
+
+    def subscriptions(self) -> list[str]:
+        """Every topic filter to subscribe to after each connect."""
+        topics = list(self.topics.command_filters())
+        for panel in self.panels.values():
+            topics.extend(panel.plug.subscriptions)
+        # Safety rule 7: watch plug command topics for retained commands to clear.
+        topics.extend(self._plug_command_topics)
+        return list(dict.fromkeys(topics))
+
+    def connect(self, now: Now) -> list[Effect]:
+        """The broker connection is (re)established: rules 8 and 10."""
+        self.connected = True
+        for panel in self.panels.values():
+            self._plug(panel.plug.ask_state())
+            if not self.ready:
+                self._start_safe(panel, now)
+            elif panel.session is not None and now.mono >= panel.session.deadline:
+                # Safety rule 10: a deadline that passed while disconnected is enforced now.
+                self._end_session(panel, now, self._deadline_reason(panel))
+            elif panel.off_pending:
+                self._send_off(panel, now)
+            self._publish_state(panel, now)
+        self.ready = True
+        return self._flush()
+
+    def disconnect(self, now: Now) -> list[Effect]:
+        """The broker connection is lost; deadlines keep running on the monotonic clock."""
+        self.connected = False
+        return self._flush()
+
+    def receive(self, topic: str, payload: bytes, retain: bool, now: Now) -> list[Effect]:
+        """A message arrived on a subscribed topic."""
+        if topic in self._plug_command_topics and retain:
+            self._clear_retained_command(topic, payload)
+        elif topic.startswith(self.topics.base + "/"):
+            self._own_topic(topic, payload, retain, now)
+        routed = self._exact_routes.get(topic, [])
+        if self._wild_routes:
+            routed = routed + [p for f, p in self._wild_routes if topic_matches_sub(f, topic)]
+        for panel in routed:
+            report = panel.plug.read(topic, payload)
+            if isinstance(report, PlugState):
+                self._plug_report(panel, report.on, now)
+            elif isinstance(report, PlugAvailability):
+                self._availability(panel, report, now)
+        return self._flush()
+
+    def start(
+        self,
+        panel_id: str,
+        request: cmd.Start,
+        source: Source,
+        now: Now,
+    ) -> list[Effect]:
+        """Start a session (used by commands, and by schedules and routines)."""
+        self._start(panel_id, request, source, now)
+        return self._flush()
+
+    def stop(self, panel_id: str, now: Now, request_id: str | None = None) -> list[Effect]:
+        """Stop a panel's session, or switch it off if it is on."""
+        panel = self.panels.get(panel_id)
+        if panel is None:
+            self._reject(None, cmd.Rejection("unknown_panel", f"no panel {panel_id!r}"), now)
+        else:
+            self._stop(panel, now, "stopped")
+        return self._flush()
+
+    def tick(self, now: Now) -> list[Effect]:
+        """Time passed: enforce deadlines, confirmations and retries that are due."""
+        for panel in self.panels.values():
+            session = panel.session
+            if session is not None:
+                if now.mono >= session.deadline:
+                    self._end_session(panel, now, self._deadline_reason(panel))
+                elif (
+                    not session.ending_soon_sent
+                    and session.duration_s > ENDING_SOON_S
+                    and now.mono >= session.deadline - ENDING_SOON_S
+                ):
+                    session.ending_soon_sent = True
+                    self._event(
+                        "ending_soon",
+                        panel,
+                        now,
+                        session=session.id,
+                        ends_at=iso(self._ends_wall(session)),
+                        remaining_s=_num(session.deadline - now.mono),
+                    )
+            if panel.on_confirm_by is not None and now.mono >= panel.on_confirm_by:
+                self._on_unconfirmed(panel, now)
+            if panel.off_pending and self.connected and now.mono >= panel.off_next_at:
+                self._retry_off(panel, now)
+            if panel.cooldown_wall is not None and now.mono >= panel.cooldown_until:
+                panel.cooldown_wall = None
+                self._publish_state(panel, now)
+        return self._flush()
+
+    def next_wakeup(self) -> float | None:
+        """The earliest monotonic time at which :meth:`tick` has something to do."""
+        times: list[float] = []
+        for panel in self.panels.values():
+            session = panel.session
+            if session is not None:
+                times.append(session.deadline)
+                if not session.ending_soon_sent and session.duration_s > ENDING_SOON_S:
+                    times.append(session.deadline - ENDING_SOON_S)
+            if panel.on_confirm_by is not None:
+                times.append(panel.on_confirm_by)
+            if panel.off_pending and self.connected:
+                # While disconnected nothing can be sent; connect() sends OFF at once.
+                times.append(panel.off_next_at)
+            if panel.cooldown_wall is not None:
+                times.append(panel.cooldown_until)
+        return min(times, default=None)
+
+    def shutdown(self, now: Now) -> list[Effect]:
+        """Safety rule 9: end every session and switch every panel off."""
+        self.stopping = True
+        for panel in self.panels.values():
+            if panel.session is not None:
+                self._end_session(panel, now, "shutdown")
+            else:
+                self._send_off(panel, now)
+                self._publish_state(panel, now)
+        return self._flush()
+
+    def all_off_confirmed(self) -> bool:
+        """Every OFF sent has been confirmed by its plug."""
+        return not any(panel.off_pending for panel in self.panels.values())
+
+    def running(self) -> list[str]:
+        """Panels with a session."""
+        return [p.id for p in self.panels.values() if p.session is not None]
+
+    # ------------------------------------------------------------------ start/stop
+
+    def _start_safe(self, panel: Panel, now: Now) -> None:
+        """Safety rule 8: every panel is switched off before commands are accepted."""
+        self._send_off(panel, now)
+        last_end = self._restored_last_end.get(panel.id)
+        if last_end is not None and self.cooldown_s > 0:
+            remaining = self.cooldown_s - (now.wall - last_end).total_seconds()
+            if 0 < remaining <= self.cooldown_s:
+                panel.cooldown_until = now.mono + remaining
+                panel.cooldown_wall = now.wall + timedelta(seconds=remaining)
+
+    def _start(self, panel_id: str, request: cmd.Start, source: Source, now: Now) -> None:
+        panel = self.panels.get(panel_id)
+        if panel is None:
+            self._reject(
+                None,
+                cmd.Rejection(
+                    "unknown_panel", f"there is no panel {panel_id!r}", request.request_id
+                ),
+                now,
+            )
+            return
+        rejection = self._refusal(panel, request, now)
+        if isinstance(rejection, cmd.Rejection):
+            self._reject(panel, rejection, now)
+            return
+        duration_s = rejection
+        session = Session(
+            id=self._new_id(),
+            source=source,
+            started_mono=now.mono,
+            started_wall=now.wall,
+            duration_s=duration_s,
+            request_id=request.request_id,
+        )
+        panel.session = session
+        # The journal comes before the ON, so a crash leaves a record to reconcile; it goes
+        # to the storage thread's queue, which never blocks.
+        self._plug_out.append(
+            SessionOpened(
+                id=session.id,
+                panel=panel.id,
+                area=panel.area,
+                source=source,
+                started_at=now.wall,
+                planned_s=duration_s,
+                irradiance_mw_cm2=panel.irradiance,
+            )
+        )
+        panel.off_pending = False
+        panel.off_attempts = 0
+        failsafe = (
+            min(duration_s, self.max_on_s) + self.margin_s if panel.plug.has_failsafe else None
+        )
+        # Safety rules 5 and 6: the plug's own timer is armed with the one and only ON.
+        self._plug(panel.plug.turn_on(failsafe))
+        panel.on_confirm_by = now.mono + self.confirm_s
+        fields: dict[str, Any] = {
+            "session": session.id,
+            "source": source,
+            "duration_s": _num(duration_s),
+            "ends_at": iso(self._ends_wall(session)),
+        }
+        if request.dose_j_cm2 is not None:
+            fields["dose_j_cm2"] = request.dose_j_cm2
+        if failsafe is not None:
+            fields["failsafe_s"] = _num(failsafe)
+        if request.request_id is not None:
+            fields["request_id"] = request.request_id
+        self._event("session_started", panel, now, **fields)
+        self._publish_state(panel, now)
+
+    def _refusal(self, panel: Panel, request: cmd.Start, now: Now) -> float | cmd.Rejection:
+        """The session length to use, or why the session may not start."""
+        rid = request.request_id
+        if not self.connected:
+            return cmd.Rejection("disconnected", "redlight is not connected to the broker", rid)
+        if self.stopping:
+            return cmd.Rejection("shutting_down", "redlight is shutting down", rid)
+        if not panel.online:
+            return cmd.Rejection("plug_offline", f"the plug of {panel.name} is offline", rid)
+        if panel.unresponsive:
+            return cmd.Rejection(
+                "plug_unresponsive",
+                f"the plug of {panel.name} has not confirmed it is off; check it first",
+                rid,
+            )
+        if panel.session is not None:
+            what = (
+                "is switched on outside redlight"
+                if panel.session.source == "external"
+                else ("already has a session")
+            )
+            return cmd.Rejection("already_running", f"{panel.name} {what}; stop it first", rid)
+        max_on = format_duration(self.max_on_s)
+        if request.dose_j_cm2 is not None:
+            if panel.irradiance is None:
+                return cmd.Rejection(
+                    "no_irradiance",
+                    f"{panel.name} has no irradiance_mw_cm2 configured, so a dose cannot "
+                    "become a duration",
+                    rid,
+                )
+            duration_s = dose_to_duration(request.dose_j_cm2, panel.irradiance).total_seconds()
+            if duration_s > self.max_on_s:
+                return cmd.Rejection(
+                    "over_max_on",
+                    f"{request.dose_j_cm2:g} J/cm² at {panel.irradiance:g} mW/cm² needs "
+                    f"{format_duration(duration_s)}, more than safety.max_on ({max_on})",
+                    rid,
+                )
+        else:
+            duration_s = request.duration_s if request.duration_s is not None else panel.default_s
+            if duration_s > self.max_on_s:
+                return cmd.Rejection(
+                    "over_max_on",
+                    f"{format_duration(duration_s)} is more than safety.max_on ({max_on})",
+                    rid,
+                )
+        if duration_s < 1:
+            return cmd.Rejection("invalid_duration", "a session lasts at least 1 second", rid)
+        if now.mono < panel.cooldown_until and panel.cooldown_wall is not None:
+            return cmd.Rejection(
+                "cooldown",
+                f"{panel.name} is cooling down until {panel.cooldown_wall:%H:%M:%S} "
+                f"(safety.cooldown {format_duration(self.cooldown_s)})",
+                rid,
+                allowed_at=iso(panel.cooldown_wall),
+            )
+        if self.daily_max_s is not None:
+            used = self._today_s(panel, now)
+            if used + duration_s > self.daily_max_s:
+                left = max(0.0, self.daily_max_s - used)
+                midnight = _next_midnight(now.wall)
+                return cmd.Rejection(
+                    "daily_max",
+                    f"{panel.name} has {format_duration(left)} left today "
+                    f"(safety.daily_max {format_duration(self.daily_max_s)}); a "
+                    f"{format_duration(duration_s)} session is allowed again from "
+                    f"{midnight:%Y-%m-%d %H:%M}",
+                    rid,
+                    allowed_at=iso(midnight),
+                )
+        return duration_s
+
+    def _stop(self, panel: Panel, now: Now, reason: str, request_id: str | None = None) -> None:
+        if panel.session is not None:
+            self._end_session(panel, now, reason, request_id=request_id)
+        else:
+            # Nothing redlight knows of is running, but "off" must always mean off.
+            self._send_off(panel, now)
+            self._publish_state(panel, now)
+
+    def _deadline_reason(self, panel: Panel) -> str:
+        assert panel.session is not None
+        return "cutoff" if panel.session.source == "external" else "completed"
+
+    def _end_session(
+        self,
+        panel: Panel,
+        now: Now,
+        reason: str,
+        *,
+        send_off: bool = True,
+        request_id: str | None = None,
+    ) -> None:
+        session = panel.session
+        assert session is not None
+        if send_off:
+            self._send_off(panel, now)
+        panel.session = None
+        actual_s = session.elapsed(now)
+        ended = session.started_wall + timedelta(seconds=actual_s)
+        dose = actual_s * panel.irradiance / 1000 if panel.irradiance is not None else None
+        self._roll_day(panel, now)
+        panel.finished_today_s += actual_s
+        if self.cooldown_s > 0:
+            panel.cooldown_until = session.started_mono + actual_s + self.cooldown_s
+            panel.cooldown_wall = ended + timedelta(seconds=self.cooldown_s)
+        if session.source == "external" and reason == "cutoff":
+            # Safety rule 2: an ON redlight did not start was cut off at max_on.
+            self._event(
+                "cutoff_enforced",
+                panel,
+                now,
+                session=session.id,
+                on_s=_num(actual_s),
+                max_on_s=_num(self.max_on_s),
+            )
+        fields: dict[str, Any] = {
+            "session": session.id,
+            "source": session.source,
+            "reason": reason,
+            "duration_s": _num(actual_s),
+            "planned_s": _num(session.duration_s),
+        }
+        if dose is not None:
+            fields["dose_j_cm2"] = round(dose, 2)
+        request_id = request_id or (session.request_id if reason == "stopped" else None)
+        if request_id is not None:
+            fields["request_id"] = request_id
+        self._event("session_finished", panel, now, **fields)
+        self._out.append(
+            SessionClosed(
+                id=session.id,
+                ended_at=ended,
+                actual_s=actual_s,
+                reason=reason,
+                dose_j_cm2=round(dose, 3) if dose is not None else None,
+            )
+        )
+        self._publish_state(panel, now)
+
+    # ------------------------------------------------------------------ plug reports
+
+    def _plug_report(self, panel: Panel, on: bool, now: Now) -> None:
+        before = (panel.plug_state, panel.unresponsive)
+        panel.plug_state = "on" if on else "off"
+        session = panel.session
+        if on:
+            if session is not None:
+                if not session.confirmed:
+                    session.confirmed = True
+                    panel.on_confirm_by = None
+                    self._recovered(panel, now)
+            elif panel.off_pending:
+                # An OFF is on its way and re-sent until confirmed; this report may be stale.
+                pass
+            else:
+                self._external_on(panel, now)
+        else:
+            if panel.off_pending:
+                panel.off_pending = False
+                panel.off_attempts = 0
+                self._recovered(panel, now)
+            if session is not None and session.confirmed:
+                # Switched off by hand, by its own failsafe or by a power cut.
+                self._end_session(panel, now, "external_off", send_off=False)
+                return
+        if (panel.plug_state, panel.unresponsive) != before:
+            self._publish_state(panel, now)
+
+    def _external_on(self, panel: Panel, now: Now) -> None:
+        """Safety rule 2: an ON redlight did not start is cut off at most max_on later."""
+        session = Session(
+            id=self._new_id(),
+            source="external",
+            started_mono=now.mono,
+            started_wall=now.wall,
+            duration_s=self.max_on_s,
+            confirmed=True,
+        )
+        panel.session = session
+        self._out.append(
+            SessionOpened(
+                id=session.id,
+                panel=panel.id,
+                area=panel.area,
+                source="external",
+                started_at=now.wall,
+                planned_s=self.max_on_s,
+                irradiance_mw_cm2=panel.irradiance,
+            )
+        )
+        self._event(
+            "session_started",
+            panel,
+            now,
+            session=session.id,
+            source="external",
+            duration_s=_num(self.max_on_s),
+            ends_at=iso(self._ends_wall(session)),
+        )
+
+    def _availability(self, panel: Panel, report: PlugAvailability, now: Now) -> None:
+        was_online = panel.online
+        panel.availability[report.topic] = report.online
+        if panel.online == was_online:
+            return
+        if panel.online:
+            # Back online: ask what it is doing, and repeat a pending OFF at once.
+            self._plug(panel.plug.ask_state())
+            if panel.off_pending:
+                self._send_off(panel, now)
+        self._publish_state(panel, now)
+
+    def _on_unconfirmed(self, panel: Panel, now: Now) -> None:
+        """The plug did not confirm an ON: switch it off rather than guess (rules 4 and 2)."""
+        panel.on_confirm_by = None
+        self._unresponsive(panel, now, "on")
+        if panel.session is not None:
+            self._end_session(panel, now, "cutoff")
+
+    # ------------------------------------------------------------------ OFF, confirmed
+
+    def _send_off(self, panel: Panel, now: Now) -> None:
+        """Safety rule 4: send OFF and expect the plug's report within confirm_timeout."""
+        panel.on_confirm_by = None
+        if not panel.off_pending:
+            panel.off_attempts = 0
+        panel.off_pending = True
+        panel.off_next_at = now.mono + self._retry_interval(panel.off_attempts)
+        if self.connected:
+            self._plug(panel.plug.turn_off())
+
+    def _retry_off(self, panel: Panel, now: Now) -> None:
+        self._unresponsive(panel, now, "off")
+        panel.off_attempts += 1
+        panel.off_next_at = now.mono + self._retry_interval(panel.off_attempts)
+        if self.connected:
+            self._plug(panel.plug.turn_off())
+            self._plug(panel.plug.ask_state())
+
+    def _retry_interval(self, attempts: int) -> float:
+        return min(MAX_OFF_RETRY_S, self.confirm_s * 2.0 ** min(attempts, 8))
+
+    def _unresponsive(self, panel: Panel, now: Now, command: str) -> None:
+        if panel.unresponsive or not self.connected:
+            return
+        panel.unresponsive = True
+        self._event(
+            "plug_unresponsive",
+            panel,
+            now,
+            command=command,
+            online=panel.online,
+            message=f"the plug of {panel.name} did not confirm {command.upper()} within "
+            f"{format_duration(self.confirm_s)}",
+        )
+        self._publish_state(panel, now)
+
+    def _recovered(self, panel: Panel, now: Now) -> None:
+        if panel.unresponsive:
+            panel.unresponsive = False
+            self._event("plug_recovered", panel, now)
+
+    # ------------------------------------------------------------------ commands
+
+    def _own_topic(self, topic: str, payload: bytes, retain: bool, now: Now) -> None:
+        parts = topic[len(self.topics.base) + 1 :].split("/")
+        if parts[-1] != "set":
+            return
+        if retain:
+            # Safety rule 7: a retained command is never obeyed, and is removed.
+            self._clear_retained_command(topic, payload)
+            return
+        if parts == ["set"]:
+            self._daemon_command(payload, now)
+        elif len(parts) == 3 and parts[0] == "panel":
+            self._panel_command(parts[1], payload, now)
+        elif len(parts) == 4 and parts[0] == "panel" and parts[2] == "duration":
+            self._duration_command(parts[1], payload, now)
+        elif len(parts) == 3 and parts[0] == "routine":
+            parsed = cmd.parse_routine_command(payload)
+            rejection = (
+                parsed
+                if isinstance(parsed, cmd.Rejection)
+                else cmd.Rejection(
+                    "not_supported", "routines are not available in this version of redlight"
+                )
+            )
+            self._reject(None, rejection, now, routine=parts[1])
+        elif len(parts) == 3 and parts[0] == "schedule":
+            parsed_schedule = cmd.parse_schedule_command(payload)
+            rejection = (
+                parsed_schedule
+                if isinstance(parsed_schedule, cmd.Rejection)
+                else cmd.Rejection(
+                    "not_supported", "schedules are not available in this version of redlight"
+                )
+            )
+            self._reject(None, rejection, now, schedule=parts[1])
+
+    def _panel_command(self, panel_id: str, payload: bytes, now: Now) -> None:
+        panel = self.panels.get(panel_id)
+        parsed = cmd.parse_panel_command(payload)
+        if panel is None:
+            rid = None if isinstance(parsed, cmd.Rejection) else parsed.request_id
+            self._reject(
+                None, cmd.Rejection("unknown_panel", f"there is no panel {panel_id!r}", rid), now
+            )
+        elif isinstance(parsed, cmd.Rejection):
+            self._reject(panel, parsed, now)
+        elif isinstance(parsed, cmd.Start):
+            self._start(panel_id, parsed, parsed.source, now)
+        else:
+            self._stop(panel, now, "stopped", parsed.request_id)
+
+    def _duration_command(self, panel_id: str, payload: bytes, now: Now) -> None:
+        panel = self.panels.get(panel_id)
+        if panel is None:
+            self._reject(
+                None, cmd.Rejection("unknown_panel", f"there is no panel {panel_id!r}"), now
+            )
+            return
+        parsed = cmd.parse_duration_minutes(payload, self.max_on_s)
+        if isinstance(parsed, cmd.Rejection):
+            self._reject(panel, parsed, now)
+            return
+        panel.default_s = parsed.duration_s
+        self._out.append(
+            SettingChanged(f"panel.{panel.id}.default_duration_s", str(panel.default_s))
+        )
+        self._publish_state(panel, now)
+
+    def _daemon_command(self, payload: bytes, now: Now) -> None:
+        parsed = cmd.parse_daemon_command(payload)
+        if isinstance(parsed, cmd.Rejection):
+            self._reject(None, parsed, now)
+        elif isinstance(parsed, cmd.StopAll):
+            for panel in self.panels.values():
+                self._stop(panel, now, "stopped")
+        else:
+            self._reject(
+                None,
+                cmd.Rejection(
+                    "unknown_offer", f"there is no open offer {parsed.offer!r}", parsed.request_id
+                ),
+                now,
+            )
+
+    def _clear_retained_command(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # our own clearing, echoed back
+        self._other(clear_retained(topic))
+        self._out.append(
+            LogLine(
+                "warning",
+                "retained_command_cleared",
+                {"topic": topic, "payload": payload[:64].decode("utf-8", "replace")},
+            )
+        )
+
+    def _reject(
+        self, panel: Panel | None, rejection: cmd.Rejection, now: Now, **extra: Any
+    ) -> None:
+        fields: dict[str, Any] = {"reason": rejection.reason, "message": rejection.message}
+        if rejection.allowed_at is not None:
+            fields["allowed_at"] = rejection.allowed_at
+        if rejection.request_id is not None:
+            fields["request_id"] = rejection.request_id
+        self._event("command_rejected", panel, now, **(fields | extra))
+
+    # ------------------------------------------------------------------ state and output
+
+    def panel_state(self, panel_id: str, now: Now) -> dict[str, Any]:
+        """A panel's state object (SPEC §4)."""
+        panel = self.panels[panel_id]
+        session = panel.session
+        if panel.unresponsive:
+            state = "fault"
+        elif session is not None:
+            state = "running"
+        elif panel.cooldown_wall is not None and now.mono < panel.cooldown_until:
+            state = "cooldown"
+        else:
+            state = "idle"
+        session_view = None
+        if session is not None:
+            session_view = {
+                "id": session.id,
+                "source": session.source,
+                "started_at": iso(session.started_wall),
+                "ends_at": iso(self._ends_wall(session)),
+                "duration_s": _num(session.duration_s),
+            }
+        return {
+            "state": state,
+            "plug": panel.plug_state,
+            "plug_online": panel.online,
+            "session": session_view,
+            "default_duration_s": _num(panel.default_s),
+            "today_s": round(self._today_s(panel, now)),
+        }
+
+    def _today_s(self, panel: Panel, now: Now) -> float:
+        self._roll_day(panel, now)
+        running = panel.session.elapsed(now) if panel.session is not None else 0.0
+        return panel.finished_today_s + running
+
+    def _roll_day(self, panel: Panel, now: Now) -> None:
+        today = now.wall.date().isoformat()
+        if panel.day != today:
+            if panel.day:
+                panel.finished_today_s = 0.0
+            panel.day = today
+
+    def _ends_wall(self, session: Session) -> datetime:
+        return session.started_wall + timedelta(seconds=session.duration_s)
+
+    def _publish_state(self, panel: Panel, now: Now) -> None:
+        self._other(panel_state_message(self.topics, panel.id, self.panel_state(panel.id, now)))
+
+    def _event(self, event_type: str, panel: Panel | None, now: Now, **fields: Any) -> None:
+        self._out.append(Event(event_type, panel.id if panel else None, now.wall, fields))
+
+    def _plug(self, messages: Iterable[Message]) -> None:
+        self._plug_out.extend(messages)
+
+    def _other(self, message: Message) -> None:
+        self._out.append(message)
+
+    def _flush(self) -> list[Effect]:
+        """Plug commands first, so nothing else can delay an OFF; then the rest, in order."""
+        out = self._plug_out + self._out
+        self._plug_out = []
+        self._out = []
+        return out
+
+
+def event_effects(topics: Topics, effects: Iterable[Effect]) -> list[Message]:
+    """The messages that publish the events among ``effects`` (for adapters and tests)."""
+    messages: list[Message] = []
+    for effect in effects:
+        if isinstance(effect, Event):
+            messages.extend(event_messages(topics, effect))
+    return messages
+
+
+def _num(value: float) -> float | int:
+    """Whole seconds as an int, else rounded to a tenth."""
+    rounded = round(value, 1)
+    return int(rounded) if rounded == int(rounded) else rounded
+
+
+def _next_midnight(wall: datetime) -> datetime:
+    tomorrow = (wall + timedelta(days=1)).date()
+    return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=wall.tzinfo)

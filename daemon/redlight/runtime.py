@@ -1,0 +1,268 @@
+"""The daemon's shell: one asyncio task that owns the core and carries out its effects.
+
+Broker events, signals and time all arrive through one queue and are applied in order; paho's
+thread and the storage thread never touch state (STYLE: one owner of state). Plug commands are
+published before anything else an effect list holds, and storage is written on its own thread,
+so nothing can delay an OFF (safety rule 12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+import structlog
+
+from redlight.broker import BrokerClient, BrokerEvent, Connected, Disconnected, Message, Received
+from redlight.config import Config
+from redlight.core import (
+    Core,
+    Effect,
+    LogLine,
+    Now,
+    Restored,
+    SessionClosed,
+    SessionOpened,
+    SettingChanged,
+)
+from redlight.messages import Event, event_messages, status_message
+from redlight.storage import History, HistoryWriter, SessionRow, StorageError
+from redlight.systemd import Notifier
+
+log = structlog.get_logger("redlight")
+
+#: Safety rule 9: how long shutdown waits for plugs to confirm OFF, at most.
+SHUTDOWN_CONFIRM_S: Final = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Shutdown:
+    """Sentinel: a signal asked the daemon to stop."""
+
+
+def system_now(loop: asyncio.AbstractEventLoop | None = None) -> Now:
+    """Read the loop's monotonic clock and the local wall clock together."""
+    mono = loop.time() if loop is not None else time.monotonic()
+    return Now(mono=mono, wall=datetime.now().astimezone())
+
+
+def restore(
+    history: History | None, config: Config, wall: datetime
+) -> tuple[Restored, list[SessionRow]]:
+    """Close sessions left open by a crash (rule 8) and read today's totals and settings."""
+    if history is None:
+        return Restored(), []
+    interrupted = history.close_interrupted(wall)
+    midnight = wall.replace(hour=0, minute=0, second=0, microsecond=0)
+    today: dict[str, float] = {}
+    last_end: dict[str, datetime] = {}
+    defaults: dict[str, float] = {}
+    for panel in config.panels:
+        today[panel] = history.seconds_between(panel, midnight, wall + timedelta(seconds=1))
+        end = history.last_end(panel)
+        if end is not None:
+            last_end[panel] = end
+        stored = history.get_setting(f"panel.{panel}.default_duration_s")
+        if stored is not None:
+            with contextlib.suppress(ValueError):
+                seconds = float(stored)
+                if 1 <= seconds <= config.safety.max_on.total_seconds():
+                    defaults[panel] = seconds
+    return Restored(today, last_end, defaults), interrupted
+
+
+class Runtime:
+    """Runs the core against a broker until told to stop."""
+
+    def __init__(
+        self,
+        config: Config,
+        broker: BrokerClient,
+        *,
+        writer: HistoryWriter | None = None,
+        restored: Restored | None = None,
+        interrupted: Iterable[SessionRow] = (),
+        notifier: Notifier | None = None,
+        clock: Callable[[], Now] | None = None,
+    ) -> None:
+        """Wire the core to its adapters; nothing starts until :meth:`run`."""
+        self.config = config
+        self.broker = broker
+        self.core = Core(config, restored=restored)
+        self.writer = writer
+        self.notifier = notifier or Notifier.from_env()
+        self._clock = clock
+        self._interrupted = list(interrupted)
+        self._queue: asyncio.Queue[BrokerEvent | _Shutdown] = asyncio.Queue()
+        self.connected_once = asyncio.Event()
+
+    def now(self) -> Now:
+        """The current time on both clocks."""
+        return self._clock() if self._clock else system_now(asyncio.get_running_loop())
+
+    def request_shutdown(self) -> None:
+        """Ask :meth:`run` to stop safely (thread-safe only from the loop's thread)."""
+        self._queue.put_nowait(_Shutdown())
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the daemon safely (rule 9)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_shutdown)
+
+    async def run(self) -> int:
+        """Serve until a shutdown request; return the process exit code."""
+        self.broker.start(self._queue.put_nowait)
+        self.notifier.ready()
+        self.notifier.status("waiting for the broker")
+        watchdog = self.notifier.watchdog_interval_s()
+        next_ping = time.monotonic()
+        while True:
+            timeout = self._timeout(watchdog, next_ping)
+            item: BrokerEvent | _Shutdown | None
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                item = None
+            if watchdog is not None and time.monotonic() >= next_ping:
+                # Heartbeats come from this loop, so a blocked loop gets the service restarted.
+                self.notifier.watchdog()
+                next_ping = time.monotonic() + watchdog / 2
+            if isinstance(item, _Shutdown):
+                break
+            self._step(item)
+        await self._shutdown()
+        return 0
+
+    def _timeout(self, watchdog: float | None, next_ping: float) -> float | None:
+        wake = self.core.next_wakeup()
+        timeouts: list[float] = []
+        if wake is not None:
+            timeouts.append(wake - self.now().mono)
+        if watchdog is not None:
+            timeouts.append(next_ping - time.monotonic())
+        if not timeouts:
+            return None
+        return max(0.0, min(timeouts))
+
+    def _step(self, item: BrokerEvent | None) -> None:
+        now = self.now()
+        effects: list[Effect] = []
+        if isinstance(item, Received):
+            effects = self.core.receive(item.topic, item.payload, item.retain, now)
+        elif isinstance(item, Connected):
+            self._on_connected(now)
+            return
+        elif isinstance(item, Disconnected):
+            log.warning("broker_disconnected", reason=item.reason)
+            self.notifier.status("broker disconnected; reconnecting")
+            effects = self.core.disconnect(now)
+        self.apply(effects + self.core.tick(now))
+
+    def _on_connected(self, now: Now) -> None:
+        first = not self.core.ready
+        log.info("broker_connected", first=first)
+        self.broker.subscribe(self.core.subscriptions())
+        effects = self.core.connect(now)
+        if first:
+            effects.extend(self._interrupted_events(now))
+        self.apply(effects)
+        self.broker.publish(status_message(self.core.topics, online=True))
+        self.notifier.status(f"connected; {len(self.core.panels)} panels")
+        self.connected_once.set()
+
+    def _interrupted_events(self, now: Now) -> list[Effect]:
+        events: list[Effect] = []
+        for row in self._interrupted:
+            if row.panel in self.core.panels:
+                events.append(
+                    Event(
+                        "session_finished",
+                        row.panel,
+                        now.wall,
+                        {"session": row.id, "source": row.source, "reason": "interrupted"},
+                    )
+                )
+        self._interrupted = []
+        return events
+
+    def apply(self, effects: Iterable[Effect]) -> None:
+        """Carry out effects in order (the core puts plug commands first)."""
+        topics = self.core.topics
+        for effect in effects:
+            if isinstance(effect, Message):
+                self.broker.publish(effect)
+            elif isinstance(effect, Event):
+                for message in event_messages(topics, effect):
+                    self.broker.publish(message)
+                log.info(effect.event_type, panel=effect.panel, **effect.fields)
+            elif isinstance(effect, SessionOpened):
+                if self.writer is not None:
+                    self.writer.session_opened(
+                        SessionRow(
+                            id=effect.id,
+                            panel=effect.panel,
+                            area=effect.area,
+                            source=effect.source,
+                            started_at=effect.started_at,
+                            planned_s=effect.planned_s,
+                            irradiance_mw_cm2=effect.irradiance_mw_cm2,
+                        )
+                    )
+            elif isinstance(effect, SessionClosed):
+                if self.writer is not None:
+                    self.writer.session_closed(
+                        effect.id,
+                        effect.ended_at,
+                        effect.actual_s,
+                        effect.reason,
+                        effect.dose_j_cm2,
+                    )
+            elif isinstance(effect, SettingChanged):
+                if self.writer is not None:
+                    self.writer.set_setting(effect.key, effect.value)
+            elif isinstance(effect, LogLine):
+                getattr(log, effect.level)(effect.event, **effect.fields)
+
+    async def _shutdown(self) -> None:
+        """Safety rule 9: everything OFF, wait (bounded) for confirmation, then offline."""
+        log.info("shutting_down", running=self.core.running())
+        self.notifier.stopping()
+        self.apply(self.core.shutdown(self.now()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_CONFIRM_S
+        while self.broker.connected and not self.core.all_off_confirmed():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                item = await asyncio.wait_for(self._queue.get(), remaining)
+            except TimeoutError:
+                break
+            if isinstance(item, Received):
+                self.apply(self.core.receive(item.topic, item.payload, item.retain, self.now()))
+        unconfirmed = [p.id for p in self.core.panels.values() if p.off_pending]
+        if unconfirmed:
+            log.error("off_unconfirmed_at_shutdown", panels=unconfirmed)
+        self.broker.publish(status_message(self.core.topics, online=False))
+        await self.broker.stop()
+        if self.writer is not None:
+            self.writer.close(timeout=2.0)
+        log.info("stopped")
+
+
+def open_history(config: Config) -> tuple[History | None, HistoryWriter]:
+    """Open storage; a broken database is reported loudly and the daemon runs without it."""
+    writer = HistoryWriter(config.storage.path)
+    try:
+        history: History | None = History.open(config.storage.path)
+    except StorageError as error:
+        log.error("storage_unavailable", path=str(config.storage.path), error=str(error))
+        history = None
+    return history, writer

@@ -1,0 +1,201 @@
+"""Black-box harness: the real ``redlight run`` process, a private mosquitto, simulated plugs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paho.mqtt.client import topic_matches_sub
+
+from redlight.broker import Connected, Message, Received
+from redlight.mqtt import PahoClient
+from redlight.presets import PlugConfig
+from redlight.simplug import SimulatedPlug
+
+#: Generous bounds: the machines are small and shared. Precise timing is the benchmark's job.
+WAIT_S = 15.0
+
+
+@dataclass
+class Seen:
+    """A message the observer saw, with the loop time it arrived."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    at: float
+
+    def json(self) -> dict[str, Any]:
+        """The payload as a JSON object."""
+        value = json.loads(self.payload)
+        assert isinstance(value, dict)
+        return value
+
+
+@dataclass
+class Observer:
+    """A client subscribed to everything, recording what it sees."""
+
+    port: int
+    seen: list[Seen] = field(default_factory=list)
+    _client: PahoClient | None = None
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        """Connect and subscribe to ``#``."""
+        loop = asyncio.get_running_loop()
+        connected = asyncio.Event()
+        self._client = PahoClient(host="127.0.0.1", port=self.port, client_id="observer", will=None, username=None, password=None, tls=None)
+
+        def sink(event: object) -> None:
+            if isinstance(event, Connected):
+                assert self._client is not None
+                self._client.subscribe(["#"])
+                connected.set()
+            elif isinstance(event, Received):
+                self.seen.append(Seen(event.topic, event.payload, event.retain, loop.time()))
+                self._changed.set()
+
+        self._client.start(sink)
+        async with asyncio.timeout(WAIT_S):
+            await connected.wait()
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        if self._client is not None:
+            await self._client.stop()
+
+    def publish(self, topic: str, payload: str | bytes, *, retain: bool = False) -> None:
+        """Publish as a user or Home Assistant would."""
+        assert self._client is not None
+        assert self._client.publish(Message(topic, payload, retain=retain, qos=1))
+
+    def matching(self, topic_filter: str, since: int = 0) -> list[Seen]:
+        """Messages seen on a filter (from index ``since``)."""
+        return [m for m in self.seen[since:] if topic_matches_sub(topic_filter, m.topic)]
+
+    def mark(self) -> int:
+        """A position in the record, to look only at what comes after."""
+        return len(self.seen)
+
+    async def wait(
+        self,
+        topic_filter: str,
+        predicate: Callable[[Seen], bool] = lambda m: True,
+        *,
+        since: int = 0,
+        within: float = WAIT_S,
+    ) -> Seen:
+        """The first message (from ``since``) matching, waiting for it if need be."""
+        async with asyncio.timeout(within):
+            index = since
+            while True:
+                while index < len(self.seen):
+                    message = self.seen[index]
+                    index += 1
+                    if topic_matches_sub(topic_filter, message.topic) and predicate(message):
+                        return message
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def event(self, event_type: str, *, since: int = 0, within: float = WAIT_S, **fields: Any) -> dict[str, Any]:
+        """The first event of a type (with the given fields) on ``<b>/event``."""
+
+        def wanted(message: Seen) -> bool:
+            body = message.json()
+            return body.get("event_type") == event_type and all(body.get(k) == v for k, v in fields.items())
+
+        return (await self.wait("redlight/event", wanted, since=since, within=within)).json()
+
+    def events(self, event_type: str, since: int = 0) -> list[dict[str, Any]]:
+        """Events of a type seen so far."""
+        return [m.json() for m in self.matching("redlight/event", since) if m.json().get("event_type") == event_type]
+
+
+class Daemon:
+    """The real ``redlight run`` process."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        """Prepare; nothing runs until :meth:`start`."""
+        self.config_path = config_path
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the process (its output goes to a log file in tmp_path)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REDLIGHT_")}
+        env.pop("NOTIFY_SOCKET", None)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "redlight", "run", "--config", str(self.config_path), "--log-format", "json"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+
+    async def wait_exit(self, within: float = WAIT_S) -> int:
+        """Wait for the process to exit; its exit code."""
+        assert self.process is not None
+        loop = asyncio.get_running_loop()
+        code = await asyncio.wait_for(loop.run_in_executor(None, self.process.wait), within)
+        return code
+
+    def signal(self, signum: signal.Signals) -> None:
+        """Send a signal (SIGTERM, SIGKILL)."""
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop_now(self) -> None:
+        """Teardown: kill if still running."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(5)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The daemon's JSON log lines."""
+        lines = []
+        for raw in self.log_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(raw))
+        return lines
+
+
+async def start_plug(port: int, panel_id: str, plug: dict[str, Any], name: str) -> SimulatedPlug:
+    """A simulated plug of one firmware on its own broker connection."""
+    config = PlugConfig(**plug)
+    client = PahoClient(host="127.0.0.1", port=port, client_id=f"sim-{name}", will=None, username=None, password=None, tls=None)
+    sim = SimulatedPlug(panel_id, config, base_topic="redlight", client=client)
+    await sim.start()
+    return sim
+
+
+def config_text(port: int, db: Path, panels: dict[str, dict[str, Any]], safety: str = "", extra: str = "") -> str:
+    """A config file for the daemon under test."""
+    lines = [
+        "[mqtt]",
+        f'url = "mqtt://127.0.0.1:{port}"',
+        'client_id = "redlight-under-test"',
+        "[storage]",
+        f'path = "{db}"',
+        "[safety]",
+        'confirm_timeout = "2s"',
+        safety,
+    ]
+    for panel_id, plug in panels.items():
+        lines.append(f"[panels.{panel_id}]")
+        lines.append(f'name = "{panel_id}"')
+        items = ", ".join(f"{k} = {json.dumps(v)}" for k, v in plug.items())
+        lines.append(f"plug = {{ {items} }}")
+    lines.append(extra)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,166 @@
+"""A harness for the pure core: a fake clock and helpers to read what the core decided."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import ValidationError
+
+from redlight import commands as cmd
+from redlight.broker import Message
+from redlight.config import Config, format_validation_error
+from redlight.core import Core, Effect, Now, Restored
+from redlight.messages import Event
+
+ZONE = ZoneInfo("Europe/Amsterdam")
+START_WALL = datetime(2026, 11, 24, 7, 30, tzinfo=ZONE)
+
+
+def make_config(**overrides: Any) -> Config:
+    """Two panels (Tasmota and generic) with safety settings as given."""
+    raw: dict[str, Any] = {
+        "mqtt": {"base_topic": "redlight"},
+        "safety": {},
+        "panels": {
+            "hip_left": {
+                "name": "Left hip panel",
+                "area": "left hip",
+                "default_duration": "10m",
+                "irradiance_mw_cm2": 50,
+                "plug": {"preset": "tasmota", "topic": "panel_left"},
+            },
+            "sauna": {
+                "plug": {
+                    "preset": "generic",
+                    "command_topic": "sauna/panel/set",
+                    "state_topic": "sauna/panel/state",
+                },
+            },
+        },
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = raw[key] | value
+        else:
+            raw[key] = value
+    return Config(**raw)
+
+
+def config_problems(**overrides: Any) -> list[str]:
+    """The one-line problems ``redlight check`` would print for this config."""
+    try:
+        make_config(**overrides)
+    except ValidationError as error:
+        return format_validation_error(error)
+    return []
+
+
+@dataclass
+class Kit:
+    """A core, a clock, and everything the core has returned so far."""
+
+    core: Core
+    mono: float = 1000.0
+    wall: datetime = START_WALL
+    effects: list[Effect] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, config: Config | None = None, restored: Restored | None = None) -> Kit:
+        """A core that is connected and has switched everything off at start-up."""
+        counter = iter(range(1, 10_000))
+        core = Core(config or make_config(), restored=restored, new_id=lambda: f"s{next(counter)}")
+        return cls(core)
+
+    @property
+    def now(self) -> Now:
+        """The clock reading."""
+        return Now(self.mono, self.wall)
+
+    def take(self, effects: Iterable[Effect]) -> list[Effect]:
+        """Record and return effects."""
+        got = list(effects)
+        self.effects.extend(got)
+        return got
+
+    def connect(self) -> list[Effect]:
+        """The broker connects."""
+        return self.take(self.core.connect(self.now))
+
+    def ready(self) -> Kit:
+        """Connected, and every plug has confirmed the start-up OFF."""
+        self.connect()
+        self.report("hip_left", on=False)
+        self.report("sauna", on=False)
+        self.effects.clear()
+        return self
+
+    def advance(self, seconds: float, *, wall_jump: float = 0.0) -> list[Effect]:
+        """Let time pass, ticking at every wake-up the core asks for on the way."""
+        target = self.mono + seconds
+        got: list[Effect] = []
+        while True:
+            wake = self.core.next_wakeup()
+            if wake is None or wake > target:
+                break
+            step = max(wake, self.mono) - self.mono
+            self.mono += step
+            self.wall += timedelta(seconds=step)
+            got += self.take(self.core.tick(self.now))
+        self.wall += timedelta(seconds=target - self.mono + wall_jump)
+        self.mono = target
+        got += self.take(self.core.tick(self.now))
+        return got
+
+    def send(self, topic: str, payload: str | bytes, *, retain: bool = False) -> list[Effect]:
+        """A message arrives."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        return self.take(self.core.receive(topic, data, retain, self.now))
+
+    def command(self, panel: str, payload: str | dict[str, Any]) -> list[Effect]:
+        """A command on ``<b>/panel/<id>/set``."""
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        return self.send(f"redlight/panel/{panel}/set", text)
+
+    def start(self, panel: str, seconds: float | None = None) -> list[Effect]:
+        """Start a session through the core's API."""
+        return self.take(self.core.start(panel, cmd.Start(duration_s=seconds), "cli", self.now))
+
+    def report(self, panel: str, *, on: bool) -> list[Effect]:
+        """The panel's plug reports its state the way its firmware does."""
+        if panel == "hip_left":
+            return self.send("stat/panel_left/POWER", "ON" if on else "OFF")
+        return self.send("sauna/panel/state", "ON" if on else "OFF")
+
+
+def messages(effects: Iterable[Effect], topic: str | None = None) -> list[Message]:
+    """The messages among effects, optionally only those on one topic."""
+    return [e for e in effects if isinstance(e, Message) and (topic is None or e.topic == topic)]
+
+
+def payloads(effects: Iterable[Effect], topic: str) -> list[str]:
+    """The text payloads published on a topic."""
+    return [m.payload_bytes().decode() for m in messages(effects, topic)]
+
+
+def events(effects: Iterable[Effect], event_type: str | None = None) -> list[Event]:
+    """The events among effects, optionally of one type."""
+    return [
+        e
+        for e in effects
+        if isinstance(e, Event) and (event_type is None or e.event_type == event_type)
+    ]
+
+
+def state(kit: Kit, panel: str) -> dict[str, Any]:
+    """The panel's state as the core would publish it now."""
+    return kit.core.panel_state(panel, kit.now)
+
+
+LEFT_POWER = "cmnd/panel_left/POWER"
+LEFT_PULSE = "cmnd/panel_left/PulseTime1"
+SAUNA_SET = "sauna/panel/set"
