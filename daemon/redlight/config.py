@@ -264,7 +264,6 @@ class Config(BaseSettings):
         extra="forbid",
         env_prefix="REDLIGHT_",
         env_nested_delimiter="__",
-        secrets_nested_delimiter="__",
         case_sensitive=False,
     )
 
@@ -291,7 +290,12 @@ class Config(BaseSettings):
         if credentials:
             sources.append(
                 NestedSecretsSettingsSource(
-                    settings_cls, secrets_dir=credentials, secrets_dir_missing="ok"
+                    file_secret_settings,
+                    secrets_dir=credentials,
+                    secrets_dir_missing="ok",
+                    secrets_nested_delimiter="__",
+                    secrets_prefix="",
+                    env_prefix="",
                 )
             )
         sources.append(init_settings)
@@ -393,6 +397,20 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
 
 
+def _toml_hint(file: Path, error: tomllib.TOMLDecodeError) -> str:
+    """TOML 1.0 (Python's tomllib) wants an inline table on one line: say so when that is it."""
+    found = re.search(r"at line (\d+)", str(error))
+    if found is None:
+        return ""
+    try:
+        text = file.read_text(encoding="utf-8").splitlines()[int(found.group(1)) - 1]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return ""
+    if text.count("{") > text.count("}"):
+        return " (an inline table { ... } must fit on one line; or use a [panels.<id>.plug] table)"
+    return ""
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read, merge and validate the configuration; raise :class:`ConfigError` if unusable."""
     file = config_path(path)
@@ -403,7 +421,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError([f"{file}: cannot read the config file ({_reason(error)})"]) from None
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError([f"{file}: not valid TOML: {error}"]) from None
+        raise ConfigError([f"{file}: not valid TOML: {error}{_toml_hint(file, error)}"]) from None
     try:
         return Config(**raw)
     except ValidationError as error:

@@ -65,7 +65,12 @@ def test_rule1_exactly_max_on_is_allowed() -> None:
 
 def test_rule1_lower_max_on_is_enforced_for_doses() -> None:
     """A dose that would need longer than max_on is rejected with the dose and the time it needs."""
-    kit = Kit.create(make_config(safety={"max_on": "5m"})).ready()
+    left = {
+        "default_duration": "5m",
+        "irradiance_mw_cm2": 50,
+        "plug": {"preset": "tasmota", "topic": "panel_left"},
+    }
+    kit = Kit.create(make_config(safety={"max_on": "5m"}, panels={"hip_left": left})).ready()
     got = kit.command("hip_left", {"action": "start", "dose_j_cm2": 30})
     [rejected] = events(got, "command_rejected")
     assert rejected.fields["reason"] == "over_max_on"
