@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument(
-        "--log-format", default="auto", choices=["auto", "console", "json", "journald"]
+        "--log-format",
+        default="auto",
+        choices=["auto", "console", "json"],
+        help="auto: console on a terminal, JSON lines otherwise (journald is detected)",
     )
     sub.add_parser("check", parents=[common], help="validate the config file")
     sub.add_parser("status", parents=[common], help="show every panel's state")
@@ -111,7 +114,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from redlight.daemon import run_daemon
 
-        return run_daemon(config, log_level=args.log_level, log_format=args.log_format)
+        return run_daemon(
+            config,
+            config_file=config_path(args.config),
+            log_level=args.log_level,
+            log_format=args.log_format,
+        )
     _quiet_logging()
     if args.command == "status":
         return asyncio.run(_status(config))
@@ -386,11 +394,11 @@ async def _off_all(config: Config) -> int:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(3.0, 2 * config.safety.confirm_timeout.total_seconds())
         while waiting and loop.time() < deadline:
-            message = await link.wait_for(lambda m: True, deadline - loop.time())
-            if message is None:
+            seen = await link.wait_for(lambda m: True, deadline - loop.time())
+            if seen is None:
                 break
             for key in list(waiting):
-                report = plugs[key].read(message.topic, message.payload)
+                report = plugs[key].read(seen.topic, seen.payload)
                 if isinstance(report, PlugState) and not report.on:
                     waiting.discard(key)
     confirmed = sorted(set(plugs) - waiting)

@@ -108,7 +108,7 @@ class HomeAssistantConfig(_Model):
 
 def _parse_quiet_hours(value: object) -> tuple[time, time] | None:
     if value is None or isinstance(value, tuple):
-        return value  # type: ignore[return-value]
+        return value
     match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", str(value))
     if not match:
         raise ValueError(f"must look like '22:30-06:00' (got {value!r})")
@@ -328,9 +328,9 @@ class Config(BaseSettings):
             where = f"schedules.{key}"
             if schedule.routine is not None and schedule.routine not in self.routines:
                 raise ValueError(f"{where}.routine: no routine named {schedule.routine!r}")
-            for panel in schedule.panels or ():
-                if panel not in self.panels:
-                    raise ValueError(f"{where}.panels: no panel named {panel!r}")
+            for name in schedule.panels or ():
+                if name not in self.panels:
+                    raise ValueError(f"{where}.panels: no panel named {name!r}")
             if schedule.duration is not None and schedule.duration > max_on:
                 raise ValueError(
                     f"{where}.duration: {format_duration(schedule.duration)} is more than "

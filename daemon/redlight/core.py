@@ -174,14 +174,14 @@ class Core:
         self._new_id = new_id or (lambda: uuid.uuid4().hex[:12])
         restored = restored or Restored()
         self.panels: dict[str, Panel] = {}
-        for key, panel in config.panels.items():
-            plug = build_plug(key, panel.plug, base_topic=config.mqtt.base_topic)
+        for key, settings in config.panels.items():
+            plug = build_plug(key, settings.plug, base_topic=config.mqtt.base_topic)
             self.panels[key] = Panel(
                 id=key,
-                name=panel.name or key.replace("_", " ").capitalize(),
-                area=panel.area,
+                name=settings.name or key.replace("_", " ").capitalize(),
+                area=settings.area,
                 plug=plug,
-                irradiance=panel.irradiance_mw_cm2,
+                irradiance=settings.irradiance_mw_cm2,
                 default_s=restored.default_duration_s.get(
                     key, config.default_duration(key).total_seconds()
                 ),

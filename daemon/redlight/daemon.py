@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import stat
+from pathlib import Path
+from typing import Literal, TypeAlias
 
 import structlog
 
 from redlight.broker import BrokerClient, Message
 from redlight.config import Config, config_path, describe
+from redlight.logs import configure_logging, register_secret
 from redlight.messages import Topics, status_message
 from redlight.mqtt import PahoClient, TlsOptions, parse_broker_url
 
 log = structlog.get_logger("redlight")
+
+LogMode: TypeAlias = Literal["auto", "console", "json"]
 
 
 def broker_from_config(config: Config, *, client_id: str, will: Message | None) -> BrokerClient:
@@ -38,20 +43,23 @@ def broker_from_config(config: Config, *, client_id: str, will: Message | None) 
     )
 
 
-def run_daemon(config: Config, *, log_level: str = "info", log_format: str = "auto") -> int:
+def run_daemon(
+    config: Config,
+    *,
+    config_file: Path | None = None,
+    log_level: str = "info",
+    log_format: LogMode = "auto",
+) -> int:
     """Run until SIGTERM/SIGINT; return the exit code."""
-    from redlight.logs import configure_logging, register_secret
-
-    configure_logging(log_level, mode=log_format)  # type: ignore[arg-type]
+    configure_logging(log_level, mode=log_format)
     if config.mqtt.password is not None:
         register_secret(config.mqtt.password.get_secret_value())
-        _warn_if_world_readable()
+        _warn_if_world_readable(config_file or config_path())
     log.info("starting", **describe(config))
     return asyncio.run(_main(config))
 
 
-def _warn_if_world_readable() -> None:
-    path = config_path()
+def _warn_if_world_readable(path: Path) -> None:
     try:
         mode = path.stat().st_mode
     except OSError:

@@ -122,7 +122,8 @@ class Runtime:
         self.notifier.ready()
         self.notifier.status("waiting for the broker")
         watchdog = self.notifier.watchdog_interval_s()
-        next_ping = time.monotonic()
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time()
         while True:
             timeout = self._timeout(watchdog, next_ping)
             item: BrokerEvent | _Shutdown | None
@@ -130,10 +131,10 @@ class Runtime:
                 item = await asyncio.wait_for(self._queue.get(), timeout)
             except TimeoutError:
                 item = None
-            if watchdog is not None and time.monotonic() >= next_ping:
+            if watchdog is not None and loop.time() >= next_ping:
                 # Heartbeats come from this loop, so a blocked loop gets the service restarted.
                 self.notifier.watchdog()
-                next_ping = time.monotonic() + watchdog / 2
+                next_ping = loop.time() + watchdog / 2
             if isinstance(item, _Shutdown):
                 break
             self._step(item)
@@ -146,7 +147,7 @@ class Runtime:
         if wake is not None:
             timeouts.append(wake - self.now().mono)
         if watchdog is not None:
-            timeouts.append(next_ping - time.monotonic())
+            timeouts.append(next_ping - asyncio.get_running_loop().time())
         if not timeouts:
             return None
         return max(0.0, min(timeouts))

@@ -62,6 +62,10 @@ class SimulatedPlug:
         self.commands: list[Command] = []
         self.on_intervals: list[tuple[float, float | None]] = []
         self.timer_fired = 0
+        #: ON commands received (safety rule 6: one per session).
+        self.on_commands = 0
+        #: The off-timer the last ON armed, in seconds (``None``: no timer running).
+        self.failsafe_armed_s: float | None = None
         self.pulsetime = 0
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,11 +130,22 @@ class SimulatedPlug:
             self.on_intervals[-1] = (start, now)
         self.on = on
         self._cancel_timer()
+        self.failsafe_armed_s = None
         if on and timer_s is not None and timer_s > 0:
             self._timer = self._get_loop().call_later(timer_s, self._timer_expired)
+            self.failsafe_armed_s = timer_s
         if report:
             self._dialect.report()
         self._changed.set()
+
+    @property
+    def is_on(self) -> bool:
+        """The relay is on."""
+        return self.on
+
+    def set_responsive(self, responsive: bool) -> None:
+        """Stop (or resume) acting on commands, as a hung or half-connected plug does."""
+        self.responsive = responsive
 
     def press_button(self) -> None:
         """Someone toggles the plug by hand (its button, or its own app)."""
@@ -230,10 +245,12 @@ class _Dialect:
     def switch(self, word: str, timer_s: float | None = None) -> bool:
         """Apply an on/off/toggle word; ``False`` if the firmware would not understand it."""
         if word in _ON:
+            self.plug.on_commands += 1
             self.plug.set_relay(True, timer_s=timer_s)
         elif word in _OFF:
             self.plug.set_relay(False)
         elif word in _TOGGLE:
+            self.plug.on_commands += 0 if self.plug.on else 1
             self.plug.set_relay(not self.plug.on, timer_s=timer_s)
         else:
             return False
@@ -330,6 +347,7 @@ class _ShellyGen2(_Dialect):
             toggle_after = params.get("toggle_after")
             timer = float(toggle_after) if isinstance(toggle_after, int | float) else None
             self._reply(call, result={"was_on": was_on})
+            self.plug.on_commands += 1 if params["on"] else 0
             self.plug.set_relay(params["on"], timer_s=timer)
         elif call.get("method") == "Switch.GetStatus":
             self._reply(call, result={"id": self.switch_id, "output": self.plug.on})
@@ -413,6 +431,7 @@ class _Generic(_Dialect):
     def handle(self, topic: str, payload: bytes) -> None:
         text = payload.decode("utf-8", errors="replace").strip()
         if text == (self.config.payload_on or "ON"):
+            self.plug.on_commands += 1
             self.plug.set_relay(True)
         elif text == (self.config.payload_off or "OFF"):
             self.plug.set_relay(False)

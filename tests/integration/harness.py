@@ -54,7 +54,15 @@ class Observer:
         """Connect and subscribe to ``#``."""
         loop = asyncio.get_running_loop()
         connected = asyncio.Event()
-        self._client = PahoClient(host="127.0.0.1", port=self.port, client_id="observer", will=None, username=None, password=None, tls=None)
+        self._client = PahoClient(
+            host="127.0.0.1",
+            port=self.port,
+            client_id="observer",
+            will=None,
+            username=None,
+            password=None,
+            tls=None,
+        )
 
         def sink(event: object) -> None:
             if isinstance(event, Connected):
@@ -107,18 +115,26 @@ class Observer:
                 self._changed.clear()
                 await self._changed.wait()
 
-    async def event(self, event_type: str, *, since: int = 0, within: float = WAIT_S, **fields: Any) -> dict[str, Any]:
+    async def event(
+        self, event_type: str, *, since: int = 0, within: float = WAIT_S, **fields: Any
+    ) -> dict[str, Any]:
         """The first event of a type (with the given fields) on ``<b>/event``."""
 
         def wanted(message: Seen) -> bool:
             body = message.json()
-            return body.get("event_type") == event_type and all(body.get(k) == v for k, v in fields.items())
+            return body.get("event_type") == event_type and all(
+                body.get(k) == v for k, v in fields.items()
+            )
 
         return (await self.wait("redlight/event", wanted, since=since, within=within)).json()
 
     def events(self, event_type: str, since: int = 0) -> list[dict[str, Any]]:
         """Events of a type seen so far."""
-        return [m.json() for m in self.matching("redlight/event", since) if m.json().get("event_type") == event_type]
+        return [
+            m.json()
+            for m in self.matching("redlight/event", since)
+            if m.json().get("event_type") == event_type
+        ]
 
 
 class Daemon:
@@ -136,7 +152,16 @@ class Daemon:
         env.pop("NOTIFY_SOCKET", None)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "redlight", "run", "--config", str(self.config_path), "--log-format", "json"],
+            [
+                sys.executable,
+                "-m",
+                "redlight",
+                "run",
+                "--config",
+                str(self.config_path),
+                "--log-format",
+                "json",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -147,8 +172,7 @@ class Daemon:
         """Wait for the process to exit; its exit code."""
         assert self.process is not None
         loop = asyncio.get_running_loop()
-        code = await asyncio.wait_for(loop.run_in_executor(None, self.process.wait), within)
-        return code
+        return await asyncio.wait_for(loop.run_in_executor(None, self.process.wait), within)
 
     def signal(self, signum: signal.Signals) -> None:
         """Send a signal (SIGTERM, SIGKILL)."""
@@ -174,13 +198,23 @@ class Daemon:
 async def start_plug(port: int, panel_id: str, plug: dict[str, Any], name: str) -> SimulatedPlug:
     """A simulated plug of one firmware on its own broker connection."""
     config = PlugConfig(**plug)
-    client = PahoClient(host="127.0.0.1", port=port, client_id=f"sim-{name}", will=None, username=None, password=None, tls=None)
+    client = PahoClient(
+        host="127.0.0.1",
+        port=port,
+        client_id=f"sim-{name}",
+        will=None,
+        username=None,
+        password=None,
+        tls=None,
+    )
     sim = SimulatedPlug(panel_id, config, base_topic="redlight", client=client)
     await sim.start()
     return sim
 
 
-def config_text(port: int, db: Path, panels: dict[str, dict[str, Any]], safety: str = "", extra: str = "") -> str:
+def config_text(
+    port: int, db: Path, panels: dict[str, dict[str, Any]], safety: str = "", extra: str = ""
+) -> str:
     """A config file for the daemon under test."""
     lines = [
         "[mqtt]",

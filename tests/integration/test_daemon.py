@@ -10,7 +10,7 @@ import asyncio
 import json
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,11 +112,22 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
         broker.stop()
 
 
-async def until(condition: Any, within: float = WAIT_S) -> None:
-    """Poll a cheap in-process condition (a simulated plug's state), bounded."""
+async def until(
+    plug: SimulatedPlug, condition: Callable[[SimulatedPlug], bool], within: float = WAIT_S
+) -> None:
+    """Wait (bounded) until a simulated plug's state satisfies ``condition``."""
     async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.02)
+        await plug.wait_for(condition)
+
+
+def is_on(plug: SimulatedPlug) -> bool:
+    """The plug's relay is on."""
+    return plug.is_on
+
+
+def is_off(plug: SimulatedPlug) -> bool:
+    """The plug's relay is off."""
+    return not plug.is_on
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -127,11 +138,11 @@ async def test_start_and_stop_on_every_preset(system: System, preset: str) -> No
     mark = system.command(preset, {"action": "start", "duration": "60s"})
     started = await system.observer.event("session_started", since=mark, panel=preset)
     assert started["duration_s"] == 60
-    await until(lambda: plug.is_on)
+    await until(plug, is_on)
     mark = system.command(preset, "OFF")
     finished = await system.observer.event("session_finished", since=mark, panel=preset)
     assert finished["reason"] == "stopped"
-    await until(lambda: not plug.is_on)
+    await until(plug, is_off)
     assert plug.on_commands == 1
     await system.observer.wait(
         f"redlight/panel/{preset}/state", lambda m: m.json()["state"] == "idle", since=mark
@@ -145,7 +156,7 @@ async def test_natural_end_switches_off_on_time(system: System) -> None:
     mark = system.command("esphome", {"action": "start", "duration": 2})
     finished = await system.observer.event("session_finished", since=mark, panel="esphome")
     assert finished["reason"] == "completed"
-    await until(lambda: not plug.is_on)
+    await until(plug, is_off)
     [row] = system.history()
     assert (row["reason"], row["source"]) == ("completed", "homeassistant")
     assert row["actual_s"] == pytest.approx(2, abs=0.5)
@@ -168,7 +179,7 @@ async def test_hand_switched_plug_is_cut_off(system: System) -> None:
     plug.press_button()
     cutoff = await system.observer.event("cutoff_enforced", since=mark, panel="shelly_gen1")
     assert cutoff["max_on_s"] == 3
-    await until(lambda: not plug.is_on)
+    await until(plug, is_off)
     finished = system.observer.events("session_finished", since=mark)
     assert [e["reason"] for e in finished] == ["cutoff"]
 
@@ -182,7 +193,7 @@ async def test_plug_side_failsafe_is_armed(system: System, preset: str, expected
     await system.up([preset])
     plug = system.plugs[preset]
     system.command(preset, {"action": "start", "duration": "60s"})
-    await until(lambda: plug.is_on)
+    await until(plug, is_on)
     assert plug.failsafe_armed_s == pytest.approx(expected, abs=1.0)
     assert plug.on_commands == 1
 
@@ -195,7 +206,7 @@ async def test_kill_9_then_restart_switches_off_and_records_interrupted(system: 
     plug = system.plugs["esphome"]
     mark = system.command("esphome", {"action": "start", "duration": "10m"})
     await system.observer.event("session_started", since=mark)
-    await until(lambda: plug.is_on)
+    await until(plug, is_on)
     mark = system.observer.mark()
     daemon.signal(signal.SIGKILL)
     assert await daemon.wait_exit() == -signal.SIGKILL
@@ -203,7 +214,7 @@ async def test_kill_9_then_restart_switches_off_and_records_interrupted(system: 
     assert plug.is_on  # esphome has no plug-side timer: only the restart can save it
     mark = system.observer.mark()
     await system.start_daemon()
-    await until(lambda: not plug.is_on)
+    await until(plug, is_off)
     interrupted = await system.observer.event("session_finished", since=mark, reason="interrupted")
     assert interrupted["panel"] == "esphome"
     assert [row["reason"] for row in system.history()] == ["interrupted"]
@@ -215,7 +226,7 @@ async def test_sigterm_switches_everything_off_and_exits_zero(system: System) ->
     daemon = system.daemon
     assert daemon is not None
     system.command("tasmota", {"action": "start", "duration": "5m"})
-    await until(lambda: system.plugs["tasmota"].is_on)
+    await until(system.plugs["tasmota"], is_on)
     mark = system.observer.mark()
     daemon.signal(signal.SIGTERM)
     assert await daemon.wait_exit() == 0
@@ -231,13 +242,13 @@ async def test_broker_restart_with_deadline_passing_while_down(system: System) -
     await system.up(["generic"])
     plug = system.plugs["generic"]
     system.command("generic", {"action": "start", "duration": 3})
-    await until(lambda: plug.is_on)
+    await until(plug, is_on)
     system.broker.stop()
     # The scenario itself: real time passes so the deadline falls while the broker is down.
     await asyncio.sleep(5)
     assert plug.is_on  # nothing could reach the plug
     system.broker.start()
-    await until(lambda: not plug.is_on, within=30)
+    await until(plug, is_off, within=30)
     assert plug.on_commands == 1
 
 

@@ -22,7 +22,7 @@ START_WALL = datetime(2026, 11, 24, 7, 30, tzinfo=ZONE)
 
 
 def make_config(**overrides: Any) -> Config:
-    """Two panels (Tasmota and generic) with safety settings as given."""
+    """Two panels (Tasmota and generic); other sections merge, ``panels`` replaces them."""
     raw: dict[str, Any] = {
         "mqtt": {"base_topic": "redlight"},
         "safety": {},
@@ -44,7 +44,7 @@ def make_config(**overrides: Any) -> Config:
         },
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+        if key != "panels" and isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw[key] = raw[key] | value
         else:
             raw[key] = value

@@ -44,7 +44,15 @@ def problems(tmp_path: Path, text: str) -> list[str]:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("10m", 600), ("1h30m", 5400), ("7m30s", 450), ("45", 45), (12, 12), ("0.5s", 0.5)],
+    [
+        ("90s", 90),
+        ("10m", 600),
+        ("1h30m", 5400),
+        ("7m30s", 450),
+        ("45", 45),
+        (12, 12),
+        ("0.5s", 0.5),
+    ],
 )
 def test_durations_are_parsed(text: str | int, seconds: float) -> None:
     """Durations are '90s', '10m', '1h30m' or plain seconds."""
@@ -60,7 +68,13 @@ def test_bad_durations_are_errors(text: object) -> None:
 
 def test_durations_format_compactly() -> None:
     """Formatting is the inverse for whole seconds."""
-    assert [format_duration(s) for s in (600, 450, 5400, 0, 1.5)] == ["10m", "7m30s", "1h30m", "0s", "1.5s"]
+    assert [format_duration(s) for s in (600, 450, 5400, 0, 1.5)] == [
+        "10m",
+        "7m30s",
+        "1h30m",
+        "0s",
+        "1.5s",
+    ]
 
 
 def test_every_example_config_passes(tmp_path: Path) -> None:
@@ -68,7 +82,9 @@ def test_every_example_config_passes(tmp_path: Path) -> None:
     config = load_config(REPO / "config" / "example.toml")
     assert config.safety.max_on == timedelta(minutes=15)
     assert set(config.panels) >= {"hip_left", "hip_right", "sauna"}
-    assert config.step_duration(config.routines["post_run"].steps[0], "hip_left") == timedelta(minutes=7)
+    assert config.step_duration(config.routines["post_run"].steps[0], "hip_left") == timedelta(
+        minutes=7
+    )
 
 
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
@@ -96,12 +112,32 @@ def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
         ),
         ('[safety]\nmax_on = "16m"\n', "safety.max_on: must be at most 15 minutes (got 16m)"),
         ('[safety]\nmax_on = "0s"\n', "safety.max_on: must be at least 1 second (got 0s)"),
-        ('[safety]\ncooldown = "soon"\n', "safety.cooldown: expected a duration like '90s', '10m' or '1h30m' (got 'soon')"),
-        ('[panels.Hip-Left]\nplug = { preset = "tasmota", topic = "t" }\n', "panel id 'Hip-Left' must use only a-z, 0-9 and '_'"),
-        ('[panels.a]\ndefault_duration = "20m"\nplug = { preset = "tasmota", topic = "t" }\n', "panels.a.default_duration: 20m is more than safety.max_on (15m)"),
-        ('[mqtt]\nurl = "http://x"\n', "mqtt.url: must look like mqtt://host:1883 or mqtts://host:8883 (got 'http://x')"),
-        ('[mqtt]\nbase_topic = "red/#"\n', "mqtt.base_topic: base_topic must not contain the MQTT wildcards '+' or '#' (got 'red/#')"),
-        ('[panels.a]\nplug = { preset = "hue" }\n', "panels.a.plug.preset: Input should be 'tasmota', 'shelly_gen1', 'shelly_gen2', 'zigbee2mqtt', 'esphome' or 'generic'"),
+        (
+            '[safety]\ncooldown = "soon"\n',
+            "safety.cooldown: expected a duration like '90s', '10m' or '1h30m' (got 'soon')",
+        ),
+        (
+            '[panels.Hip-Left]\nplug = { preset = "tasmota", topic = "t" }\n',
+            "panel id 'Hip-Left' must use only a-z, 0-9 and '_'",
+        ),
+        (
+            '[panels.a]\ndefault_duration = "20m"\nplug = { preset = "tasmota", topic = "t" }\n',
+            "panels.a.default_duration: 20m is more than safety.max_on (15m)",
+        ),
+        (
+            '[mqtt]\nurl = "http://x"\n',
+            "mqtt.url: must look like mqtt://host:1883 or mqtts://host:8883 (got 'http://x')",
+        ),
+        (
+            '[mqtt]\nbase_topic = "red/#"\n',
+            "mqtt.base_topic: base_topic must not contain the MQTT wildcards '+' or '#' "
+            "(got 'red/#')",
+        ),
+        (
+            '[panels.a]\nplug = { preset = "hue" }\n',
+            "panels.a.plug.preset: Input should be 'tasmota', 'shelly_gen1', 'shelly_gen2', "
+            "'zigbee2mqtt', 'esphome' or 'generic'",
+        ),
     ],
 )
 def test_problems_are_one_line_each_with_where(tmp_path: Path, text: str, expected: str) -> None:
@@ -125,7 +161,9 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert config.mqtt.password.get_secret_value() == "from-env"
 
 
-def test_environment_cannot_raise_the_ceiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_cannot_raise_the_ceiling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The ceiling holds for values from the environment too."""
     monkeypatch.setenv("REDLIGHT_SAFETY__MAX_ON", "30m")
     assert problems(tmp_path, MINIMAL) == ["safety.max_on: must be at most 15 minutes (got 30m)"]

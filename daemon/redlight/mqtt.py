@@ -1,0 +1,377 @@
+"""The paho-mqtt adapter of the broker port: a real MQTT 3.1.1 connection with reconnection.
+
+paho runs its network loop on its own thread. Its callbacks never touch redlight's state: they
+only hand events to the asyncio loop with ``call_soon_threadsafe`` (one owner of state), where the
+runtime applies them in order. paho's exceptions and error codes are translated here, at the
+boundary; nothing above this module sees a paho type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from redlight.broker import (
+    STATE_QOS,
+    BrokerClient,
+    BrokerError,
+    Connected,
+    Disconnected,
+    EventSink,
+    Message,
+    Received,
+)
+
+log = structlog.get_logger("redlight.mqtt")
+
+#: Default ports of the two URL schemes.
+MQTT_PORT: Final = 1883
+MQTTS_PORT: Final = 8883
+#: Reconnect backoff, in seconds: paho doubles the delay from the minimum up to the maximum.
+RECONNECT_MIN_DELAY: Final = 1
+RECONNECT_MAX_DELAY: Final = 30
+#: How long ``stop()`` waits for the broker to see the clean DISCONNECT.
+STOP_TIMEOUT: Final = 2.0
+#: Topic filters per SUBSCRIBE/UNSUBSCRIBE packet, so a large panel set stays well inside
+#: brokers' packet limits.
+FILTERS_PER_PACKET: Final = 100
+
+_SCHEMES: Final = {"mqtt": (MQTT_PORT, False), "mqtts": (MQTTS_PORT, True)}
+
+
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """TLS settings for an ``mqtts://`` broker; the CA is verified unless ``insecure``."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """Split ``mqtt://host[:port]`` or ``mqtts://host[:port]`` into host, port and TLS flag."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise BrokerError("The broker URL must start with mqtt:// or mqtts://.")
+    # The URL is never echoed back: it may hold a password the user put there by mistake.
+    if parts.username is not None or parts.password is not None:
+        raise BrokerError(
+            "The broker URL must not hold credentials: set the MQTT username and password instead."
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise BrokerError("The broker URL must be only mqtt[s]://host[:port], without a path.")
+    if not parts.hostname:
+        raise BrokerError("The broker URL has no host name.")
+    default_port, use_tls = _SCHEMES[scheme]
+    try:
+        port = parts.port
+    except ValueError:
+        raise BrokerError("The broker URL's port must be a number from 1 to 65535.") from None
+    if port == 0:
+        raise BrokerError("The broker URL's port must be a number from 1 to 65535.")
+    return parts.hostname, port or default_port, use_tls
+
+
+class PahoClient(BrokerClient):
+    """A broker connection through paho-mqtt, with paho's own reconnect loop and backoff."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        will: Message | None,
+        username: str | None,
+        password: str | None,
+        tls: TlsOptions | None,
+        keepalive: int = 30,
+    ) -> None:
+        """Configure the connection; nothing touches the network until :meth:`start`."""
+        self._host = host
+        self._port = port
+        self._keepalive = keepalive
+        self._client_id = client_id
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sink: EventSink | None = None
+        # Written on paho's thread, read on the loop's: single bool stores are atomic.
+        self._connected = False
+        self._stopping = False
+        self._stopped: asyncio.Event | None = None
+
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=True,
+            protocol=paho.MQTTv311,
+            reconnect_on_failure=True,
+        )
+        # An exception in a callback must not kill paho's thread: the connection would die
+        # silently with the plugs in whatever state they were.
+        client.suppress_exceptions = True
+        client.enable_logger(_paho_logger())
+        client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY, max_delay=RECONNECT_MAX_DELAY)
+        try:
+            if will is not None:
+                client.will_set(will.topic, will.payload_bytes(), will.qos, will.retain)
+            if password is not None and username is None:
+                raise BrokerError("An MQTT password needs an MQTT username.")
+            if username is not None:
+                client.username_pw_set(username, password)
+            if tls is not None:
+                _configure_tls(client, tls)
+        except (ssl.SSLError, OSError, ValueError) as err:
+            # ``err`` never holds the password: paho only stores it, and TLS errors are about
+            # files. The message names the error type so the user knows where to look.
+            raise BrokerError(
+                f"Could not set up the MQTT connection ({type(err).__name__}: {err})."
+            ) from err
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+
+    # -- the port --------------------------------------------------------------------------
+
+    def start(self, sink: EventSink) -> None:
+        """Start paho's network thread; events go to ``sink`` on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._sink = sink
+        self._stopped = asyncio.Event()
+        try:
+            self._client.connect_async(self._host, self._port, self._keepalive)
+        except ValueError as err:
+            raise BrokerError(f"Invalid MQTT broker address ({err}).") from err
+        log.info("mqtt_connecting", host=self._host, port=self._port, client_id=self._client_id)
+        self._client.loop_start()
+
+    def publish(self, message: Message) -> bool:
+        """Publish now; ``False`` and nothing queued when not connected (safety rule 6)."""
+        if not self.connected:
+            log.debug("mqtt_publish_dropped", topic=message.topic, reason="not connected")
+            return False
+        try:
+            info = self._client.publish(
+                message.topic, message.payload_bytes(), message.qos, message.retain
+            )
+        except ValueError as err:
+            # A bad topic is a bug upstream, but it must not take the event loop down with it.
+            log.error("mqtt_publish_invalid", topic=message.topic, error=str(err))
+            return False
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # The connection dropped between the check above and paho's send. For QoS > 0 paho
+            # keeps the message to re-send after the reconnect; forget it here (safety rule 6).
+            self._forget_outgoing(info.mid)
+            log.debug(
+                "mqtt_publish_dropped", topic=message.topic, reason=paho.error_string(info.rc)
+            )
+            return False
+        return True
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        """Subscribe to the filters at QoS 1; a no-op while disconnected."""
+        if not self.connected:
+            return
+        for chunk in _chunks(topics):
+            try:
+                rc, _ = self._client.subscribe([(topic, STATE_QOS) for topic in chunk])
+            except ValueError as err:
+                raise BrokerError(f"Invalid MQTT topic filter ({err}).") from err
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                # The runtime subscribes again on the next Connected.
+                log.warning("mqtt_subscribe_failed", reason=paho.error_string(rc))
+
+    def unsubscribe(self, topics: Sequence[str]) -> None:
+        """Drop subscriptions; a no-op while disconnected (the broker forgot them anyway)."""
+        if not self.connected:
+            return
+        for chunk in _chunks(topics):
+            try:
+                rc, _ = self._client.unsubscribe(list(chunk))
+            except ValueError as err:
+                raise BrokerError(f"Invalid MQTT topic filter ({err}).") from err
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                log.warning("mqtt_unsubscribe_failed", reason=paho.error_string(rc))
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker accepted the connection and it has not dropped since."""
+        return self._connected and self._client.is_connected()
+
+    async def stop(self) -> None:
+        """Send a clean DISCONNECT (so no last will), wait briefly, and end paho's thread."""
+        if self._loop is None or self._stopping:
+            return
+        self._stopping = True
+        was_connected = self._connected
+        self._connected = False
+        self._client.disconnect()
+        if was_connected and self._stopped is not None:
+            try:
+                await asyncio.wait_for(self._stopped.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                log.warning("mqtt_disconnect_timeout", seconds=STOP_TIMEOUT)
+        # The join can take up to a second while paho waits out a reconnect delay: off the loop.
+        await asyncio.to_thread(self._client.loop_stop)
+        log.info("mqtt_stopped")
+
+    # -- paho's callbacks: run on paho's thread, only hand events over --------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._stopping:
+            return
+        if reason_code.is_failure:
+            # A refusal (bad password, not authorised, ...) is not a connection: deliver
+            # nothing and let paho retry with backoff, so a fixed broker config heals itself.
+            log.error("mqtt_connect_refused", reason=str(reason_code), host=self._host)
+            return
+        dropped = self._drop_unsent()
+        if dropped:
+            log.warning("mqtt_stale_messages_dropped", count=dropped)
+        self._connected = True
+        log.info("mqtt_connected", host=self._host, port=self._port)
+        self._post(Connected())
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        log.warning("mqtt_connect_failed", host=self._host, port=self._port)
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was_connected = self._connected
+        self._connected = False
+        if self._stopping:
+            self._call_on_loop(self._set_stopped)
+            return
+        if not was_connected:
+            # The broker refused the CONNECT: already reported by _on_connect, and the
+            # runtime never heard Connected, so there is no connection to lose.
+            return
+        log.warning("mqtt_disconnected", reason=str(reason_code))
+        self._post(Disconnected(reason=str(reason_code)))
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if self._stopping:
+            return
+        self._post(Received(message.topic, bytes(message.payload), bool(message.retain)))
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _post(self, event: Connected | Disconnected | Received) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._call_on_loop(sink, event)
+
+    def _call_on_loop(self, func: Callable[..., object], *args: object) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(func, *args)
+        except RuntimeError:
+            # The loop closed while paho's thread was still winding down: nobody is left to
+            # tell, and raising here would only be swallowed by paho.
+            log.debug("mqtt_event_after_loop_closed")
+
+    def _set_stopped(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+
+    def _drop_unsent(self) -> int:
+        """Forget QoS > 0 messages paho kept from the previous connection; return how many.
+
+        Safety rule 6: an ON must never arrive late. paho keeps every unacknowledged QoS 1/2
+        PUBLISH in ``Client._out_messages`` across a connection loss and re-sends it right after
+        the next CONNACK (``_handle_connack`` walks that dict after calling ``on_connect``). A
+        command or state message from before an outage is stale by definition: the runtime
+        re-publishes state on ``Connected`` and commands are re-decided by the core. Clearing
+        the dict here, inside ``on_connect``, is the one point that is after the reconnect and
+        before paho's re-send. paho guards the dict with ``Client._out_message_mutex`` (an RLock
+        also taken by ``publish``); ``Client.drop_out_messages()`` does the same from paho 2.2.
+        """
+        with self._client._out_message_mutex:
+            count = len(self._client._out_messages)
+            self._client._out_messages.clear()
+            self._client._inflight_messages = 0
+        return count
+
+    def _forget_outgoing(self, mid: int) -> None:
+        """Remove one message paho queued for after a reconnect (see :meth:`_drop_unsent`)."""
+        with self._client._out_message_mutex:
+            self._client._out_messages.pop(mid, None)
+
+
+class _DemoteNotConnected(logging.Filter):
+    """Demote paho 2.2's "Client is not connected" from ERROR to DEBUG.
+
+    paho logs it at ERROR whenever its loop turns without a socket: after every clean
+    disconnect and on each retry while the broker is down. Those states are already reported
+    as ``mqtt_disconnected`` and ``mqtt_connect_failed``; an ERROR on every shutdown would teach
+    users to ignore errors.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Let the record through, demoted when it is the not-connected message."""
+        if record.levelno == logging.ERROR and str(record.msg).startswith(
+            "Client is not connected"
+        ):
+            record.levelno = logging.DEBUG
+            record.levelname = logging.getLevelName(logging.DEBUG)
+        return True
+
+
+def _paho_logger() -> logging.Logger:
+    """The stdlib logger paho writes to, with the demoting filter installed once."""
+    logger = logging.getLogger("paho.mqtt.client")
+    if not any(isinstance(f, _DemoteNotConnected) for f in logger.filters):
+        logger.addFilter(_DemoteNotConnected())
+    return logger
+
+
+def _configure_tls(client: paho.Client, tls: TlsOptions) -> None:
+    """Enable TLS; the broker's certificate is verified unless ``insecure`` is set."""
+    client.tls_set(
+        ca_certs=str(tls.ca_file) if tls.ca_file else None,
+        certfile=str(tls.cert_file) if tls.cert_file else None,
+        keyfile=str(tls.key_file) if tls.key_file else None,
+        cert_reqs=ssl.CERT_REQUIRED,
+    )
+    if tls.insecure:
+        # Only the host name check is skipped: explicitly asked for, e.g. a broker on an IP.
+        client.tls_insecure_set(True)
+
+
+def _chunks(topics: Sequence[str]) -> list[Sequence[str]]:
+    """The filters in groups of :data:`FILTERS_PER_PACKET`, deduplicated, order kept."""
+    unique = list(dict.fromkeys(topics))
+    return [unique[i : i + FILTERS_PER_PACKET] for i in range(0, len(unique), FILTERS_PER_PACKET)]
+
+
+__all__ = ["PahoClient", "TlsOptions", "parse_broker_url"]

@@ -1,0 +1,155 @@
+"""A private mosquitto for tests: its own directory, a free port kept across restarts.
+
+Never port 1883: the machine's shared mosquitto lives there, and a test must not see (or be
+seen by) anything but its own clients.
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Final
+
+#: How long start and stop may take before the test fails with the broker's log.
+STARTUP_TIMEOUT: Final = 10.0
+SHUTDOWN_TIMEOUT: Final = 10.0
+#: The shared broker's port, never used by tests.
+SHARED_PORT: Final = 1883
+
+
+def mosquitto_binary() -> str | None:
+    """The mosquitto executable, or ``None`` when it is not installed."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    fallback = Path("/usr/sbin/mosquitto")
+    return str(fallback) if fallback.exists() else None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class MosquittoBroker:
+    """A mosquitto process on 127.0.0.1 with persistence, so retained messages survive restarts."""
+
+    def __init__(
+        self, directory: Path, *, port: int | None = None, password_file: Path | None = None
+    ) -> None:
+        """Prepare (not start) a broker whose config, data and log live in ``directory``."""
+        if port == SHARED_PORT:
+            raise ValueError("port 1883 belongs to the machine's shared mosquitto")
+        self.directory = directory
+        self._port = port
+        self.password_file = password_file
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        """The listening port, picked once and reused by every restart."""
+        if self._port is None:
+            self._port = free_port()
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The broker URL for redlight's config."""
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """The broker's log file."""
+        return self.directory / "mosquitto.log"
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Write the config, start mosquitto and wait until it accepts TCP connections."""
+        if self.running:
+            return
+        binary = mosquitto_binary()
+        if binary is None:
+            raise RuntimeError("mosquitto is not installed")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "mosquitto.conf"
+        config.write_text(self._config_text(), encoding="utf-8")
+        self._process = subprocess.Popen(
+            [binary, "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_until_listening()
+
+    def stop(self) -> None:
+        """Stop mosquitto with SIGTERM (it saves retained messages) and wait for it to exit."""
+        process = self._process
+        if process is None:
+            return
+        self._process = None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=SHUTDOWN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=SHUTDOWN_TIMEOUT)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port."""
+        self.stop()
+        self.start()
+
+    def log_text(self) -> str:
+        """Everything mosquitto logged so far."""
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _config_text(self) -> str:
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'false' if self.password_file else 'true'}",
+            "persistence true",
+            # mosquitto joins location and file name as strings: the slash is required.
+            f"persistence_location {self.directory}/",
+            "autosave_interval 1",
+            f"log_dest file {self.log_path}",
+            "log_type all",
+            "connection_messages true",
+            # As root, mosquitto would switch to the 'mosquitto' user and lose access to the
+            # test's directory; naming the current user keeps it (a no-op when not root).
+            f"user {getpass.getuser()}",
+        ]
+        if self.password_file is not None:
+            lines.append(f"password_file {self.password_file}")
+        return "\n".join(lines) + "\n"
+
+    def _wait_until_listening(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                break
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)  # polling a condition with a deadline, not hoping
+        tail = "\n".join(self.log_text().splitlines()[-20:])
+        self.stop()
+        raise RuntimeError(f"mosquitto did not listen on port {self.port}; log tail:\n{tail}")
+
+
+__all__ = ["MosquittoBroker", "free_port", "mosquitto_binary"]

@@ -1,0 +1,329 @@
+"""The paho adapter's own rules: URL parsing, set-up errors, secrets, and no late re-sends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import pytest
+from structlog.testing import capture_logs
+from structlog.typing import EventDict, Processor
+
+from redlight.broker import (
+    STATE_QOS,
+    BrokerError,
+    BrokerEvent,
+    Connected,
+    Disconnected,
+    Message,
+    Received,
+)
+from redlight.mqtt import PahoClient, TlsOptions, parse_broker_url
+from tests.mosquitto import MosquittoBroker, mosquitto_binary
+
+WAIT_S: Final = 10.0
+
+E = TypeVar("E", Connected, Disconnected, Received)
+
+
+def paho_client(
+    port: int,
+    client_id: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: TlsOptions | None = None,
+) -> PahoClient:
+    """A client of a broker on 127.0.0.1."""
+    return PahoClient(
+        host="127.0.0.1",
+        port=port,
+        client_id=client_id,
+        will=None,
+        username=username,
+        password=password,
+        tls=tls,
+    )
+
+
+class Sink:
+    """Records events; ``next`` waits (bounded) for the next unseen one of a kind."""
+
+    def __init__(self) -> None:
+        """Nothing recorded yet."""
+        self.events: list[BrokerEvent] = []
+        self._cursor = 0
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: BrokerEvent) -> None:
+        """Record an event."""
+        self.events.append(event)
+        self._changed.set()
+
+    async def next(self, kind: type[E], where: Callable[[E], bool] | None = None) -> E:
+        """The next unseen event of ``kind`` matching ``where``."""
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                while self._cursor < len(self.events):
+                    event = self.events[self._cursor]
+                    self._cursor += 1
+                    if isinstance(event, kind) and (where is None or where(event)):
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def message(self, topic: str) -> Received:
+        """The next message on ``topic``."""
+        return await self.next(Received, lambda event: event.topic == topic)
+
+    def topics(self, prefix: str = "t/") -> list[str]:
+        """Topics of the messages received under ``prefix``."""
+        return [
+            e.topic for e in self.events if isinstance(e, Received) and e.topic.startswith(prefix)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mqtt://broker", ("broker", 1883, False)),
+        ("mqtt://broker.lan:1884", ("broker.lan", 1884, False)),
+        ("mqtt://127.0.0.1:2000/", ("127.0.0.1", 2000, False)),
+        ("mqtts://broker", ("broker", 8883, True)),
+        ("MQTTS://broker:8884", ("broker", 8884, True)),
+        ("mqtt://[::1]:1885", ("::1", 1885, False)),
+    ],
+)
+def test_parse_broker_url_accepts_mqtt_and_mqtts(url: str, expected: tuple[str, int, bool]) -> None:
+    """mqtt:// and mqtts:// URLs give host, port (1883/8883 by default) and the TLS flag."""
+    assert parse_broker_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("http://broker", "mqtt:// or mqtts://"),
+        ("broker:1883", "mqtt:// or mqtts://"),
+        ("", "mqtt:// or mqtts://"),
+        ("mqtt://", "no host"),
+        ("mqtt://:1883", "no host"),
+        ("mqtt://broker:99999", "port"),
+        ("mqtt://broker:abc", "port"),
+        ("mqtt://broker:0", "port"),
+        ("mqtt://user:hunter2@broker", "credentials"),
+        ("mqtt://broker/some/path", "path"),
+        ("mqtt://broker?x=1", "path"),
+        ("mqtt://broker#frag", "path"),
+    ],
+)
+def test_parse_broker_url_rejects_anything_else(url: str, complaint: str) -> None:
+    """Other schemes, missing hosts, bad ports, credentials or paths raise one-sentence errors."""
+    with pytest.raises(BrokerError, match=complaint) as raised:
+        parse_broker_url(url)
+    message = str(raised.value)
+    assert message.endswith(".")
+    assert "\n" not in message
+    assert "hunter2" not in message
+
+
+def test_missing_ca_file_is_a_broker_error(tmp_path: Path) -> None:
+    """A TLS CA file that does not exist fails at construction with a BrokerError."""
+    tls = TlsOptions(ca_file=tmp_path / "missing-ca.pem")
+    with pytest.raises(BrokerError, match="FileNotFoundError"):
+        paho_client(8883, "tls", tls=tls)
+
+
+def test_tls_verifies_the_broker_unless_insecure() -> None:
+    """TLS requires a valid certificate; insecure only skips the host name check."""
+    strict = paho_client(8883, "strict", tls=TlsOptions())
+    loose = paho_client(8883, "loose", tls=TlsOptions(insecure=True))
+    for client, check_hostname in ((strict, True), (loose, False)):
+        context = client._client._ssl_context
+        assert context is not None
+        assert context.verify_mode == ssl.CERT_REQUIRED
+        assert context.check_hostname is check_hostname
+
+
+def test_password_without_username_is_a_broker_error() -> None:
+    """MQTT 3.1.1 cannot send a password without a username, so the config is refused."""
+    with pytest.raises(BrokerError, match="username") as raised:
+        paho_client(1884, "nouser", password="hunter2")  # noqa: S106 - a test value
+    assert "hunter2" not in str(raised.value)
+
+
+async def test_unstarted_client_publishes_nothing_and_stops_quietly() -> None:
+    """Before start() the client is not connected: publish is False, subscribe and stop no-ops."""
+    client = paho_client(1884, "idle")
+    assert not client.connected
+    assert not client.publish(Message("t/x", "ON"))
+    client.subscribe(["t/#"])
+    client.unsubscribe(["t/#"])
+    await client.stop()
+
+
+@pytest.fixture
+def password_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A private mosquitto that only lets user ``redlight`` with password ``right-one`` in."""
+    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if mosquitto_binary() is None or not Path(passwd).exists():
+        pytest.skip("mosquitto and mosquitto_passwd are not installed")
+    password_file = tmp_path / "passwords"
+    subprocess.run(
+        [passwd, "-b", "-c", str(password_file), "redlight", "right-one"],
+        check=True,
+        capture_output=True,
+    )
+    broker = MosquittoBroker(tmp_path / "mosquitto", password_file=password_file)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def signal_on(event_name: str, flag: asyncio.Event) -> Processor:
+    """A structlog processor that sets ``flag`` (on the running loop) when ``event_name`` logs."""
+    loop = asyncio.get_running_loop()
+
+    def processor(logger: Any, method: str, event_dict: EventDict) -> EventDict:
+        if event_dict.get("event") == event_name:
+            loop.call_soon_threadsafe(flag.set)
+        return event_dict
+
+    return processor
+
+
+@pytest.mark.integration
+async def test_wrong_password_is_logged_without_the_password(
+    password_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused login is logged at error with the reason, never with the password."""
+    secret = "Wr0ng-Hunter2-Secret"  # noqa: S105 - the deliberately wrong password under test
+    client = paho_client(password_broker.port, "refused", username="redlight", password=secret)
+    sink = Sink()
+    refused_logged = asyncio.Event()
+    with (
+        capture_logs([signal_on("mqtt_connect_refused", refused_logged)]) as logs,
+        caplog.at_level(logging.DEBUG),
+    ):
+        client.start(sink)
+        try:
+            await asyncio.wait_for(refused_logged.wait(), WAIT_S)
+        finally:
+            await client.stop()
+
+    refused = next(e for e in logs if e["event"] == "mqtt_connect_refused")
+    assert refused["log_level"] == "error"
+    assert refused["reason"] == "Not authorized"
+    assert sink.events == []
+    assert "Sending CONNECT" in caplog.text  # paho's own logging is routed and was captured
+    assert secret not in caplog.text
+    assert secret not in repr(logs)
+
+
+class Proxy:
+    """A TCP relay to mosquitto that can swallow the client's packets and cut connections.
+
+    It reproduces the one case paho would re-send after a reconnect: a QoS 1 PUBLISH that was
+    sent but never acknowledged before the connection died.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        """A relay to 127.0.0.1:``upstream_port``; call :meth:`start`."""
+        self.upstream_port = upstream_port
+        self.swallow = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Listen on a free port."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        """Abort every relayed connection on both sides (no MQTT DISCONNECT)."""
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        """Stop listening and wait for the relays to end."""
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=WAIT_S)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers += [writer, up_writer]
+        pipes = {
+            asyncio.create_task(self._pipe(reader, up_writer, to_broker=True)),
+            asyncio.create_task(self._pipe(up_reader, writer, to_broker=False)),
+        }
+        self._tasks |= pipes
+        await asyncio.wait(pipes)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, to_broker: bool
+    ) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                if to_broker and self.swallow:
+                    continue
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
+
+
+@pytest.fixture
+async def proxy(mosquitto: MosquittoBroker) -> AsyncIterator[Proxy]:
+    """A relay in front of the test's mosquitto."""
+    relay = Proxy(mosquitto.port)
+    await relay.start()
+    yield relay
+    await relay.close()
+
+
+@pytest.mark.integration
+async def test_unacknowledged_qos1_message_is_not_resent_after_reconnect(
+    mosquitto: MosquittoBroker, proxy: Proxy
+) -> None:
+    """Safety rule 6: a QoS 1 message unacknowledged when the link died is dropped, not re-sent."""
+    observer, seen = paho_client(mosquitto.port, "observer"), Sink()
+    client, events = paho_client(proxy.port, "through-proxy"), Sink()
+    try:
+        observer.start(seen)
+        client.start(events)
+        await seen.next(Connected)
+        await events.next(Connected)
+        observer.subscribe(["t/#"])
+        assert observer.publish(Message("t/ready", "", qos=STATE_QOS))
+        await seen.message("t/ready")
+
+        proxy.swallow = True
+        assert client.publish(Message("t/plug/power", "ON", qos=STATE_QOS))
+        proxy.cut()
+        await events.next(Disconnected)
+        # paho really did keep it for a re-send: the scenario under test is real.
+        assert len(client._client._out_messages) == 1
+        proxy.swallow = False
+
+        await events.next(Connected)
+        # The client's connection would carry a re-sent message before this barrier.
+        assert client.publish(Message("t/barrier", "", qos=STATE_QOS))
+        await seen.message("t/barrier")
+        assert seen.topics() == ["t/ready", "t/barrier"]
+    finally:
+        await client.stop()
+        await observer.stop()

@@ -1,0 +1,355 @@
+"""Session history: the SQLite schema, the reader, and the writer thread's failure handling."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, MutableMapping, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from redlight.storage import (
+    JOURNAL_WAIT_S,
+    SCHEMA_VERSION,
+    History,
+    HistoryWriter,
+    SessionRow,
+    StorageError,
+)
+
+CET = timezone(timedelta(hours=1))
+CEST = timezone(timedelta(hours=2))
+T0 = datetime(2026, 11, 24, 7, 0, tzinfo=CET)
+
+
+def session(
+    id: str = "s1",  # the name mirrors SessionRow.id
+    panel: str = "hip_left",
+    started_at: datetime = T0,
+    planned_s: float = 600.0,
+    irradiance: float | None = 50.0,
+) -> SessionRow:
+    """A journal row (not ended yet)."""
+    return SessionRow(
+        id=id,
+        panel=panel,
+        area="left hip",
+        source="cli",
+        started_at=started_at,
+        planned_s=planned_s,
+        irradiance_mw_cm2=irradiance,
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """Where the test's database lives (not created yet)."""
+    return tmp_path / "state" / "history.db"
+
+
+@pytest.fixture
+def writer(db: Path) -> Iterator[HistoryWriter]:
+    """A history writer that is closed after the test."""
+    history_writer = HistoryWriter(db)
+    yield history_writer
+    history_writer.close(timeout=5.0)
+
+
+def storage_errors(logs: Sequence[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    """The ``storage_error`` entries among captured log entries."""
+    return [entry for entry in logs if entry["event"] == "storage_error"]
+
+
+# ------------------------------------------------------------------------------ schema
+
+
+def test_open_creates_schema_version_and_wal(db: Path) -> None:
+    """Opening a new database creates its directory and schema at user_version 1 in WAL mode."""
+    History.open(db).close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert SCHEMA_VERSION == 1
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"sessions", "settings"} <= tables
+    finally:
+        conn.close()
+
+
+def test_reopening_keeps_the_data(db: Path, writer: HistoryWriter) -> None:
+    """Opening an existing database again neither migrates nor loses what it holds."""
+    History.open(db).close()
+    writer.set_setting("k", "v")
+    assert writer.flush(5.0)
+    with History.open(db) as history:
+        assert history.get_setting("k") == "v"
+
+
+def test_newer_schema_is_refused(db: Path) -> None:
+    """A database written by a newer redlight is a StorageError that says so."""
+    History.open(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    with pytest.raises(StorageError, match="newer"):
+        History.open(db)
+
+
+def test_corrupt_file_is_a_storage_error(db: Path) -> None:
+    """A file that is not a SQLite database is a StorageError, not a sqlite3 exception."""
+    db.parent.mkdir()
+    db.write_bytes(b"this is no database, just garbage\x00\xff" * 200)
+    with pytest.raises(StorageError, match="not a database"):
+        History.open(db)
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_session_round_trip(db: Path, writer: HistoryWriter) -> None:
+    """A session opened and closed through the writer is read back with its totals and end."""
+    writer.session_opened(session("s1"))
+    ended = T0 + timedelta(seconds=590)
+    writer.session_closed("s1", ended, 590.0, "completed", 29.5)
+    writer.session_opened(session("s2", panel="knee", started_at=T0 + timedelta(hours=1)))
+    assert writer.flush(5.0)
+    assert writer.errors == 0
+    with History.open(db) as history:
+        [row] = history.sessions(panel="hip_left")
+        assert row == SessionRow(
+            id="s1",
+            panel="hip_left",
+            area="left hip",
+            source="cli",
+            started_at=T0,
+            planned_s=600.0,
+            irradiance_mw_cm2=50.0,
+            ended_at=ended,
+            actual_s=590.0,
+            reason="completed",
+            dose_j_cm2=29.5,
+        )
+        assert row.started_at.utcoffset() == timedelta(hours=1)
+        assert [r.id for r in history.sessions()] == ["s1", "s2"]
+        assert [r.id for r in history.sessions(since=T0 + timedelta(minutes=1))] == ["s2"]
+        assert history.seconds_between("hip_left", T0, T0 + timedelta(seconds=1)) == 590.0
+        assert history.seconds_between("hip_left", T0 + timedelta(seconds=1), ended) == 0.0
+        assert history.seconds_between("knee", T0, T0 + timedelta(days=1)) == 0.0
+        assert history.last_end("hip_left") == ended
+        assert history.last_end("knee") is None
+        assert history.last_end("nope") is None
+
+
+def test_journal_row_is_committed_before_session_opened_returns(
+    db: Path, writer: HistoryWriter
+) -> None:
+    """session_opened returns once its row is committed, or after its bounded wait, saying so."""
+    History.open(db).close()
+    with capture_logs() as logs:
+        writer.session_opened(session("s1"))
+    with History.open(db) as history:
+        rows = [(r.id, r.ended_at) for r in history.sessions()]
+    # A healthy disk commits well within JOURNAL_WAIT_S; a slow one must be reported instead
+    # (checked this way so a busy CI disk cannot make the test flaky).
+    slow = [e for e in logs if e["event"] == "storage_slow"]
+    assert rows == [("s1", None)] or slow
+    assert not storage_errors(logs)
+
+
+def test_seconds_between_compares_instants_across_utc_offsets(
+    db: Path, writer: HistoryWriter
+) -> None:
+    """Range queries compare instants, so rows written under another UTC offset count right."""
+    # 07:30+02:00 is 06:30+01:00: before T0 although its text sorts after T0's.
+    early = datetime(2026, 11, 24, 7, 30, tzinfo=CEST)
+    writer.session_opened(session("dst", started_at=early))
+    writer.session_closed("dst", early + timedelta(minutes=5), 300.0, "completed", None)
+    writer.session_opened(session("s1"))
+    writer.session_closed("s1", T0 + timedelta(minutes=5), 300.0, "completed", None)
+    assert writer.flush(5.0)
+    with History.open(db) as history:
+        assert history.seconds_between("hip_left", T0, T0 + timedelta(hours=1)) == 300.0
+        assert [r.id for r in history.sessions()] == ["dst", "s1"]
+        assert history.last_end("hip_left") == T0 + timedelta(minutes=5)
+
+
+def test_settings_round_trip(db: Path, writer: HistoryWriter) -> None:
+    """A setting written twice reads back as its last value; an unknown key reads as None."""
+    writer.set_setting("panel.hip_left.default_duration_s", "300")
+    writer.set_setting("panel.hip_left.default_duration_s", "420")
+    assert writer.flush(5.0)
+    with History.open(db) as history:
+        assert history.get_setting("panel.hip_left.default_duration_s") == "420"
+        assert history.get_setting("missing") is None
+
+
+def test_close_interrupted_closes_only_journal_rows(db: Path, writer: HistoryWriter) -> None:
+    """Open rows are closed as interrupted with an estimated time and dose; closed rows stay."""
+    writer.session_opened(session("done", started_at=T0 - timedelta(hours=2)))
+    writer.session_closed("done", T0 - timedelta(hours=1), 600.0, "completed", 30.0)
+    writer.session_opened(session("short", started_at=T0))
+    writer.session_opened(
+        session("long", panel="knee", started_at=T0 - timedelta(hours=1), irradiance=None)
+    )
+    assert writer.flush(5.0)
+    wall = T0 + timedelta(seconds=120)
+    with History.open(db) as history:
+        closed = history.close_interrupted(wall)
+        assert [(r.id, r.reason, r.ended_at, r.actual_s, r.dose_j_cm2) for r in closed] == [
+            ("long", "interrupted", wall, 600.0, None),
+            ("short", "interrupted", wall, 120.0, 6.0),
+        ]
+        assert history.close_interrupted(wall) == []
+        rows = {r.id: r for r in history.sessions()}
+        assert rows["short"] == closed[1]
+        assert rows["long"] == closed[0]
+        assert (rows["done"].reason, rows["done"].actual_s) == ("completed", 600.0)
+        assert rows["done"].ended_at == T0 - timedelta(hours=1)
+
+
+def test_close_interrupted_never_estimates_negative_time(db: Path, writer: HistoryWriter) -> None:
+    """A journal row that starts after the wall clock (clock stepped back) is closed with 0 s."""
+    writer.session_opened(session("future", started_at=T0 + timedelta(hours=1)))
+    assert writer.flush(5.0)
+    with History.open(db) as history:
+        [row] = history.close_interrupted(T0)
+    assert (row.actual_s, row.dose_j_cm2) == (0.0, 0.0)
+
+
+def test_writer_close_drains_the_queue(db: Path) -> None:
+    """Closing the writer writes what was queued before it returns."""
+    history_writer = HistoryWriter(db)
+    for n in range(20):
+        history_writer.set_setting(f"k{n}", str(n))
+    history_writer.close(timeout=5.0)
+    with History.open(db) as history:
+        assert history.get_setting("k19") == "19"
+
+
+def test_writes_after_close_are_reported_not_raised(db: Path) -> None:
+    """A write after close is logged as a storage error and does not raise."""
+    history_writer = HistoryWriter(db)
+    history_writer.close(timeout=5.0)
+    with capture_logs() as logs:
+        history_writer.session_opened(session())
+        history_writer.set_setting("k", "v")
+    assert history_writer.errors == 2
+    assert [e["operation"] for e in storage_errors(logs)] == ["session_opened", "set_setting"]
+
+
+def test_close_of_an_unknown_session_is_reported(db: Path, writer: HistoryWriter) -> None:
+    """Closing a session whose journal row is missing is reported, not silently ignored."""
+    with capture_logs() as logs:
+        writer.session_closed("ghost", T0, 1.0, "completed", None)
+        assert writer.flush(5.0)
+    [entry] = storage_errors(logs)
+    assert entry["operation"] == "session_closed"
+    assert "ghost" in str(entry["error"])
+
+
+# ---------------------------------------------------------------------- rule 12: faults
+
+
+def test_writer_reports_a_corrupt_database_without_raising(db: Path) -> None:
+    """With a corrupt file every write is logged as storage_error and the caller never sees it."""
+    db.parent.mkdir()
+    db.write_bytes(b"garbage!" * 512)
+    history_writer = HistoryWriter(db)
+    try:
+        with capture_logs() as logs:
+            history_writer.session_opened(session())
+            history_writer.session_closed("s1", T0, 1.0, "completed", None)
+            history_writer.set_setting("k", "v")
+            assert history_writer.flush(5.0)
+    finally:
+        history_writer.close(timeout=5.0)
+    errors = storage_errors(logs)
+    assert [e["operation"] for e in errors] == ["session_opened", "session_closed", "set_setting"]
+    assert all(e["log_level"] == "error" for e in errors)
+    assert all(e["path"] == str(db) for e in errors)
+    assert "not a database" in str(errors[0]["error"])
+    assert history_writer.errors == 3
+
+
+def test_locked_database_never_holds_up_the_caller(db: Path, writer: HistoryWriter) -> None:
+    """With the database locked, writer calls return at once, fail loudly, and recover later."""
+    History.open(db).close()
+    locker = sqlite3.connect(db, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")
+        with capture_logs() as logs:
+            started = time.monotonic()
+            writer.session_opened(session("s1"))
+            opened_s = time.monotonic() - started
+            started = time.monotonic()
+            writer.session_closed("s1", T0, 1.0, "completed", None)
+            writer.set_setting("k", "v")
+            enqueued_s = time.monotonic() - started
+            assert writer.flush(5.0)
+        locker.execute("ROLLBACK")
+    finally:
+        locker.close()
+    # session_opened waits at most JOURNAL_WAIT_S; generous bounds for a busy CI machine.
+    assert JOURNAL_WAIT_S <= 0.25
+    assert opened_s < 1.0
+    assert enqueued_s < 0.1
+    assert writer.errors >= 1
+    assert storage_errors(logs)
+    assert "locked" in str(storage_errors(logs)[0]["error"])
+
+    writer.session_opened(session("s2"))
+    writer.set_setting("k", "after")
+    assert writer.flush(5.0)
+    with History.open(db) as history:
+        assert [r.id for r in history.sessions()] == ["s2"]
+        assert history.get_setting("k") == "after"
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0,
+    reason="root ignores directory permissions",
+)
+def test_read_only_directory_is_reported_without_raising(tmp_path: Path) -> None:
+    """In a directory it cannot write, the writer reports errors and History.open raises."""
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    directory.chmod(0o500)
+    db = directory / "history.db"
+    history_writer = HistoryWriter(db)
+    try:
+        with capture_logs() as logs:
+            history_writer.session_opened(session())
+            history_writer.set_setting("k", "v")
+            assert history_writer.flush(5.0)
+        with pytest.raises(StorageError):
+            History.open(db)
+    finally:
+        history_writer.close(timeout=5.0)
+        directory.chmod(0o700)
+    assert history_writer.errors == 2
+    assert [e["operation"] for e in storage_errors(logs)] == ["session_opened", "set_setting"]
+
+
+def test_unusable_directory_is_reported_without_raising(tmp_path: Path) -> None:
+    """When the database's directory cannot be created, writes are reported and never raise."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    db = blocker / "sub" / "history.db"
+    history_writer = HistoryWriter(db)
+    try:
+        with capture_logs() as logs:
+            history_writer.session_opened(session())
+            history_writer.set_setting("k", "v")
+            assert history_writer.flush(5.0)
+        with pytest.raises(StorageError):
+            History.open(db)
+    finally:
+        history_writer.close(timeout=5.0)
+    assert history_writer.errors == 2
+    assert [e["operation"] for e in storage_errors(logs)] == ["session_opened", "set_setting"]
