@@ -631,9 +631,9 @@ class Core:
     def _on_unconfirmed(self, panel: Panel, now: Now) -> None:
         """The plug did not confirm an ON: switch it off rather than guess (rules 4 and 2)."""
         panel.on_confirm_by = None
-        self._unresponsive(panel, now, "on")
         if panel.session is not None:
             self._end_session(panel, now, "cutoff")
+        self._unresponsive(panel, now, "on")
 
     # ------------------------------------------------------------------ OFF, confirmed
 
