@@ -113,6 +113,8 @@ def configure_logging(
     handler = logging.StreamHandler(out)
     handler.set_name(HANDLER_NAME)
     handler.setFormatter(formatter)
+    # Also on the handler: a logger's filter may demote a record after the level check.
+    handler.setLevel(numeric)
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:

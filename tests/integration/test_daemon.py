@@ -7,127 +7,13 @@ simulated plugs, the broker, the exit code and the history database.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import sqlite3
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from redlight.simplug import SimulatedPlug
-from tests.integration.harness import WAIT_S, Daemon, Observer, config_text, start_plug
-from tests.mosquitto import MosquittoBroker
+from tests.integration.harness import PRESETS, System, is_off, is_on, until
 
 pytestmark = pytest.mark.integration
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "tasmota": {"preset": "tasmota", "topic": "sim_tasmota"},
-    "shelly_gen1": {"preset": "shelly_gen1", "id": "shellyplug-s-SIM1"},
-    "shelly_gen2": {"preset": "shelly_gen2", "prefix": "shellyplusplugs-sim2"},
-    "zigbee2mqtt": {"preset": "zigbee2mqtt", "device": "sim plug", "failsafe": True},
-    "esphome": {"preset": "esphome", "node": "sim-esphome", "switch": "relay"},
-    "generic": {
-        "preset": "generic",
-        "command_topic": "sim/generic/set",
-        "state_topic": "sim/generic/state",
-    },
-}
-
-
-@dataclass
-class System:
-    """Broker, observer, plugs and daemon of one test."""
-
-    tmp: Path
-    broker: MosquittoBroker
-    observer: Observer
-    plugs: dict[str, SimulatedPlug] = field(default_factory=dict)
-    daemon: Daemon | None = None
-
-    @property
-    def db(self) -> Path:
-        """The daemon's history database."""
-        return self.tmp / "history.db"
-
-    async def up(self, presets: list[str], *, safety: str = "", start: bool = True) -> Daemon:
-        """Start plugs for ``presets`` (one panel each, named after the preset) and the daemon."""
-        panels = {name: PRESETS[name] for name in presets}
-        for name, plug in panels.items():
-            self.plugs[name] = await start_plug(self.broker.port, name, plug, name)
-        path = self.tmp / "config.toml"
-        path.write_text(config_text(self.broker.port, self.db, panels, safety))
-        self.daemon = Daemon(path, self.tmp / "daemon.log")
-        if start:
-            await self.start_daemon()
-        return self.daemon
-
-    async def start_daemon(self) -> None:
-        """Start the daemon and wait until it says online and has switched every plug off."""
-        assert self.daemon is not None
-        mark = self.observer.mark()
-        self.daemon.start()
-        await self.observer.wait("redlight/status", lambda m: m.payload == b"online", since=mark)
-        for name in self.plugs:
-            await self.observer.wait(
-                f"redlight/panel/{name}/state",
-                lambda m: m.json()["plug"] == "off",
-                since=mark,
-            )
-
-    def command(self, panel: str, payload: str | dict[str, Any]) -> int:
-        """Send a panel command; return the observer mark from just before it."""
-        mark = self.observer.mark()
-        text = payload if isinstance(payload, str) else json.dumps(payload)
-        self.observer.publish(f"redlight/panel/{panel}/set", text)
-        return mark
-
-    def history(self) -> list[sqlite3.Row]:
-        """The sessions in the daemon's database."""
-        with sqlite3.connect(self.db) as db:
-            db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT * FROM sessions ORDER BY started_at").fetchall()
-        db.close()
-        return rows
-
-
-@pytest.fixture
-async def system(tmp_path: Path) -> AsyncIterator[System]:
-    """A private mosquitto on a free port with an observer; plugs and daemon come per test."""
-    broker = MosquittoBroker(tmp_path / "mosquitto")
-    broker.start()
-    observer = Observer(broker.port)
-    await observer.start()
-    sut = System(tmp_path, broker, observer)
-    try:
-        yield sut
-    finally:
-        if sut.daemon is not None:
-            sut.daemon.stop_now()
-        for plug in sut.plugs.values():
-            await plug.stop()
-        await observer.stop()
-        broker.stop()
-
-
-async def until(
-    plug: SimulatedPlug, condition: Callable[[SimulatedPlug], bool], within: float = WAIT_S
-) -> None:
-    """Wait (bounded) until a simulated plug's state satisfies ``condition``."""
-    async with asyncio.timeout(within):
-        await plug.wait_for(condition)
-
-
-def is_on(plug: SimulatedPlug) -> bool:
-    """The plug's relay is on."""
-    return plug.is_on
-
-
-def is_off(plug: SimulatedPlug) -> bool:
-    """The plug's relay is off."""
-    return not plug.is_on
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

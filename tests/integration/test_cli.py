@@ -1,0 +1,98 @@
+"""The command line against the real daemon on a private mosquitto (SPEC §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from tests.integration.harness import WAIT_S, System, is_off, is_on, until
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What a finished ``redlight`` command printed and returned."""
+
+    code: int
+    out: str
+    err: str
+
+
+async def redlight(system: System, *args: str) -> Ran:
+    """Run ``redlight ARGS --config <the test's config>`` as a user would, off the loop."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDLIGHT_")}
+    command = [sys.executable, "-m", "redlight", *args, "--config", str(system.tmp / "config.toml")]
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=WAIT_S * 2, check=False
+        )
+
+    done = await asyncio.to_thread(run)
+    return Ran(done.returncode, done.stdout, done.stderr)
+
+
+async def test_start_prints_the_outcome_and_stop_waits_for_off(system: System) -> None:
+    """``start`` answers with the session; ``stop`` returns once the plug reports off."""
+    await system.up(["tasmota"])
+    plug = system.plugs["tasmota"]
+    started = await redlight(system, "start", "tasmota", "--duration", "2m")
+    assert started.code == 0, started.err
+    assert started.out.startswith("started tasmota for 2m, until ")
+    await until(plug, is_on)
+    status = await redlight(system, "status")
+    assert status.code == 0
+    assert "running" in status.out
+    assert "plug on" in status.out
+    stopped = await redlight(system, "stop", "tasmota")
+    assert stopped.code == 0, stopped.err
+    assert stopped.out.strip() == "stopped: tasmota"
+    assert not plug.is_on
+    assert plug.on_commands == 1
+
+
+async def test_rejected_start_exits_1_with_the_reason(system: System) -> None:
+    """A request over the ceiling: exit 1, the daemon's reason on stderr, the plug stays off."""
+    await system.up(["esphome"])
+    ran = await redlight(system, "start", "esphome", "--duration", "16m")
+    assert ran.code == 1
+    assert ran.err.startswith("rejected: ")
+    assert "(over_max_on)" in ran.err
+    assert "Traceback" not in ran.err
+    assert system.plugs["esphome"].on_commands == 0
+
+
+async def test_start_without_a_daemon_says_so_in_one_sentence(system: System) -> None:
+    """With no daemon running, ``start`` fails with one sentence and exit 1."""
+    await system.up(["generic"], start=False)
+    ran = await redlight(system, "start", "generic")
+    assert ran.code == 1
+    assert ran.err.startswith("redlight: redlight is not running")
+    assert len(ran.err.strip().splitlines()) == 1
+
+
+async def test_off_all_switches_plugs_off_without_the_daemon(system: System) -> None:
+    """Rule 9 for ExecStopPost: ``off --all`` switches every plug off straight, and says so."""
+    await system.up(["tasmota", "shelly_gen2", "zigbee2mqtt"], start=False)
+    for plug in system.plugs.values():
+        plug.press_button()
+    ran = await redlight(system, "off", "--all")
+    assert ran.code == 0, ran.err
+    assert "confirmed off: shelly_gen2, tasmota, zigbee2mqtt" in ran.out
+    for plug in system.plugs.values():
+        await until(plug, is_off)
+
+
+async def test_off_all_reports_plugs_that_do_not_confirm(system: System) -> None:
+    """A plug that ignores the OFF is named on stderr and the exit code is 1."""
+    await system.up(["tasmota", "esphome"], start=False)
+    system.plugs["esphome"].set_responsive(False)
+    ran = await redlight(system, "off", "--all")
+    assert ran.code == 1
+    assert "not confirmed (check them): esphome" in ran.err
