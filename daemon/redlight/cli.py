@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         "off", parents=[common], help="switch every plug OFF directly, without the daemon"
     )
     off.add_argument("--all", action="store_true", required=True, help="every configured plug")
+
+    sub.add_parser(
+        "demo",
+        help="the whole system with simulated plugs: no broker, no hardware",
+        description="Runs the real session core against an in-memory broker and simulated "
+        "Tasmota, Shelly and Zigbee plugs, through a short story (under a minute).",
+    )
     return parser
 
 
@@ -110,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         return _check(args)
+    if args.command == "demo":
+        from redlight.demo import main as demo
+
+        return demo()
     config = load_config(args.config)
     if args.command == "run":
         from redlight.daemon import run_daemon
