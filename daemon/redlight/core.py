@@ -17,13 +17,14 @@ from typing import Any, Final, Literal
 from paho.mqtt.client import topic_matches_sub
 
 from redlight import commands as cmd
-from redlight.broker import Message
+from redlight.broker import STATE_QOS, Message
 from redlight.config import Config, dose_to_duration
 from redlight.durations import format_duration
 from redlight.messages import (
     Event,
     Topics,
     clear_retained,
+    dumps,
     event_messages,
     iso,
     panel_state_message,
@@ -202,6 +203,7 @@ class Core:
         self.connected = False
         self.ready = False
         self.stopping = False
+        self._published_running: list[str] | None = None
         self._plug_out: list[Effect] = []  # plug commands, and the journal entry before an ON
         self._out: list[Effect] = []
 
@@ -834,6 +836,21 @@ class Core:
 
     def _publish_state(self, panel: Panel, now: Now) -> None:
         self._other(panel_state_message(self.topics, panel.id, self.panel_state(panel.id, now)))
+        running = self.running()
+        if running != self._published_running:
+            self._publish_daemon_state()
+
+    def _publish_daemon_state(self) -> None:
+        self._published_running = self.running()
+        body = {"active_sessions": len(self._published_running), "running": self._published_running}
+        self._other(Message(self.topics.daemon_state, dumps(body), retain=True, qos=STATE_QOS))
+
+    def states(self, now: Now) -> list[Effect]:
+        """Every retained state again (after Home Assistant restarts and rediscovers)."""
+        for panel in self.panels.values():
+            self._publish_state(panel, now)
+        self._publish_daemon_state()
+        return self._flush()
 
     def _event(self, event_type: str, panel: Panel | None, now: Now, **fields: Any) -> None:
         self._out.append(Event(event_type, panel.id if panel else None, now.wall, fields))

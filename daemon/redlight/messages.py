@@ -28,6 +28,11 @@ class Topics:
         return f"{self.base}/set"
 
     @property
+    def daemon_state(self) -> str:
+        """redlight's own retained JSON state (active sessions); not in SPEC §4's table."""
+        return f"{self.base}/state"
+
+    @property
     def daemon_event(self) -> str:
         """Every event, daemon-wide and per panel."""
         return f"{self.base}/event"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -31,6 +32,7 @@ from redlight.core import (
     SessionOpened,
     SettingChanged,
 )
+from redlight.hass import HassBridge
 from redlight.messages import Event, event_messages, status_message
 from redlight.storage import History, HistoryWriter, SessionRow, StorageError
 from redlight.systemd import Notifier
@@ -44,6 +46,17 @@ SHUTDOWN_CONFIRM_S: Final = 5.0
 @dataclass(frozen=True, slots=True)
 class _Shutdown:
     """Sentinel: a signal asked the daemon to stop."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Announce:
+    """Sentinel: time to send Home Assistant discovery and every state again."""
+
+
+#: After Home Assistant's birth message, wait this long (plus jitter) before rediscovery, as
+#: its docs advise, so a restarted Home Assistant is not flooded by every client at once.
+BIRTH_DELAY_S: Final = 2.0
+BIRTH_JITTER_S: Final = 3.0
 
 
 def system_now(loop: asyncio.AbstractEventLoop | None = None) -> Now:
@@ -99,7 +112,8 @@ class Runtime:
         self.notifier = notifier or Notifier.from_env()
         self._clock = clock
         self._interrupted = list(interrupted)
-        self._queue: asyncio.Queue[BrokerEvent | _Shutdown] = asyncio.Queue()
+        self.hass = HassBridge(config)
+        self._queue: asyncio.Queue[BrokerEvent | _Shutdown | _Announce] = asyncio.Queue()
         self.connected_once = asyncio.Event()
 
     def now(self) -> Now:
@@ -126,7 +140,7 @@ class Runtime:
         next_ping = loop.time()
         while True:
             timeout = self._timeout(watchdog, next_ping)
-            item: BrokerEvent | _Shutdown | None
+            item: BrokerEvent | _Shutdown | _Announce | None
             try:
                 item = await asyncio.wait_for(self._queue.get(), timeout)
             except TimeoutError:
@@ -152,11 +166,17 @@ class Runtime:
             return None
         return max(0.0, min(timeouts))
 
-    def _step(self, item: BrokerEvent | None) -> None:
+    def _step(self, item: BrokerEvent | _Announce | None) -> None:
         now = self.now()
         effects: list[Effect] = []
-        if isinstance(item, Received):
+        if isinstance(item, Received) and self.hass.handles(item.topic):
+            self._from_hass(item)
+        elif isinstance(item, Received):
             effects = self.core.receive(item.topic, item.payload, item.retain, now)
+        elif isinstance(item, _Announce):
+            if self.broker.connected:
+                self.apply(self.hass.announce())
+                effects = self.core.states(now)
         elif isinstance(item, Connected):
             self._on_connected(now)
             return
@@ -166,15 +186,29 @@ class Runtime:
             effects = self.core.disconnect(now)
         self.apply(effects + self.core.tick(now))
 
+    def _from_hass(self, item: Received) -> None:
+        if self.hass.is_birth(item.topic, item.payload):
+            delay = BIRTH_DELAY_S + random.uniform(0, BIRTH_JITTER_S)  # noqa: S311 - jitter only
+            log.info("homeassistant_online", rediscovery_in_s=round(delay, 1))
+            asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, _Announce())
+            return
+        leftovers = self.hass.leftover(item.topic, item.payload, item.retain)
+        if leftovers:
+            log.info("homeassistant_discovery_removed", topic=item.topic)
+            self.apply(leftovers)
+
     def _on_connected(self, now: Now) -> None:
         first = not self.core.ready
         log.info("broker_connected", first=first)
-        self.broker.subscribe(self.core.subscriptions())
+        self.broker.subscribe(self.core.subscriptions() + self.hass.subscriptions())
         effects = self.core.connect(now)
         if first:
             effects.extend(self._interrupted_events(now))
         self.apply(effects)
         self.broker.publish(status_message(self.core.topics, online=True))
+        # Discovery on every connect: Home Assistant's birth is not retained, so a redlight
+        # starting while Home Assistant already runs would never hear it.
+        self.apply(self.hass.announce())
         self.notifier.status(f"connected; {len(self.core.panels)} panels")
         self.connected_once.set()
 

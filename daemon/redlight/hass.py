@@ -1,0 +1,354 @@
+"""Home Assistant MQTT discovery: every panel, routine and schedule as devices and entities.
+
+Device-based discovery (``<prefix>/device/<id>/config``, Home Assistant 2024.11+), built by pure
+functions that return messages; :class:`HassBridge` decides when to send them (on every connect,
+and again shortly after Home Assistant's birth message) and removes what left the config the
+documented way. Facts and pitfalls: ``shared/reference/ha.md``.
+
+Every entity reads redlight's own retained topics (SPEC §4), so Home Assistant shows exactly
+what any other client sees, and every command it sends goes through the same validation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from redlight import __version__
+from redlight.broker import STATE_QOS, Message
+from redlight.config import Config
+from redlight.messages import Topics, clear_retained, dumps
+from redlight.presets import build_plug
+
+#: Every event type redlight publishes on a panel's event topic (SPEC §4).
+PANEL_EVENT_TYPES: Final = (
+    "session_started",
+    "session_finished",
+    "cutoff_enforced",
+    "command_rejected",
+    "plug_unresponsive",
+    "plug_recovered",
+    "routine_step",
+    "ending_soon",
+    "schedule_offer",
+)
+#: The values of the ``State`` enum sensor.
+PANEL_STATES: Final = ("idle", "running", "cooldown", "fault")
+
+_UNSAFE: Final = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def device_id(base_topic: str) -> str:
+    """redlight's own device id: includes the base topic, so instances never collide."""
+    return "redlight_" + _UNSAFE.sub("_", base_topic)
+
+
+def panel_device_id(base_topic: str, panel: str) -> str:
+    """A panel's device id (``via_device`` the redlight device)."""
+    return f"{device_id(base_topic)}__{panel}"
+
+
+def _origin() -> dict[str, Any]:
+    return {"name": "redlight", "sw_version": __version__}
+
+
+def _availability(topics: Topics) -> list[dict[str, str]]:
+    return [
+        {"topic": topics.status, "payload_available": "online", "payload_not_available": "offline"}
+    ]
+
+
+def _payload(
+    device: dict[str, Any], topics: Topics, components: Mapping[str, dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "device": device,
+        "origin": _origin(),
+        "availability": _availability(topics),
+        "components": dict(components),
+    }
+
+
+def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
+    """The entities of one panel (SPEC §4), keyed by component id."""
+    topics = Topics(config.mqtt.base_topic)
+    uid = panel_device_id(config.mqtt.base_topic, panel)
+    state = topics.panel_state(panel)
+    max_minutes = config.safety.max_on.total_seconds() / 60
+    return {
+        "session": {
+            "platform": "switch",
+            "unique_id": f"{uid}_session",
+            "name": "Session",
+            "icon": "mdi:lightbulb-on",
+            "command_topic": topics.panel_set(panel),
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "state_topic": state,
+            "value_template": "{{ 'ON' if value_json.session else 'OFF' }}",
+            "retain": False,
+            "optimistic": False,
+        },
+        "length": {
+            "platform": "number",
+            "unique_id": f"{uid}_length",
+            "name": "Session length",
+            "icon": "mdi:timer-cog-outline",
+            "device_class": "duration",
+            "unit_of_measurement": "min",
+            "min": min(1.0, max_minutes),
+            "max": max_minutes,
+            "step": 1 if max_minutes >= 1 else max_minutes,
+            "mode": "box",
+            "command_topic": topics.panel_duration_set(panel),
+            "state_topic": state,
+            "value_template": "{{ (value_json.default_duration_s / 60) | round(2) }}",
+            "retain": False,
+        },
+        "ends": {
+            "platform": "sensor",
+            "unique_id": f"{uid}_ends",
+            "name": "Session ends",
+            "device_class": "timestamp",
+            "state_topic": state,
+            # "None" makes the sensor unknown while no session runs.
+            "value_template": "{{ value_json.session.ends_at if value_json.session else None }}",
+        },
+        "state": {
+            "platform": "sensor",
+            "unique_id": f"{uid}_state",
+            "name": "State",
+            "device_class": "enum",
+            "options": list(PANEL_STATES),
+            "state_topic": state,
+            "value_template": "{{ value_json.state }}",
+        },
+        "today": {
+            "platform": "sensor",
+            "unique_id": f"{uid}_today",
+            "name": "Today",
+            "icon": "mdi:sun-clock",
+            "device_class": "duration",
+            "unit_of_measurement": "min",
+            "state_class": "total_increasing",
+            "suggested_display_precision": 1,
+            "state_topic": state,
+            "value_template": "{{ (value_json.today_s / 60) | round(2) }}",
+        },
+        "plug": {
+            "platform": "binary_sensor",
+            "unique_id": f"{uid}_plug",
+            "name": "Plug",
+            "device_class": "connectivity",
+            "entity_category": "diagnostic",
+            "state_topic": state,
+            "value_template": "{{ 'ON' if value_json.plug_online else 'OFF' }}",
+        },
+        "events": {
+            "platform": "event",
+            "unique_id": f"{uid}_events",
+            "name": "Session events",
+            "icon": "mdi:history",
+            "event_types": list(PANEL_EVENT_TYPES),
+            "state_topic": topics.panel_event(panel),
+        },
+    }
+
+
+def daemon_components(config: Config) -> dict[str, dict[str, Any]]:
+    """redlight's own entities: stop all, active sessions, routines and schedules."""
+    base = config.mqtt.base_topic
+    topics = Topics(base)
+    uid = device_id(base)
+    components: dict[str, dict[str, Any]] = {
+        "stop_all": {
+            "platform": "button",
+            "unique_id": f"{uid}_stop_all",
+            "name": "Stop all sessions",
+            "icon": "mdi:stop-circle",
+            "command_topic": topics.daemon_set,
+            "payload_press": dumps({"action": "stop_all"}),
+            "retain": False,
+        },
+        "active": {
+            "platform": "sensor",
+            "unique_id": f"{uid}_active",
+            "name": "Active sessions",
+            "icon": "mdi:lightbulb-group",
+            "state_class": "measurement",
+            "state_topic": topics.daemon_state,
+            "value_template": "{{ value_json.active_sessions }}",
+        },
+    }
+    for routine_id, routine in config.routines.items():
+        components[f"routine_{routine_id}"] = {
+            "platform": "button",
+            "unique_id": f"{uid}_routine_{routine_id}",
+            "name": f"Start {routine.name or routine_id}",
+            "icon": "mdi:play-circle",
+            "command_topic": topics.routine_set(routine_id),
+            "payload_press": "START",
+            "retain": False,
+        }
+    for schedule_id, schedule in config.schedules.items():
+        label = schedule.name or schedule_id
+        state = topics.schedule_state(schedule_id)
+        components[f"schedule_{schedule_id}"] = {
+            "platform": "switch",
+            "unique_id": f"{uid}_schedule_{schedule_id}",
+            "name": f"{label} enabled",
+            "icon": "mdi:calendar-clock",
+            "entity_category": "config",
+            "command_topic": topics.schedule_set(schedule_id),
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "state_topic": state,
+            "value_template": "{{ 'ON' if value_json.enabled else 'OFF' }}",
+            "retain": False,
+            "optimistic": False,
+        }
+        components[f"schedule_{schedule_id}_next"] = {
+            "platform": "sensor",
+            "unique_id": f"{uid}_schedule_{schedule_id}_next",
+            "name": f"{label} next run",
+            "device_class": "timestamp",
+            "state_topic": state,
+            "value_template": "{{ value_json.next_run if value_json.next_run else None }}",
+        }
+    return components
+
+
+def discovery_topic(config: Config, device: str) -> str:
+    """``<discovery_prefix>/device/<device>/config``."""
+    return f"{config.homeassistant.discovery_prefix}/device/{device}/config"
+
+
+def discovery_payloads(config: Config) -> dict[str, dict[str, Any]]:
+    """Every device's discovery payload, by discovery topic: redlight first, then each panel."""
+    base = config.mqtt.base_topic
+    topics = Topics(base)
+    uid = device_id(base)
+    name = "redlight" if base == "redlight" else f"redlight ({base})"
+    payloads = {
+        discovery_topic(config, uid): _payload(
+            {
+                "identifiers": [uid],
+                "name": name,
+                "manufacturer": "redlight",
+                "model": "Session controller",
+                "sw_version": __version__,
+            },
+            topics,
+            daemon_components(config),
+        )
+    }
+    for panel_id, panel in config.panels.items():
+        plug = build_plug(panel_id, panel.plug, base_topic=base)
+        device = {
+            "identifiers": [panel_device_id(base, panel_id)],
+            "name": panel.name or panel_id.replace("_", " ").capitalize(),
+            "manufacturer": "redlight",
+            "model": plug.model,
+            "sw_version": __version__,
+            "via_device": uid,
+        }
+        payloads[discovery_topic(config, panel_device_id(base, panel_id))] = _payload(
+            device, topics, panel_components(config, panel_id)
+        )
+    return payloads
+
+
+def discovery_messages(config: Config) -> list[Message]:
+    """Every discovery message: retained, QoS 1."""
+    return [
+        Message(topic, dumps(payload), retain=True, qos=STATE_QOS)
+        for topic, payload in discovery_payloads(config).items()
+    ]
+
+
+class HassBridge:
+    """When to announce redlight to Home Assistant, and what to remove; pure, like the core."""
+
+    def __init__(self, config: Config) -> None:
+        """Prepare the payloads for ``config``."""
+        self.config = config
+        self.uid = device_id(config.mqtt.base_topic)
+        self.payloads = discovery_payloads(config)
+        self._filter = f"{config.homeassistant.discovery_prefix}/device/+/config"
+
+    @property
+    def enabled(self) -> bool:
+        """``homeassistant.enabled`` in the config."""
+        return self.config.homeassistant.enabled
+
+    def subscriptions(self) -> list[str]:
+        """Home Assistant's birth topic, and the device discovery topics (to find leftovers)."""
+        return [self.config.homeassistant.status_topic, self._filter] if self.enabled else []
+
+    def announce(self) -> list[Message]:
+        """The discovery messages (on every connect, and after Home Assistant's birth)."""
+        return discovery_messages(self.config) if self.enabled else []
+
+    def is_birth(self, topic: str, payload: bytes) -> bool:
+        """Home Assistant says it (re)started: discovery and states must be sent again."""
+        return (
+            self.enabled
+            and topic == self.config.homeassistant.status_topic
+            and payload.strip() == b"online"
+        )
+
+    def handles(self, topic: str) -> bool:
+        """A topic this bridge reads."""
+        if not self.enabled:
+            return False
+        prefix = f"{self.config.homeassistant.discovery_prefix}/device/"
+        return topic == self.config.homeassistant.status_topic or (
+            topic.startswith(prefix) and topic.endswith("/config")
+        )
+
+    def leftover(self, topic: str, payload: bytes, retain: bool) -> list[Message]:
+        """Clean up a retained discovery config of ours that the config no longer has.
+
+        A panel that left the config gets an empty retained payload (Home Assistant removes the
+        device); a routine or schedule that left is first published as ``{"platform": ...}`` and
+        then omitted, as Home Assistant documents for removing one component of a device.
+        """
+        if not retain or not payload or not self.enabled:
+            return []
+        try:
+            old = json.loads(payload)
+        except ValueError:
+            return []
+        if not isinstance(old, dict) or not self._ours(old):
+            return []
+        current = self.payloads.get(topic)
+        if current is None:
+            return [clear_retained(topic)]
+        old_components = old.get("components")
+        if not isinstance(old_components, dict):
+            return []
+        gone = {
+            key: {"platform": value.get("platform")}
+            for key, value in old_components.items()
+            if key not in current["components"] and isinstance(value, dict)
+        }
+        if not gone:
+            return []
+        reduced = dict(current, components=current["components"] | gone)
+        return [
+            Message(topic, dumps(reduced), retain=True, qos=STATE_QOS),
+            Message(topic, dumps(current), retain=True, qos=STATE_QOS),
+        ]
+
+    def _ours(self, payload: Mapping[str, Any]) -> bool:
+        device = payload.get("device")
+        if not isinstance(device, dict):
+            return False
+        identifiers = device.get("identifiers")
+        if isinstance(identifiers, str):
+            identifiers = [identifiers]
+        return device.get("via_device") == self.uid or (
+            isinstance(identifiers, list) and self.uid in identifiers
+        )

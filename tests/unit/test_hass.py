@@ -1,0 +1,284 @@
+"""Home Assistant discovery: the payloads, their contract, and the bridge's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from paho.mqtt.client import topic_matches_sub
+
+from redlight.broker import Message
+from redlight.config import Config
+from redlight.core import Now
+from redlight.hass import (
+    PANEL_EVENT_TYPES,
+    HassBridge,
+    discovery_messages,
+    discovery_payloads,
+)
+from redlight.membroker import MemoryBroker
+from redlight.messages import Topics, dumps, status_message
+from redlight.runtime import Runtime
+from redlight.simplug import SimulatedPlug
+from tests.unit.corekit import START_WALL, make_config
+from tests.unit.test_runtime import RecordingNotifier
+
+#: Keys each platform must have (Home Assistant's MQTT schemas).
+REQUIRED: dict[str, set[str]] = {
+    "switch": {"command_topic"},
+    "number": {"command_topic"},
+    "button": {"command_topic"},
+    "sensor": {"state_topic"},
+    "binary_sensor": {"state_topic"},
+    "event": {"state_topic", "event_types"},
+}
+#: Keys Home Assistant deprecated or never had in device discovery components.
+FORBIDDEN = {"object_id", "obj_id", "availability_topic"}
+
+
+def full_config(**overrides: Any) -> Config:
+    """Two panels, a routine and a schedule."""
+    raw: dict[str, Any] = {
+        "routines": {
+            "post_run": {
+                "name": "Post-run hips",
+                "steps": [
+                    {"panels": ["hip_left"], "duration": "5m"},
+                    {"pause": "30s", "prompt": "Turn over"},
+                    {"panels": ["sauna"], "duration": "5m"},
+                ],
+            }
+        },
+        "schedules": {
+            "rest_days": {"routine": "post_run", "cron": "0 19 * * tue,thu", "timezone": "UTC"}
+        },
+    }
+    return make_config(**(raw | overrides))
+
+
+def components(payloads: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every component of every device."""
+    return [c for p in payloads.values() for c in p["components"].values()]
+
+
+def test_one_device_per_panel_via_the_redlight_device() -> None:
+    """redlight is one device; each panel is a device behind it, with the plug's model."""
+    payloads = discovery_payloads(full_config())
+    assert list(payloads) == [
+        "homeassistant/device/redlight_redlight/config",
+        "homeassistant/device/redlight_redlight__hip_left/config",
+        "homeassistant/device/redlight_redlight__sauna/config",
+    ]
+    left = payloads["homeassistant/device/redlight_redlight__hip_left/config"]
+    assert left["device"] == {
+        "identifiers": ["redlight_redlight__hip_left"],
+        "name": "Left hip panel",
+        "manufacturer": "redlight",
+        "model": "Tasmota plug",
+        "sw_version": left["origin"]["sw_version"],
+        "via_device": "redlight_redlight",
+    }
+    assert left["origin"]["name"] == "redlight"
+    assert left["availability"] == [
+        {
+            "topic": "redlight/status",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+        }
+    ]
+
+
+def test_panel_entities_are_exactly_the_specs() -> None:
+    """Session, Session length, Session ends, State, Today, Plug, Session events (SPEC §4)."""
+    left = discovery_payloads(full_config())[
+        "homeassistant/device/redlight_redlight__hip_left/config"
+    ]
+    named = {c["name"]: c["platform"] for c in left["components"].values()}
+    assert named == {
+        "Session": "switch",
+        "Session length": "number",
+        "Session ends": "sensor",
+        "State": "sensor",
+        "Today": "sensor",
+        "Plug": "binary_sensor",
+        "Session events": "event",
+    }
+    parts = left["components"]
+    assert parts["session"]["command_topic"] == "redlight/panel/hip_left/set"
+    assert (parts["length"]["min"], parts["length"]["max"]) == (1.0, 15.0)
+    assert parts["ends"]["device_class"] == "timestamp"
+    assert parts["state"]["options"] == ["idle", "running", "cooldown", "fault"]
+    assert parts["plug"]["device_class"] == "connectivity"
+    assert parts["plug"]["entity_category"] == "diagnostic"
+    assert set(parts["events"]["event_types"]) == set(PANEL_EVENT_TYPES)
+
+
+def test_length_is_bounded_by_a_lower_max_on() -> None:
+    """With max_on = 8m the number entity offers 1 to 8 minutes."""
+    left = make_config().panels["hip_left"].model_dump(exclude_unset=True)
+    left["default_duration"] = "5m"
+    config = full_config(
+        safety={"max_on": "8m"}, routines={}, schedules={}, panels={"hip_left": left}
+    )
+    left = discovery_payloads(config)["homeassistant/device/redlight_redlight__hip_left/config"]
+    assert left["components"]["length"]["max"] == 8.0
+
+
+def test_redlight_device_has_stop_all_active_routines_and_schedules() -> None:
+    """Stop all, Active sessions, a start button per routine, enable + next run per schedule."""
+    own = discovery_payloads(full_config())["homeassistant/device/redlight_redlight/config"]
+    named = {c["name"]: c["platform"] for c in own["components"].values()}
+    assert named == {
+        "Stop all sessions": "button",
+        "Active sessions": "sensor",
+        "Start Post-run hips": "button",
+        "rest_days enabled": "switch",
+        "rest_days next run": "sensor",
+    }
+    assert own["components"]["stop_all"]["payload_press"] == '{"action":"stop_all"}'
+    assert own["components"]["routine_post_run"]["command_topic"] == "redlight/routine/post_run/set"
+
+
+def test_discovery_contract_for_a_whole_config() -> None:
+    """Unique ids, legal topics, required keys, no deprecated keys, commands redlight hears."""
+    config = full_config()
+    payloads = discovery_payloads(config)
+    topics = Topics("redlight")
+    everything = components(payloads)
+    unique_ids = [c["unique_id"] for c in everything]
+    assert len(unique_ids) == len(set(unique_ids))
+    for topic, payload in payloads.items():
+        assert re.fullmatch(r"homeassistant/device/[a-zA-Z0-9_-]+/config", topic)
+        assert {"device", "origin", "components", "availability"} <= set(payload)
+        for key in payload["components"]:
+            assert re.fullmatch(r"[a-zA-Z0-9_-]+", key)
+    for component in everything:
+        assert REQUIRED[component["platform"]] <= set(component), component
+        assert not FORBIDDEN & set(component)
+        command = component.get("command_topic")
+        if command is not None:
+            assert any(topic_matches_sub(f, command) for f in topics.command_filters()), command
+            assert component.get("retain") is False
+        state = component.get("state_topic")
+        if state is not None:
+            assert state.startswith("redlight/")
+    for message in discovery_messages(config):
+        assert message.retain
+        assert message.qos == 1
+
+
+def test_instances_on_one_broker_never_collide() -> None:
+    """Two base topics give disjoint discovery topics and unique ids."""
+    one = discovery_payloads(full_config())
+    two = discovery_payloads(full_config(mqtt={"base_topic": "clinic/room2"}))
+    assert not set(one) & set(two)
+    ids_one = {c["unique_id"] for c in components(one)}
+    ids_two = {c["unique_id"] for c in components(two)}
+    assert not ids_one & ids_two
+    assert "homeassistant/device/redlight_clinic_room2__hip_left/config" in two
+
+
+def test_disabled_home_assistant_sends_nothing() -> None:
+    """With homeassistant.enabled = false there is no discovery and no subscription."""
+    bridge = HassBridge(full_config(homeassistant={"enabled": False}))
+    assert bridge.announce() == []
+    assert bridge.subscriptions() == []
+
+
+def test_a_removed_panel_is_cleared() -> None:
+    """A retained discovery config for a panel no longer configured gets an empty payload."""
+    old = discovery_payloads(full_config())
+    left = make_config().panels["hip_left"].model_dump(exclude_unset=True)
+    new_config = full_config(panels={"hip_left": left}, routines={}, schedules={})
+    bridge = HassBridge(new_config)
+    topic = "homeassistant/device/redlight_redlight__sauna/config"
+    [removal] = bridge.leftover(topic, dumps(old[topic]).encode(), retain=True)
+    assert (removal.topic, removal.payload, removal.retain) == (topic, b"", True)
+
+
+def test_a_removed_routine_is_removed_the_documented_way() -> None:
+    """A routine that left: its component as {"platform": ...}, then the config without it."""
+    old = discovery_payloads(full_config())
+    bridge = HassBridge(full_config(routines={}, schedules={}))
+    topic = "homeassistant/device/redlight_redlight/config"
+    reduced, final = bridge.leftover(topic, dumps(old[topic]).encode(), retain=True)
+    assert json.loads(reduced.payload)["components"]["routine_post_run"] == {"platform": "button"}
+    assert "routine_post_run" not in json.loads(final.payload)["components"]
+    assert reduced.retain
+    assert final.retain
+
+
+def test_other_devices_and_live_messages_are_left_alone() -> None:
+    """Somebody else's device, our own live echo, and garbage are never touched."""
+    bridge = HassBridge(full_config())
+    foreign = {"device": {"identifiers": ["zigbee2mqtt_0x1"]}, "components": {}}
+    topic = "homeassistant/device/zigbee2mqtt_0x1/config"
+    assert bridge.leftover(topic, dumps(foreign).encode(), retain=True) == []
+    ours = discovery_payloads(full_config())
+    own = "homeassistant/device/redlight_redlight/config"
+    assert bridge.leftover(own, dumps(ours[own]).encode(), retain=False) == []
+    assert bridge.leftover(own, dumps(ours[own]).encode(), retain=True) == []
+    assert bridge.leftover(own, b"{not json", retain=True) == []
+
+
+# ---------------------------------------------------------------- lifecycle on the memory broker
+
+
+def clock() -> Now:
+    """Virtual time."""
+    loop = asyncio.get_running_loop()
+    return Now(loop.time(), START_WALL + timedelta(seconds=loop.time()))
+
+
+@pytest.mark.looptime
+async def test_discovery_on_connect_again_after_birth_and_removal_of_leftovers() -> None:
+    """Discovery and states on connect; again 2-5 s after HA's birth; stale devices removed."""
+    config = make_config(
+        panels={"hip_left": make_config().panels["hip_left"].model_dump(exclude_unset=True)}
+    )
+    broker = MemoryBroker()
+    # A panel that was configured before: its retained discovery config is still on the broker.
+    stale_topic = "homeassistant/device/redlight_redlight__sauna/config"
+    broker.retained[stale_topic] = dumps(discovery_payloads(make_config())[stale_topic]).encode()
+    runtime = Runtime(
+        config,
+        broker.client("redlight", will=status_message(Topics("redlight"), online=False)),
+        clock=clock,
+        notifier=RecordingNotifier(),
+    )
+    plug_config = config.panels["hip_left"].plug
+    plug = SimulatedPlug("hip_left", plug_config, client=broker.client("plug"))
+    await plug.start()
+    ha = broker.client("homeassistant")
+    ha.start(lambda event: None)
+    announced = broker.next("homeassistant/device/redlight_redlight__hip_left/config")
+    removed = broker.next(stale_topic, lambda m: m.payload_bytes() == b"")
+    task = asyncio.create_task(runtime.run())
+    first = await announced
+    assert first.retain
+    await removed
+    assert stale_topic not in broker.retained
+
+    loop = asyncio.get_running_loop()
+    again = broker.next("homeassistant/device/redlight_redlight__hip_left/config")
+    state_again = broker.next("redlight/panel/hip_left/state")
+    born = loop.time()
+    assert ha.publish(Message("homeassistant/status", "online"))
+    await again
+    assert 2.0 <= loop.time() - born <= 5.0
+    await state_again
+
+    # The Session switch turned on in Home Assistant: a default session on the real plug.
+    started = broker.next("redlight/event", lambda m: b"session_started" in m.payload_bytes())
+    assert ha.publish(Message("redlight/panel/hip_left/set", "ON"))
+    event = json.loads((await started).payload)
+    assert (event["source"], event["duration_s"]) == ("homeassistant", 600)
+    active = json.loads(broker.retained["redlight/state"])
+    assert active == {"active_sessions": 1, "running": ["hip_left"]}
+    runtime.request_shutdown()
+    assert await task == 0
+    await plug.stop()
