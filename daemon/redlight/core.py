@@ -88,7 +88,46 @@ class LogLine:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
-Effect = Message | Event | SessionOpened | SessionClosed | SettingChanged | LogLine
+@dataclass(frozen=True, slots=True)
+class RoutineRequest:
+    """``START`` or ``STOP`` arrived for a routine: for :class:`redlight.routines.Routines`."""
+
+    routine: str
+    start: bool
+    source: str = "homeassistant"
+
+
+@dataclass(frozen=True, slots=True)
+class StopAllRequested:
+    """``stop_all`` arrived: routines and offers end too, not only the sessions."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleToggle:
+    """``ON``/``OFF`` arrived for a schedule: for :class:`redlight.schedules.Schedules`."""
+
+    schedule: str
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OfferAccepted:
+    """``accept_offer`` arrived for a schedule's offer."""
+
+    offer: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleChanged:
+    """A schedule was switched on or off: the runtime pauses or resumes its job."""
+
+    schedule: str
+    enabled: bool
+
+
+Request = RoutineRequest | StopAllRequested | ScheduleToggle | OfferAccepted | ScheduleChanged
+Effect = Message | Event | SessionOpened | SessionClosed | SettingChanged | LogLine | Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +137,7 @@ class Restored:
     finished_today_s: Mapping[str, float] = field(default_factory=dict)
     last_end: Mapping[str, datetime] = field(default_factory=dict)
     default_duration_s: Mapping[str, float] = field(default_factory=dict)
+    schedule_enabled: Mapping[str, bool] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -697,25 +737,23 @@ class Core:
         elif len(parts) == 4 and parts[0] == "panel" and parts[2] == "duration":
             self._duration_command(parts[1], payload, now)
         elif len(parts) == 3 and parts[0] == "routine":
-            parsed = cmd.parse_routine_command(payload)
-            rejection = (
-                parsed
-                if isinstance(parsed, cmd.Rejection)
-                else cmd.Rejection(
-                    "not_supported", "routines are not available in this version of redlight"
-                )
-            )
-            self._reject(None, rejection, now, routine=parts[1])
+            routine = cmd.parse_routine_command(payload)
+            if isinstance(routine, cmd.Rejection):
+                self._reject(None, routine, now, routine=parts[1])
+            elif parts[1] not in self.config.routines:
+                unknown = cmd.Rejection("unknown_routine", f"there is no routine {parts[1]!r}")
+                self._reject(None, unknown, now, routine=parts[1])
+            else:
+                self._out.append(RoutineRequest(parts[1], routine.start))
         elif len(parts) == 3 and parts[0] == "schedule":
-            parsed_schedule = cmd.parse_schedule_command(payload)
-            rejection = (
-                parsed_schedule
-                if isinstance(parsed_schedule, cmd.Rejection)
-                else cmd.Rejection(
-                    "not_supported", "schedules are not available in this version of redlight"
-                )
-            )
-            self._reject(None, rejection, now, schedule=parts[1])
+            schedule = cmd.parse_schedule_command(payload)
+            if isinstance(schedule, cmd.Rejection):
+                self._reject(None, schedule, now, schedule=parts[1])
+            elif parts[1] not in self.config.schedules:
+                unknown = cmd.Rejection("unknown_schedule", f"there is no schedule {parts[1]!r}")
+                self._reject(None, unknown, now, schedule=parts[1])
+            else:
+                self._out.append(ScheduleToggle(parts[1], schedule.enabled))
 
     def _panel_command(self, panel_id: str, payload: bytes, now: Now) -> None:
         panel = self.panels.get(panel_id)
@@ -754,16 +792,12 @@ class Core:
         if isinstance(parsed, cmd.Rejection):
             self._reject(None, parsed, now)
         elif isinstance(parsed, cmd.StopAll):
+            # Routines first, so a routine ends as "stopped" rather than "aborted".
+            self._out.append(StopAllRequested())
             for panel in self.panels.values():
                 self._stop(panel, now, "stopped")
         else:
-            self._reject(
-                None,
-                cmd.Rejection(
-                    "unknown_offer", f"there is no open offer {parsed.offer!r}", parsed.request_id
-                ),
-                now,
-            )
+            self._out.append(OfferAccepted(parsed.offer, parsed.request_id))
 
     def _clear_retained_command(self, topic: str, payload: bytes) -> None:
         if not payload:

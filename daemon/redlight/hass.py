@@ -12,6 +12,7 @@ what any other client sees, and every command it sends goes through the same val
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -71,12 +72,29 @@ def _payload(
     }
 
 
+def length_bounds(config: Config, panel: str) -> tuple[float, float, float]:
+    """``min``, ``max`` and ``step`` of a panel's ``Session length`` number, in minutes.
+
+    Home Assistant drops a number state outside ``[min, max]`` with an error ("Invalid value
+    for number..."), so the range holds every default the panel can have: 1 minute to
+    ``max_on`` (what ``duration/set`` accepts), and a configured ``default_duration`` below a
+    minute. The state is rounded to 2 decimals, so the bounds are rounded outwards.
+    """
+    max_minutes = config.safety.max_on.total_seconds() / 60
+    default_minutes = config.default_duration(panel).total_seconds() / 60
+    lowest = math.floor(min(1.0, max_minutes, default_minutes) * 100) / 100
+    highest = math.ceil(max_minutes * 100) / 100
+    # Whole minutes when they fit; the frontend counts steps from min.
+    step = 1.0 if lowest == 1 else 0.01
+    return lowest, highest, step
+
+
 def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
     """The entities of one panel (SPEC §4), keyed by component id."""
     topics = Topics(config.mqtt.base_topic)
     uid = panel_device_id(config.mqtt.base_topic, panel)
     state = topics.panel_state(panel)
-    max_minutes = config.safety.max_on.total_seconds() / 60
+    lowest, highest, step = length_bounds(config, panel)
     return {
         "session": {
             "platform": "switch",
@@ -98,9 +116,9 @@ def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
             "icon": "mdi:timer-cog-outline",
             "device_class": "duration",
             "unit_of_measurement": "min",
-            "min": min(1.0, max_minutes),
-            "max": max_minutes,
-            "step": 1 if max_minutes >= 1 else max_minutes,
+            "min": lowest,
+            "max": highest,
+            "step": step,
             "mode": "box",
             "command_topic": topics.panel_duration_set(panel),
             "state_topic": state,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, TypeAlias
 
 import structlog
 
@@ -28,16 +28,21 @@ from redlight.core import (
     LogLine,
     Now,
     Restored,
+    ScheduleChanged,
     SessionClosed,
     SessionOpened,
     SettingChanged,
 )
 from redlight.hass import HassBridge
 from redlight.messages import Event, event_messages, status_message
+from redlight.routines import Routines
+from redlight.schedules import ScheduleClock, Schedules, setting_key
 from redlight.storage import History, HistoryWriter, SessionRow, StorageError
 from redlight.systemd import Notifier
 
 log = structlog.get_logger("redlight")
+
+Item: TypeAlias = "BrokerEvent | _Shutdown | _Announce | _Fired"
 
 #: Safety rule 9: how long shutdown waits for plugs to confirm OFF, at most.
 SHUTDOWN_CONFIRM_S: Final = 5.0
@@ -51,6 +56,19 @@ class _Shutdown:
 @dataclass(frozen=True, slots=True)
 class _Announce:
     """Sentinel: time to send Home Assistant discovery and every state again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Fired:
+    """APScheduler fired a schedule (its job runs on the loop and only enqueues this)."""
+
+    schedule: str
+
+
+#: How often the wall clock is compared with the monotonic one to notice a step (NTP on a
+#: board without a real-time clock): APScheduler then recomputes its next runs.
+CLOCK_CHECK_S: Final = 30.0
+CLOCK_STEP_S: Final = 60.0
 
 
 #: After Home Assistant's birth message, wait this long (plus jitter) before rediscovery, as
@@ -87,7 +105,12 @@ def restore(
                 seconds = float(stored)
                 if 1 <= seconds <= config.safety.max_on.total_seconds():
                     defaults[panel] = seconds
-    return Restored(today, last_end, defaults), interrupted
+    enabled: dict[str, bool] = {}
+    for schedule in config.schedules:
+        stored = history.get_setting(setting_key(schedule))
+        if stored is not None:
+            enabled[schedule] = stored == "1"
+    return Restored(today, last_end, defaults, enabled), interrupted
 
 
 class Runtime:
@@ -113,7 +136,16 @@ class Runtime:
         self._clock = clock
         self._interrupted = list(interrupted)
         self.hass = HassBridge(config)
-        self._queue: asyncio.Queue[BrokerEvent | _Shutdown | _Announce] = asyncio.Queue()
+        self.routines = Routines(config, self.core)
+        self.schedules = Schedules(
+            config,
+            self.core,
+            self.routines,
+            enabled=restored.schedule_enabled if restored else None,
+        )
+        self.clock_jobs = ScheduleClock(config, self._fired)
+        self._wall_offset: float | None = None
+        self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self.connected_once = asyncio.Event()
 
     def now(self) -> Now:
@@ -133,6 +165,7 @@ class Runtime:
     async def run(self) -> int:
         """Serve until a shutdown request; return the process exit code."""
         self.broker.start(self._queue.put_nowait)
+        self.clock_jobs.start(self.schedules.enabled)
         self.notifier.ready()
         self.notifier.status("waiting for the broker")
         watchdog = self.notifier.watchdog_interval_s()
@@ -140,7 +173,7 @@ class Runtime:
         next_ping = loop.time()
         while True:
             timeout = self._timeout(watchdog, next_ping)
-            item: BrokerEvent | _Shutdown | _Announce | None
+            item: Item | None
             try:
                 item = await asyncio.wait_for(self._queue.get(), timeout)
             except TimeoutError:
@@ -156,17 +189,20 @@ class Runtime:
         return 0
 
     def _timeout(self, watchdog: float | None, next_ping: float) -> float | None:
-        wake = self.core.next_wakeup()
-        timeouts: list[float] = []
-        if wake is not None:
-            timeouts.append(wake - self.now().mono)
+        wakes = [self.core.next_wakeup(), self.routines.next_wakeup(), self.schedules.next_wakeup()]
+        timeouts: list[float] = [CLOCK_CHECK_S] if self.config.schedules else []
+        mono = self.now().mono
+        timeouts.extend(wake - mono for wake in wakes if wake is not None)
         if watchdog is not None:
             timeouts.append(next_ping - asyncio.get_running_loop().time())
         if not timeouts:
             return None
         return max(0.0, min(timeouts))
 
-    def _step(self, item: BrokerEvent | _Announce | None) -> None:
+    def _fired(self, schedule: str) -> None:
+        self._queue.put_nowait(_Fired(schedule))
+
+    def _step(self, item: BrokerEvent | _Announce | _Fired | None) -> None:
         now = self.now()
         effects: list[Effect] = []
         if isinstance(item, Received) and self.hass.handles(item.topic):
@@ -176,7 +212,10 @@ class Runtime:
         elif isinstance(item, _Announce):
             if self.broker.connected:
                 self.apply(self.hass.announce())
-                effects = self.core.states(now)
+                effects = self.core.states(now) + self._schedule_states()
+        elif isinstance(item, _Fired):
+            log.info("schedule_fired", schedule=item.schedule)
+            effects = self.schedules.fire(item.schedule, now)
         elif isinstance(item, Connected):
             self._on_connected(now)
             return
@@ -184,7 +223,11 @@ class Runtime:
             log.warning("broker_disconnected", reason=item.reason)
             self.notifier.status("broker disconnected; reconnecting")
             effects = self.core.disconnect(now)
-        self.apply(effects + self.core.tick(now))
+        effects += self.core.tick(now)
+        effects += self.routines.tick(now)
+        effects += self.schedules.tick(now)
+        self.apply(effects)
+        self._check_wall_clock()
 
     def _from_hass(self, item: Received) -> None:
         if self.hass.is_birth(item.topic, item.payload):
@@ -209,6 +252,7 @@ class Runtime:
         # Discovery on every connect: Home Assistant's birth is not retained, so a redlight
         # starting while Home Assistant already runs would never hear it.
         self.apply(self.hass.announce())
+        self.apply(self._schedule_states())
         self.notifier.status(f"connected; {len(self.core.panels)} panels")
         self.connected_once.set()
 
@@ -228,7 +272,35 @@ class Runtime:
         return events
 
     def apply(self, effects: Iterable[Effect]) -> None:
-        """Carry out effects in order (the core puts plug commands first)."""
+        """Carry out effects in order (the core puts plug commands first).
+
+        Routines and schedules follow what the core did (a routine's session ended, a
+        schedule was switched) and may add effects of their own, carried out right after.
+        """
+        pending = list(effects)
+        while pending:
+            self._carry_out(pending)
+            now = self.now()
+            pending = self.routines.observe(pending, now) + self.schedules.observe(pending, now)
+
+    def _schedule_states(self) -> list[Effect]:
+        return [
+            self.schedules.state_message(key, self.clock_jobs.next_run(key))
+            for key in self.config.schedules
+        ]
+
+    def _check_wall_clock(self) -> None:
+        """Safety rule 3 keeps sessions on the monotonic clock; schedules need re-arming."""
+        if not self.config.schedules:
+            return
+        offset = time.time() - time.monotonic()
+        if self._wall_offset is not None and abs(offset - self._wall_offset) > CLOCK_STEP_S:
+            log.warning("wall_clock_stepped", seconds=round(offset - self._wall_offset))
+            self.clock_jobs.rearm()
+            self.apply(self._schedule_states())
+        self._wall_offset = offset
+
+    def _carry_out(self, effects: Iterable[Effect]) -> None:
         topics = self.core.topics
         for effect in effects:
             if isinstance(effect, Message):
@@ -264,11 +336,17 @@ class Runtime:
                     self.writer.set_setting(effect.key, effect.value)
             elif isinstance(effect, LogLine):
                 getattr(log, effect.level)(effect.event, **effect.fields)
+            elif isinstance(effect, ScheduleChanged):
+                self.clock_jobs.set_enabled(effect.schedule, effect.enabled)
+                next_run = self.clock_jobs.next_run(effect.schedule)
+                self.broker.publish(self.schedules.state_message(effect.schedule, next_run))
 
     async def _shutdown(self) -> None:
         """Safety rule 9: everything OFF, wait (bounded) for confirmation, then offline."""
         log.info("shutting_down", running=self.core.running())
         self.notifier.stopping()
+        self.clock_jobs.shutdown()
+        self.apply(self.routines.stop_all(self.now()))
         self.apply(self.core.shutdown(self.now()))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SHUTDOWN_CONFIRM_S
