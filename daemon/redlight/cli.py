@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     off.add_argument("--all", action="store_true", required=True, help="every configured plug")
 
     sub.add_parser(
+        "schedules", parents=[common], help="list schedules with their enabled state and next run"
+    )
+    sub.add_parser(
         "demo",
         help="the whole system with simulated plugs: no broker, no hardware",
         description="Runs the real session core against an in-memory broker and simulated "
@@ -138,6 +141,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(_start(config, args))
     if args.command == "stop":
         return asyncio.run(_stop(config, args))
+    if args.command == "schedules":
+        return asyncio.run(_schedules(config))
     return asyncio.run(_off_all(config))
 
 
@@ -287,7 +292,7 @@ async def _status(config: Config) -> int:
 
 async def _start(config: Config, args: argparse.Namespace) -> int:
     if args.routine:
-        raise UserError("routines are not available in this version of redlight")
+        return await _start_routine(config, args.routine, follow=args.follow)
     if not args.panel:
         raise UserError("name a panel to start, e.g. 'redlight start hip_left'")
     if args.panel not in config.panels:
@@ -325,6 +330,79 @@ async def _start(config: Config, args: argparse.Namespace) -> int:
         )
         if args.follow:
             return await _follow(link, args.panel, str(event.get("session")), float(duration))
+    return EXIT_OK
+
+
+async def _start_routine(config: Config, routine_id: str, *, follow: bool) -> int:
+    if routine_id not in config.routines:
+        raise UserError(f"there is no routine {routine_id!r} in the config")
+    async with Link(config, "cli") as link:
+        await _daemon_online(link)
+        await link.subscribe([link.topics.daemon_event])
+        await link.messages(quiet_s=0.2)
+        link.publish(link.topics.routine_set(routine_id), "START")
+
+        def ours(message: Received) -> bool:
+            event = _json(message.payload)
+            return event.get("routine") == routine_id and event.get("event_type") in {
+                "routine_started",
+                "command_rejected",
+                "routine_finished",
+            }
+
+        answer = await link.wait_for(ours, ANSWER_TIMEOUT_S)
+        if answer is None:
+            raise UserError(f"redlight did not answer within {ANSWER_TIMEOUT_S:g} s")
+        event = _json(answer.payload)
+        if event.get("event_type") == "command_rejected":
+            print(f"rejected: {event.get('message')} ({event.get('reason')})", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"started routine {event.get('name', routine_id)} ({event.get('steps')} steps)")
+        if not follow:
+            return EXIT_OK
+        while True:
+            message = await link.wait_for(
+                lambda m: _json(m.payload).get("routine") == routine_id, 24 * 3600.0
+            )
+            if message is None:
+                return EXIT_FAILED
+            event = _json(message.payload)
+            kind = event.get("event_type")
+            if kind == "routine_step":
+                what = event.get("prompt") or ", ".join(event.get("panels") or [])
+                print(f"step {event.get('step')}/{event.get('steps')}: {what}")
+            elif kind == "routine_finished":
+                print(f"routine finished: {event.get('reason')}")
+                return EXIT_OK if event.get("reason") == "completed" else EXIT_FAILED
+
+
+async def _schedules(config: Config) -> int:
+    """Every schedule with its enabled state and next run, as the daemon publishes them."""
+    if not config.schedules:
+        print("no schedules in the config")
+        return EXIT_OK
+    async with Link(config, "schedules") as link:
+        await link.subscribe([f"{link.topics.base}/schedule/+/state"])
+        received = await link.messages(quiet_s=1.0)
+    states = {m.topic.split("/")[-2]: _json(m.payload) for m in received}
+    for key, schedule in config.schedules.items():
+        state = states.get(key)
+        what = (
+            f"routine {schedule.routine}" if schedule.routine else ", ".join(schedule.panels or ())
+        )
+        zone = schedule.timezone or "local time"
+        if state is None:
+            status, upcoming = "unknown (is redlight running?)", ""
+        else:
+            status = "enabled" if state.get("enabled") else "disabled"
+            upcoming = f"  next {state.get('next_run') or '-'}"
+        window = ""
+        if schedule.start_date or schedule.end_date:
+            window = f"  {schedule.start_date or '...'} to {schedule.end_date or '...'}"
+        print(
+            f"  {key:<16} {schedule.cron:<18} {zone:<18} {schedule.mode:<6} {what:<20} "
+            f"{status}{upcoming}{window}"
+        )
     return EXIT_OK
 
 
