@@ -161,11 +161,15 @@ def _check(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return EXIT_FAILED
     summary = describe(config)
-    print(
-        f"{path}: OK ({len(summary['panels'])} panels, {len(summary['routines'])} routines, "
-        f"{len(summary['schedules'])} schedules; max_on {summary['max_on']})"
+    counts = ", ".join(
+        _plural(len(summary[kind]), kind[:-1]) for kind in ("panels", "routines", "schedules")
     )
+    print(f"{path}: OK ({counts}; max_on {summary['max_on']})")
     return EXIT_OK
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 # ---------------------------------------------------------------------- broker clients

@@ -87,6 +87,33 @@ def test_every_example_config_passes(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("**/*.toml")), ids=lambda p: p.name)
+def test_every_example_passes_redlight_check(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every example in config/ passes ``redlight check``."""
+    assert main(["check", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{path}: OK (")
+
+
+def test_an_over_ceiling_routine_fails_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two 8-minute steps on one panel: ``redlight check`` names the routine and exits 1."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[panels.hip_left]\nplug = { preset = "tasmota", topic = "t" }\n'
+        "[routines.twice]\nsteps = [\n"
+        '  { panels = ["hip_left"], duration = "8m" },\n'
+        '  { pause = "1m", prompt = "rest" },\n'
+        '  { panels = ["hip_left"], duration = "8m" },\n]\n'
+    )
+    assert main(["check", "--config", str(path)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "routines.twice: keeps panel 'hip_left' on for 16m in total, more than safety.max_on (15m)"
+    ]
+
+
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     """A missing config file is an error, not an empty config."""
     with pytest.raises(ConfigError) as caught:
@@ -205,7 +232,7 @@ def test_check_accepts_a_good_config(tmp_path: Path, capsys: pytest.CaptureFixtu
     """`redlight check` on a good file says OK and exits 0."""
     path = write(tmp_path, MINIMAL)
     assert main(["check", "--config", str(path)]) == 0
-    assert "OK (1 panels" in capsys.readouterr().out
+    assert "OK (1 panel," in capsys.readouterr().out
 
 
 def test_secret_is_never_echoed_in_a_validation_error(tmp_path: Path) -> None:
