@@ -2,8 +2,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make test-ha` runs Home Assistant's real core, which wants Python 3.13, in its own .ha-venv:
+# a python3.13 from PATH that runs (a pyenv shim may not), else pyenv's 3.13.0.
+HA_PYTHON ?= $(shell python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null \
+	|| echo /root/.pyenv/versions/3.13.0/bin/python3.13)
+HA_VENV := .ha-venv
 
-.PHONY: venv test test-unit test-integration lint demo clean
+.PHONY: venv test test-unit test-integration test-ha lint demo clean
 
 $(BIN)/redlight: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +28,23 @@ test-unit: venv
 test-integration: venv
 	$(BIN)/python -m pytest -m integration
 
+# The MQTT integration's requirements (paho-mqtt) are installed here, from its manifest, so that
+# Home Assistant does not pip-install them while the test waits for it to start.
+$(HA_VENV)/bin/hass:
+	$(HA_PYTHON) -m venv $(HA_VENV)
+	$(HA_VENV)/bin/pip install --quiet --upgrade pip
+	$(HA_VENV)/bin/pip install --quiet homeassistant
+	$(HA_VENV)/bin/python -c "import json, pathlib, homeassistant; \
+	    m = pathlib.Path(homeassistant.__file__).parent / 'components/mqtt/manifest.json'; \
+	    print(*json.loads(m.read_text())['requirements'])" \
+	    | xargs $(HA_VENV)/bin/pip install --quiet
+	@touch $@
+
+## test-ha: redlight's discovery against the real Home Assistant core (not part of `make test`)
+test-ha: venv $(HA_VENV)/bin/hass
+	REDLIGHT_HA_PYTHON=$(abspath $(HA_VENV))/bin/python $(BIN)/python -m pytest \
+	    tests/integration/test_homeassistant.py
+
 lint: venv
 	$(BIN)/ruff check daemon tests
 	$(BIN)/ruff format --check daemon tests
@@ -32,4 +54,4 @@ demo: venv
 	$(BIN)/redlight demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(HA_VENV) .pytest_cache .mypy_cache .ruff_cache

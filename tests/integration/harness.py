@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,9 +215,18 @@ async def start_plug(port: int, panel_id: str, plug: dict[str, Any], name: str) 
 
 
 def config_text(
-    port: int, db: Path, panels: dict[str, dict[str, Any]], safety: str = "", extra: str = ""
+    port: int,
+    db: Path,
+    panels: dict[str, dict[str, Any]],
+    safety: str = "",
+    extra: str = "",
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
-    """A config file for the daemon under test."""
+    """A config file for the daemon under test.
+
+    ``settings`` adds keys to a panel's table (e.g. ``default_duration``); ``extra`` is appended
+    after the panels (routines, schedules).
+    """
     lines = [
         "[mqtt]",
         f'url = "mqtt://127.0.0.1:{port}"',
@@ -231,6 +240,8 @@ def config_text(
     for panel_id, plug in panels.items():
         lines.append(f"[panels.{panel_id}]")
         lines.append(f'name = "{panel_id}"')
+        for key, value in (settings or {}).get(panel_id, {}).items():
+            lines.append(f"{key} = {json.dumps(value)}")
         items = ", ".join(f"{k} = {json.dumps(v)}" for k, v in plug.items())
         lines.append(f"plug = {{ {items} }}")
     lines.append(extra)
@@ -266,13 +277,24 @@ class System:
         """The daemon's history database."""
         return self.tmp / "history.db"
 
-    async def up(self, presets: list[str], *, safety: str = "", start: bool = True) -> Daemon:
-        """Start plugs for ``presets`` (one panel each, named after the preset) and the daemon."""
+    async def up(
+        self,
+        presets: list[str],
+        *,
+        safety: str = "",
+        start: bool = True,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+        extra: str = "",
+    ) -> Daemon:
+        """Start plugs for ``presets`` (one panel each, named after the preset) and the daemon.
+
+        ``settings`` and ``extra`` go into the config file as :func:`config_text` describes.
+        """
         panels = {name: PRESETS[name] for name in presets}
         for name, plug in panels.items():
             self.plugs[name] = await start_plug(self.broker.port, name, plug, name)
         path = self.tmp / "config.toml"
-        path.write_text(config_text(self.broker.port, self.db, panels, safety))
+        path.write_text(config_text(self.broker.port, self.db, panels, safety, extra, settings))
         self.daemon = Daemon(path, self.tmp / "daemon.log")
         if start:
             await self.start_daemon()

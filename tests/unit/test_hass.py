@@ -9,6 +9,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from paho.mqtt.client import topic_matches_sub
 
 from redlight.broker import Message
@@ -19,6 +21,7 @@ from redlight.hass import (
     HassBridge,
     discovery_messages,
     discovery_payloads,
+    length_bounds,
 )
 from redlight.membroker import MemoryBroker
 from redlight.messages import Topics, dumps, status_message
@@ -126,6 +129,50 @@ def test_length_is_bounded_by_a_lower_max_on() -> None:
     )
     left = discovery_payloads(config)["homeassistant/device/redlight_redlight__hip_left/config"]
     assert left["components"]["length"]["max"] == 8.0
+
+
+def test_length_reaches_down_to_a_default_under_a_minute() -> None:
+    """A 5-second default shows as 0.08 min, so the number goes down to it in 0.01 steps.
+
+    Home Assistant drops a number state outside [min, max] with an error, which left the
+    entity unknown (seen with the real core, tests/integration/test_homeassistant.py).
+    """
+    left = make_config().panels["hip_left"].model_dump(exclude_unset=True)
+    left["default_duration"] = "5s"
+    config = full_config(routines={}, schedules={}, panels={"hip_left": left})
+    topic = "homeassistant/device/redlight_redlight__hip_left/config"
+    length = discovery_payloads(config)[topic]["components"]["length"]
+    assert (length["min"], length["max"], length["step"]) == (0.08, 15.0, 0.01)
+
+
+def shown(seconds: float) -> float:
+    """The number's state for a default of ``seconds``, as its value_template renders it."""
+    return round(seconds / 60, 2)
+
+
+@given(
+    max_on_s=st.integers(min_value=1, max_value=900),
+    default_fraction=st.floats(min_value=0, max_value=1),
+    set_fraction=st.floats(min_value=0, max_value=1),
+)
+def test_length_bounds_hold_every_default_the_panel_can_have(
+    max_on_s: int, default_fraction: float, set_fraction: float
+) -> None:
+    """The configured default and anything duration/set accepts both show within [min, max]."""
+    default_s = max(1, round(default_fraction * max_on_s))
+    left = make_config().panels["hip_left"].model_dump(exclude_unset=True)
+    left["default_duration"] = default_s
+    config = full_config(
+        safety={"max_on": max_on_s}, routines={}, schedules={}, panels={"hip_left": left}
+    )
+    lowest, highest, step = length_bounds(config, "hip_left")
+    accepted_lowest_s = min(60.0, max_on_s)  # commands.parse_duration_minutes
+    set_s = accepted_lowest_s + set_fraction * (max_on_s - accepted_lowest_s)
+    for seconds in (default_s, set_s, accepted_lowest_s, max_on_s):
+        assert lowest <= shown(seconds) <= highest
+    assert step >= 0.001  # Home Assistant's lower bound for step
+    if max_on_s >= 60 and default_s >= 60:
+        assert (lowest, step) == (1, 1)
 
 
 def test_redlight_device_has_stop_all_active_routines_and_schedules() -> None:
