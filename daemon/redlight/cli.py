@@ -8,6 +8,7 @@ import json
 import secrets
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import structlog
@@ -89,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     off.add_argument("--all", action="store_true", required=True, help="every configured plug")
 
+    history = sub.add_parser(
+        "history",
+        parents=[common],
+        help="sessions, minutes and dose per day, panel and area; adherence; streak",
+        epilog="examples:\n  redlight history\n  redlight history --days 28 --panel hip_left\n"
+        "  redlight history --json | jq .streak_days",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    history.add_argument("--days", type=int, default=14, help="how many days back (default 14)")
+    history.add_argument("--panel", metavar="ID", help="only this panel")
+    history.add_argument("--json", action="store_true", help="JSON for scripts")
     sub.add_parser(
         "schedules", parents=[common], help="list schedules with their enabled state and next run"
     )
@@ -135,6 +147,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             log_format=args.log_format,
         )
     _quiet_logging()
+    if args.command == "history":
+        return _history(config, args)
     if args.command == "status":
         return asyncio.run(_status(config))
     if args.command == "start":
@@ -170,6 +184,38 @@ def _check(args: argparse.Namespace) -> int:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _history(config: Config, args: argparse.Namespace) -> int:
+    from redlight.history import as_json, as_text, build_report
+    from redlight.storage import History, StorageError
+
+    if not 1 <= args.days <= 3660:
+        raise UserError("--days must be between 1 and 3660")
+    if args.panel is not None and args.panel not in config.panels:
+        raise UserError(f"there is no panel {args.panel!r} in the config")
+    path = config.storage.path
+    if not path.exists():
+        raise UserError(f"no history yet: {path} does not exist (redlight run creates it)")
+    now = datetime.now().astimezone()
+    zone = now.tzinfo
+    assert zone is not None
+    today = now.date()
+    since = datetime.combine(today - timedelta(days=args.days - 1), datetime.min.time(), zone)
+    # The streak may reach back before the period: read up to a year before it.
+    try:
+        with History.open(path) as history:
+            rows = history.sessions(since=since - timedelta(days=366))
+    except StorageError as error:
+        raise UserError(f"cannot read the history: {error}") from None
+    report = build_report(
+        config, rows, today=today, days=args.days, zone=zone, now=now, panel=args.panel
+    )
+    if args.json:
+        print(json.dumps(as_json(report), ensure_ascii=False, indent=2))
+    else:
+        print("\n".join(as_text(report)))
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------- broker clients

@@ -1,0 +1,137 @@
+"""``redlight history``: a few weeks of sessions read well, and add up."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from redlight.cli import main
+from redlight.history import as_json, as_text, build_report
+from redlight.storage import HistoryWriter, SessionRow
+from tests.unit.corekit import make_config
+
+AMS = ZoneInfo("Europe/Amsterdam")
+TODAY = date(2026, 11, 28)
+NOW = datetime.combine(TODAY, time(21, 0), AMS)
+
+
+def row(day: date, hour: int, panel: str, seconds: float, reason: str = "completed") -> SessionRow:
+    """A closed session."""
+    start = datetime.combine(day, time(hour, 0), AMS)
+    dose = seconds * 50 / 1000 if panel == "hip_left" else None
+    return SessionRow(
+        id=f"{panel}-{day}-{hour}",
+        panel=panel,
+        area="left hip" if panel == "hip_left" else None,
+        source="schedule",
+        started_at=start,
+        planned_s=seconds,
+        irradiance_mw_cm2=50 if panel == "hip_left" else None,
+        ended_at=start + timedelta(seconds=seconds),
+        actual_s=seconds,
+        reason=reason,
+        dose_j_cm2=dose,
+    )
+
+
+def three_weeks() -> list[SessionRow]:
+    """Evening sessions on most days of three weeks, a stopped one, and a gap."""
+    rows = []
+    for back in range(21):
+        day = TODAY - timedelta(days=back)
+        if back in (5, 12):
+            continue  # rest days without a session
+        rows.append(row(day, 19, "hip_left", 600))
+        if back % 2 == 0:
+            rows.append(row(day, 19, "sauna", 300, "stopped" if back == 4 else "completed"))
+    return rows
+
+
+def test_report_adds_up_per_day_panel_and_area() -> None:
+    """Minutes, dose and end reasons per panel; adherence and streak for 14 days."""
+    config = make_config(
+        schedules={
+            "evening": {
+                "panels": ["hip_left"],
+                "duration": "10m",
+                "cron": "0 19 * * *",
+                "timezone": "Europe/Amsterdam",
+            }
+        }
+    )
+    report = build_report(config, three_weeks(), today=TODAY, days=14, zone=AMS, now=NOW)
+    left = report.panels["hip_left"]
+    assert (left.sessions, left.seconds) == (12, 12 * 600)
+    assert left.dose_j_cm2 == pytest.approx(12 * 30)
+    assert report.panels["sauna"].reasons == {"completed": 5, "stopped": 1}
+    [evening] = report.adherence
+    assert (evening.planned, evening.done) == (14, 12)
+    assert report.streak_days == 5  # today back to the rest day 5 days ago
+    data = as_json(report)
+    assert data["days"][-1] == {
+        "date": "2026-11-28",
+        "panels": {
+            "hip_left": {"seconds": 600, "dose_j_cm2": 30.0},
+            "sauna": {"seconds": 300, "dose_j_cm2": 0.0},
+        },
+        "seconds": 900,
+    }
+
+
+def test_text_report_reads_well() -> None:
+    """A line per day with minutes per panel and a bar; then totals, adherence and streak."""
+    config = make_config()
+    report = build_report(config, three_weeks(), today=TODAY, days=7, zone=AMS, now=NOW)
+    lines = as_text(report)
+    assert lines[0] == "sessions from 2026-11-22 to 2026-11-28"
+    assert lines[2] == "date        hip_left    sauna    total"
+    assert lines[3] == "2026-11-22 Sun      10m       5m      15m  " + "█" * 30
+    assert lines[4] == "2026-11-23 Mon        -        -        -"
+    assert lines[6] == "2026-11-25 Wed      10m        -      10m  " + "█" * 20
+    assert lines[9] == "2026-11-28 Sat      10m       5m      15m  " + "█" * 30
+    assert lines[10] == ""
+    assert lines[-2] == "Sauna: 4 sessions, 20m; ended: completed 3, stopped 1"
+    assert lines[-1] == "streak: 5 days"
+
+
+def test_history_command_with_a_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``redlight history`` on a real database prints the report; ``--json`` parses."""
+    db = tmp_path / "history.db"
+    writer = HistoryWriter(db)
+    today = datetime.now().astimezone()
+    for back in range(10):
+        start = (today - timedelta(days=back)).replace(hour=7, minute=0, second=0, microsecond=0)
+        writer.session_opened(
+            SessionRow(f"s{back}", "hip_left", "left hip", "cli", start, 600.0, 50.0)
+        )
+        writer.session_closed(f"s{back}", start + timedelta(minutes=10), 600.0, "completed", 30.0)
+    assert writer.flush(5.0)
+    writer.close()
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[storage]\npath = "{db}"\n[panels.hip_left]\narea = "left hip"\n'
+        'plug = { preset = "tasmota", topic = "t" }\n'
+    )
+    assert main(["history", "--config", str(path), "--days", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "Hip left (left hip): 7 sessions, 1h10m, ~210 J/cm²; ended: completed 7" in out
+    assert main(["history", "--config", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["streak_days"] == 10
+    assert data["panels"]["hip_left"]["sessions"] == 10
+
+
+def test_history_without_a_database_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No database yet: one sentence, exit 1."""
+    path = tmp_path / "config.toml"
+    path.write_text(f'[storage]\npath = "{tmp_path / "none.db"}"\n')
+    assert main(["history", "--config", str(path)]) == 1
+    assert capsys.readouterr().err.startswith("redlight: no history yet: ")
