@@ -332,12 +332,25 @@ async def _status(config: Config) -> int:
         online = "online" if state.get("plug_online") else "OFFLINE"
         line = f"  {panel_id:<16} {name:<24} {state.get('state', '?'):<9} plug {plug:<7} {online}"
         if session:
-            line += f"  until {str(session.get('ends_at', '?'))[11:19]} ({session.get('source')})"
+            line += f"  until {str(session.get('ends_at', '?'))[11:19]}"
+            line += f"{_left(session.get('ends_at'))} ({session.get('source')})"
         today = state.get("today_s")
         if isinstance(today, int | float):
             line += f"  today {format_duration(today)}"
         print(line)
     return EXIT_OK if status == "online" else EXIT_FAILED
+
+
+def _left(ends_at: object) -> str:
+    """``, 8m12s left`` from an ISO 8601 end time, or nothing if it cannot be read."""
+    try:
+        end = datetime.fromisoformat(str(ends_at))
+    except ValueError:
+        return ""
+    if end.tzinfo is None:
+        return ""
+    seconds = max(0, round((end - datetime.now(end.tzinfo)).total_seconds()))
+    return f", {format_duration(seconds)} left"
 
 
 async def _start(config: Config, args: argparse.Namespace) -> int:
