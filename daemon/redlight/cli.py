@@ -37,6 +37,35 @@ class UserError(Exception):
     """A failure to report as one sentence."""
 
 
+#: Examples shown by ``redlight COMMAND --help``.
+_EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
+    "run": ("redlight run --config /etc/redlight/config.toml", "redlight run --log-level debug"),
+    "check": ("redlight check --config config/example.toml",),
+    "status": ("redlight status",),
+    "start": (
+        "redlight start hip_left --duration 8m",
+        "redlight start hip_left --dose 25 --follow",
+        "redlight start --routine post_run --follow",
+    ),
+    "stop": ("redlight stop hip_left", "redlight stop --all"),
+    "off": ("redlight off --all   # ExecStopPost=: straight to the plugs, no daemon needed",),
+    "history": (
+        "redlight history",
+        "redlight history --days 28 --panel hip_left",
+        "redlight history --json | jq .streak_days",
+    ),
+    "schedules": ("redlight schedules",),
+    "demo": ("redlight demo",),
+    "completion": ("redlight completion bash > /etc/bash_completion.d/redlight",),
+}
+
+#: Exit codes, documented in ``redlight --help`` and the README.
+_EXIT_CODES: Final = (
+    "exit codes: 0 done; 1 failed or rejected (one sentence on stderr); "
+    "78 config error in 'run' (systemd does not restart); 130 interrupted"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with one sub-command per SPEC §5 row."""
     common = argparse.ArgumentParser(add_help=False)
@@ -48,11 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="redlight",
         description="Safe timed red-light therapy sessions on MQTT smart plugs.",
+        epilog=_EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"redlight {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    def command(name: str, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
+        examples = "\n".join(f"  {line}" for line in _EXAMPLES[name])
+        return sub.add_parser(
+            name,
+            parents=[common] if config else [],
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            epilog=f"examples:\n{examples}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    run = command("run", "run the daemon in the foreground")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument(
         "--log-format",
@@ -60,20 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "console", "json"],
         help="auto: console on a terminal, JSON lines otherwise (journald is detected)",
     )
-    sub.add_parser("check", parents=[common], help="validate the config file")
-    sub.add_parser("status", parents=[common], help="show every panel's state")
+    command("check", "validate the config file: one line per problem")
+    command("status", "show every panel's state, read from the broker")
 
-    start = sub.add_parser(
-        "start",
-        parents=[common],
-        help="start a session",
-        epilog=(
-            "examples:\n"
-            "  redlight start hip_left --duration 8m\n"
-            "  redlight start hip_left --dose 25 --follow"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    start = command("start", "start a session (or a routine) and print the outcome")
     start.add_argument("panel", nargs="?", help="panel id")
     group = start.add_mutually_exclusive_group()
     group.add_argument("--duration", help="session length, e.g. 90s, 10m")
@@ -81,36 +112,61 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--routine", metavar="ID", help="start a routine instead of a panel")
     start.add_argument("--follow", action="store_true", help="show a countdown until it ends")
 
-    stop = sub.add_parser("stop", parents=[common], help="stop a session")
+    stop = command("stop", "stop a session, or every session")
     stop.add_argument("panel", nargs="?", help="panel id")
     stop.add_argument("--all", action="store_true", help="stop every session")
 
-    off = sub.add_parser(
-        "off", parents=[common], help="switch every plug OFF directly, without the daemon"
-    )
+    off = command("off", "switch every plug OFF directly, without the daemon")
     off.add_argument("--all", action="store_true", required=True, help="every configured plug")
 
-    history = sub.add_parser(
-        "history",
-        parents=[common],
-        help="sessions, minutes and dose per day, panel and area; adherence; streak",
-        epilog="examples:\n  redlight history\n  redlight history --days 28 --panel hip_left\n"
-        "  redlight history --json | jq .streak_days",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    history = command("history", "sessions, minutes and dose per day and panel; adherence; streak")
     history.add_argument("--days", type=int, default=14, help="how many days back (default 14)")
     history.add_argument("--panel", metavar="ID", help="only this panel")
     history.add_argument("--json", action="store_true", help="JSON for scripts")
-    sub.add_parser(
-        "schedules", parents=[common], help="list schedules with their enabled state and next run"
-    )
-    sub.add_parser(
-        "demo",
-        help="the whole system with simulated plugs: no broker, no hardware",
-        description="Runs the real session core against an in-memory broker and simulated "
-        "Tasmota, Shelly and Zigbee plugs, through a short story (under a minute).",
-    )
+
+    command("schedules", "list schedules with their enabled state and next run")
+    command("demo", "the whole system with simulated plugs: no broker, no hardware", config=False)
+    completion = command("completion", "print a shell completion script", config=False)
+    completion.add_argument("shell", choices=["bash", "zsh"])
     return parser
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """A completion script for ``redlight``'s commands and options (bash; zsh via bashcompinit)."""
+    commands: dict[str, list[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub_parser in action.choices.items():
+                commands[name] = sorted(
+                    option
+                    for sub_action in sub_parser._actions
+                    for option in sub_action.option_strings
+                    if option.startswith("--")
+                )
+    cases = "\n".join(
+        f'        {name}) opts="{" ".join(options)}" ;;' for name, options in commands.items()
+    )
+    body = f"""_redlight() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}}
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{" ".join(commands)} --help --version" -- "$cur"))
+        return
+    fi
+    local opts=""
+    case "${{COMP_WORDS[1]}}" in
+{cases}
+    esac
+    if [[ "$cur" == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts --help" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+complete -F _redlight redlight
+"""
+    if shell == "zsh":
+        return "autoload -U +X bashcompinit && bashcompinit\n" + body
+    return body
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,6 +192,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from redlight.demo import main as demo
 
         return demo()
+    if args.command == "completion":
+        print(completion_script(build_parser(), args.shell), end="")
+        return EXIT_OK
     config = load_config(args.config)
     if args.command == "run":
         from redlight.daemon import run_daemon

@@ -1,0 +1,58 @@
+"""The command line's own surface: help with examples, version, completion, one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from redlight import __version__
+from redlight.cli import _EXAMPLES, build_parser, completion_script, main
+
+COMMANDS = sorted(_EXAMPLES)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``redlight COMMAND --help`` exits 0 and shows examples that use the command."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    assert f"redlight {command}" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--version`` prints the package version."""
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"redlight {__version__}"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+def test_bash_completion_is_valid_and_knows_every_command(tmp_path: Path) -> None:
+    """The bash script parses, and completing 'redlight st' offers start, status and stop."""
+    script = tmp_path / "redlight.bash"
+    script.write_text(completion_script(build_parser(), "bash"))
+    probe = (
+        f"source {script}; COMP_WORDS=(redlight st); COMP_CWORD=1; _redlight; "
+        'echo "${COMPREPLY[@]}"'
+    )
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
+    assert sorted(done.stdout.split()) == ["start", "status", "stop"]
+    for command in COMMANDS:
+        assert f"{command}) opts=" in script.read_text()
+
+
+def test_errors_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown panel is one line on stderr and exit 1, never a traceback."""
+    path = tmp_path / "config.toml"
+    path.write_text('[panels.hip_left]\nplug = { preset = "tasmota", topic = "t" }\n')
+    assert main(["start", "nope", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == "redlight: there is no panel 'nope' in the config\n"
