@@ -3,9 +3,10 @@
 The real session core and runtime run against the in-memory broker, with simulated plugs of
 three firmwares (Tasmota, Shelly Gen2, Zigbee2MQTT) that behave as their firmwares document.
 A short scripted story shows what redlight promises: a session that ends on time with the plug's
-own timer armed, an over-limit request refused, a plug switched on by hand and cut off, and a
-shutdown that leaves every panel off. Times are shortened (``max_on`` is 8 s) so it fits in
-well under a minute; the rules are the same as with 15 minutes.
+own timer armed, an over-limit request refused, a routine with its spoken prompt, a plug
+switched on by hand and cut off, and a shutdown that leaves every panel off. Times are
+shortened (``max_on`` is 8 s) so it fits in well under a minute; the rules are the same as with
+15 minutes.
 """
 
 from __future__ import annotations
@@ -94,6 +95,13 @@ def _describe(event: dict[str, Any]) -> tuple[str, str]:
         return f"refused ({event.get('reason')}): {event.get('message')}", "33"
     if kind == "ending_soon":
         return "ending soon", "2"
+    if kind == "routine_started":
+        return f"routine '{event.get('name')}' started ({event.get('steps')} steps)", "32"
+    if kind == "routine_step":
+        what = event.get("prompt") or "switch on " + ", ".join(event.get("panels") or [])
+        return f"step {event.get('step')}/{event.get('steps')}: {what}", "1;36"
+    if kind == "routine_finished":
+        return f"routine finished: {event.get('reason')}", "32"
     return str(kind), "0"
 
 
@@ -106,8 +114,17 @@ async def run_demo(out: TextIO | None = None) -> int:
 
 async def _story(story: Story, tmp: Path) -> int:
     db = tmp / "history.db"
+    routine = {
+        "name": "After the run",
+        "steps": [
+            {"panels": ["hip_left"], "duration": "2s"},
+            {"pause": "2s", "prompt": "Turn to your right side"},
+            {"panels": ["hip_right"], "duration": "2s"},
+        ],
+    }
     config = Config(
         mqtt={"base_topic": "redlight"},
+        routines={"after_run": routine},
         homeassistant={"enabled": False},
         safety={"max_on": DEMO_MAX_ON, "confirm_timeout": "2s", "failsafe_margin": "2s"},
         storage={"path": str(db)},
@@ -177,6 +194,15 @@ async def _story(story: Story, tmp: Path) -> int:
     rejected = broker.next(topics.daemon_event, lambda m: b"command_rejected" in m.payload_bytes())
     command("hip_right", {"action": "start", "duration": "20s"})
     await wait(rejected)
+
+    story.chapter("A routine: left hip, a pause with a prompt, then the right hip")
+    routine_done = broker.next(
+        topics.daemon_event, lambda m: b"routine_finished" in m.payload_bytes()
+    )
+    story.line("you", f"{topics.routine_set('after_run')} <- START", "35")
+    user.publish(Message(topics.routine_set("after_run"), "START"))
+    await wait(routine_done)
+    await until(right, on=False)
 
     story.chapter("Someone switches the right hip panel on at the plug itself")
     cut = broker.next(topics.daemon_event, lambda m: b"cutoff_enforced" in m.payload_bytes())

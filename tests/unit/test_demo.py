@@ -11,13 +11,15 @@ from redlight.demo import run_demo
 
 @pytest.mark.looptime
 async def test_demo_story_shows_every_promise_and_exits_0() -> None:
-    """The demo ends on time, refuses an over-limit request, cuts off a hand-switched plug."""
+    """On time, over-limit refused, a routine with its prompt, a hand-switched plug cut off."""
     out = io.StringIO()
     assert await run_demo(out) == 0
     text = out.getvalue()
     assert "session finished: completed after 4s" in text
     assert "refused (over_max_on): 20s is more than safety.max_on (8s)" in text
     assert "cutoff: switched off after max_on (8s)" in text
+    assert "step 2/3: Turn to your right side" in text
+    assert "routine finished: completed" in text
     assert "session finished: shutdown" in text
     assert "Every panel is off; the longest time any was on: 8.0s" in text
     assert "\033[" not in text  # no colour codes when not on a terminal
