@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -39,18 +40,83 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """A TLS listener's port and files (see :func:`make_certificates`)."""
+
+    port: int
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_client_cert: bool = False
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A test CA, a server certificate for 127.0.0.1, and a client certificate (openssl).
+
+    Returns paths by name: ``ca``, ``ca_key``, ``server``, ``server_key``, ``client``,
+    ``client_key``, and ``other_ca`` (a second CA that signed nothing here).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {
+        name: directory / f"{name}.pem"
+        for name in ("ca", "ca_key", "server", "server_key", "client", "client_key", "other_ca")
+    }
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    for ca, key in (("ca", "ca_key"), ("other_ca", "other_ca_key")):
+        key_path = paths.get(key, directory / f"{key}.pem")
+        openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", f"/CN=redlight test {ca}", "-keyout", str(key_path), "-out", str(paths[ca]),
+        )  # fmt: skip
+    for name, subject, ext in (
+        ("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1"),
+        ("client", "/CN=redlight", "extendedKeyUsage=clientAuth"),
+    ):
+        request = directory / f"{name}.csr"
+        extfile = directory / f"{name}.ext"
+        extfile.write_text(ext + "\n")
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+            "-keyout", str(paths[f"{name}_key"]), "-out", str(request),
+        )  # fmt: skip
+        openssl(
+            "x509", "-req", "-in", str(request), "-CA", str(paths["ca"]),
+            "-CAkey", str(paths["ca_key"]), "-CAcreateserial", "-days", "2",
+            "-extfile", str(extfile), "-out", str(paths[name]),
+        )  # fmt: skip
+    for path in paths.values():
+        path.chmod(0o644)  # mosquitto may read them as another user
+    return paths
+
+
 class MosquittoBroker:
     """A mosquitto process on 127.0.0.1 with persistence, so retained messages survive restarts."""
 
     def __init__(
-        self, directory: Path, *, port: int | None = None, password_file: Path | None = None
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        password_file: Path | None = None,
+        tls: TlsListener | None = None,
+        acl_file: Path | None = None,
     ) -> None:
-        """Prepare (not start) a broker whose config, data and log live in ``directory``."""
+        """Prepare (not start) a broker whose config, data and log live in ``directory``.
+
+        With ``tls``, a second listener speaks TLS (and wants the password file's users, if
+        given), while the first stays plain and anonymous for simulated plugs and observers.
+        """
         if port == SHARED_PORT:
             raise ValueError("port 1883 belongs to the machine's shared mosquitto")
         self.directory = directory
         self._port = port
         self.password_file = password_file
+        self.tls = tls
+        self.acl_file = acl_file
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -119,6 +185,8 @@ class MosquittoBroker:
             return ""
 
     def _config_text(self) -> str:
+        if self.tls is not None:
+            return self._config_with_tls(self.tls)
         lines = [
             f"listener {self.port} 127.0.0.1",
             f"allow_anonymous {'false' if self.password_file else 'true'}",
@@ -135,6 +203,34 @@ class MosquittoBroker:
         ]
         if self.password_file is not None:
             lines.append(f"password_file {self.password_file}")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        return "\n".join(lines) + "\n"
+
+    def _config_with_tls(self, tls: TlsListener) -> str:
+        lines = [
+            "per_listener_settings true",
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"listener {tls.port} 127.0.0.1",
+            f"cafile {tls.ca_file}",
+            f"certfile {tls.cert_file}",
+            f"keyfile {tls.key_file}",
+            f"require_certificate {'true' if tls.require_client_cert else 'false'}",
+        ]
+        if self.password_file is not None:
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        lines += [
+            "persistence true",
+            f"persistence_location {self.directory}/",
+            "autosave_interval 1",
+            f"log_dest file {self.log_path}",
+            "log_type all",
+            "connection_messages true",
+            f"user {getpass.getuser()}",
+        ]
         return "\n".join(lines) + "\n"
 
     def _wait_until_listening(self) -> None:

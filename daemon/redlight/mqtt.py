@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,7 +256,15 @@ class PahoClient(BrokerClient):
         self._post(Connected())
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        log.warning("mqtt_connect_failed", host=self._host, port=self._port)
+        # paho calls this from inside its ``except OSError``: the error says why (refused,
+        # unreachable, a certificate that does not verify), which is what a user needs.
+        error = sys.exc_info()[1]
+        log.warning(
+            "mqtt_connect_failed",
+            host=self._host,
+            port=self._port,
+            error=str(error) if error is not None else "unknown",
+        )
 
     def _on_disconnect(
         self,

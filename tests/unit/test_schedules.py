@@ -244,7 +244,7 @@ def fake_wall(monkeypatch: pytest.MonkeyPatch) -> list[FakeWall]:
 
     class FakeDatetime(datetime):
         @classmethod
-        def now(cls, tz: tzinfo | None = None) -> Any:  # type: ignore[override]
+        def now(cls, tz: tzinfo | None = None) -> Any:
             return holder[0].now(tz)
 
     import apscheduler.executors.base as executors

@@ -1,0 +1,735 @@
+"""The safety promise as a hypothesis state machine over the pure core and simulated plugs.
+
+Three panels on three firmwares (Tasmota with PulseTime, Zigbee2MQTT with ``on_time``, a generic
+plug with a retained state topic) are driven through every interleaving hypothesis finds of
+commands, garbage, hand switching, telemetry, availability, retained messages, broker
+disconnects, unresponsive plugs, clock advances with wall-clock steps of hours, and shutdown.
+
+The plugs act on the messages the core actually returned, as their firmwares would, and report
+back in the firmware's own format through a first-in-first-out broker (so reports are stale
+when they cross a command, and may be duplicated). Nothing is dropped while redlight is
+connected; everything in flight is lost when it disconnects, except retained messages. The
+plugs' own off-timers are *not* simulated, so the bound below is the core's alone.
+
+The bound proven (``Machine.bound``), for every panel whose relay is on:
+
+    now - max(relay on since, panel controllable since) <= max_on + confirm_timeout
+
+"Controllable" means redlight is connected to the broker and the plug acts on commands; before
+that nothing redlight does can reach the relay, so the clock starts when it can. Why it holds:
+
+* an ON redlight sent ends at its session's deadline (<= max_on), or earlier at
+  ``confirm_timeout`` if unconfirmed, and the OFF reaches a controllable plug at once;
+* an ON redlight did not send (a hand, a retained command) is reported within the broker's
+  latency, here at most ``confirm_timeout`` (``LATENCY``), and cut off ``max_on`` after it is
+  seen (safety rule 2);
+* when the panel becomes controllable again: a reconnect ends an overdue session and repeats a
+  pending OFF at once, and asks every plug its state (the generic plug's retained state arrives
+  on subscribing), so an unknown ON is seen within the latency; a plug that recovers
+  re-announces itself (availability and state, as firmwares do on reconnecting) and gets the
+  pending OFF at the next retry, at most ``MAX_OFF_RETRY_S`` (10 s <= max_on) later.
+
+No OFF retry grace is needed on top: a retry only waits for a plug that was not controllable,
+and that wait starts the window again. Measuring ON time summed over controllable intervals
+instead would not be bounded: a plug that goes deaf exactly at every OFF retry keeps the relay
+on with up to 10 s of controllable time per retry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final, Literal
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from paho.mqtt.client import topic_matches_sub
+
+from redlight import commands as cmd
+from redlight.broker import Message
+from redlight.core import MAX_OFF_RETRY_S, Core, Effect, Now, SessionOpened
+from redlight.messages import Event
+from tests.unit.corekit import START_WALL, make_config
+
+BASE: Final = "redlight"
+PANELS: Final = ("left", "right", "sauna")
+#: Ids that are not configured, to hit the unknown-id paths.
+STRANGERS: Final = ("nope", "Left", "")
+
+Action = Literal["on", "off", "toggle", "query", "pulse"]
+Publication = tuple[str, str, bool]  # topic, payload, retain
+
+_ON_WORDS: Final = frozenset({"on", "1", "true"})
+_OFF_WORDS: Final = frozenset({"off", "0", "false"})
+_TOGGLE_WORDS: Final = frozenset({"toggle", "2"})
+
+
+def _word(payload: bytes) -> str:
+    return payload.decode("utf-8", errors="replace").strip().casefold()
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _switch_word(word: str) -> Action | None:
+    if word in _ON_WORDS:
+        return "on"
+    if word in _OFF_WORDS:
+        return "off"
+    if word in _TOGGLE_WORDS:
+        return "toggle"
+    return None
+
+
+# ---------------------------------------------------------------- firmwares, from their side
+
+
+class Firmware:
+    """One firmware's MQTT dialect: what it obeys and how it reports (see ``redlight.simplug``)."""
+
+    #: Topics the plug subscribes to (its commands).
+    subscriptions: tuple[str, ...] = ()
+    #: Availability topics with their (online, offline) payload variants.
+    availability: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = ()
+
+    def action(self, topic: str, payload: bytes) -> Action | None:
+        """What the firmware does with a message on one of its subscriptions."""
+        raise NotImplementedError
+
+    def reports(self, on: bool) -> list[Publication]:
+        """What it publishes after a command or a query."""
+        raise NotImplementedError
+
+    def telemetry(self, on: bool) -> list[Publication]:
+        """What it publishes unprompted (periodic telemetry, a button)."""
+        return self.reports(on)
+
+
+class Tasmota(Firmware):
+    """``cmnd/<t>/POWER`` (empty = query), ``PulseTime1``; ``stat/`` reports, ``tele/STATE``."""
+
+    subscriptions = ("cmnd/panel_left/POWER", "cmnd/panel_left/PulseTime1")
+    availability = (("tele/panel_left/LWT", ("Online",), ("Offline",)),)
+
+    def action(self, topic: str, payload: bytes) -> Action | None:
+        """Tasmota's command parser for POWER and PulseTime1."""
+        word = _word(payload)
+        if topic == "cmnd/panel_left/POWER":
+            return "query" if word in {"", "?"} else _switch_word(word)
+        if topic == "cmnd/panel_left/PulseTime1":
+            return "pulse"
+        return None
+
+    def reports(self, on: bool) -> list[Publication]:
+        """``stat/<t>/RESULT`` and ``stat/<t>/POWER``, as after every POWER command."""
+        state = "ON" if on else "OFF"
+        return [
+            ("stat/panel_left/RESULT", json.dumps({"POWER": state}), False),
+            ("stat/panel_left/POWER", state, False),
+        ]
+
+    def telemetry(self, on: bool) -> list[Publication]:
+        """``tele/<t>/STATE`` every TelePeriod."""
+        body = {"Time": "2026-11-24T07:30:00", "POWER": "ON" if on else "OFF", "Wifi": {"RSSI": 80}}
+        return [("tele/panel_left/STATE", json.dumps(body), False)]
+
+    def pulse_reply(self, payload: bytes) -> list[Publication]:
+        """The RESULT Tasmota answers a PulseTime command with (no POWER in it)."""
+        body = {"PulseTime1": {"Set": _word(payload), "Remaining": 0}}
+        return [("stat/panel_left/RESULT", json.dumps(body), False)]
+
+
+class Zigbee2Mqtt(Firmware):
+    """``<base>/<device>/set`` JSON (``on_time`` ignored here), ``/get``; JSON state reports."""
+
+    device = "zigbee2mqtt/Panel plug right"
+    subscriptions = (f"{device}/set", f"{device}/get")
+    availability = (
+        (f"{device}/availability", ('{"state":"online"}', "online"), ('{"state":"offline"}',)),
+        ("zigbee2mqtt/bridge/state", ('{"state":"online"}', "online"), ("offline",)),
+    )
+
+    def action(self, topic: str, payload: bytes) -> Action | None:
+        """Zigbee2MQTT's set/get handling."""
+        body = _json_object(payload)
+        if body is None:
+            return None
+        if topic.endswith("/get"):
+            return "query"
+        state = body.get("state")
+        return _switch_word(state.casefold()) if isinstance(state, str) else None
+
+    def reports(self, on: bool) -> list[Publication]:
+        """The device's state object on ``<base>/<device>``."""
+        body = {"state": "ON" if on else "OFF", "linkquality": 120, "power_on_behavior": "off"}
+        return [(self.device, json.dumps(body), False)]
+
+
+class Generic(Firmware):
+    """A plain plug: exact ``ON``/``OFF`` on its command topic, retained plain state."""
+
+    subscriptions = ("sauna/panel/set",)
+    availability = (("sauna/panel/status", ("online",), ("offline",)),)
+
+    def action(self, topic: str, payload: bytes) -> Action | None:
+        """Only the exact configured payloads switch it."""
+        text = payload.decode("utf-8", errors="replace").strip()
+        if text == "ON":
+            return "on"
+        return "off" if text == "OFF" else None
+
+    def reports(self, on: bool) -> list[Publication]:
+        """Retained state, so subscribing is asking."""
+        return [("sauna/panel/state", "ON" if on else "OFF", True)]
+
+
+FIRMWARES: Final[dict[str, Callable[[], Firmware]]] = {
+    "left": Tasmota,
+    "right": Zigbee2Mqtt,
+    "sauna": Generic,
+}
+
+
+@dataclass
+class SimPlug:
+    """A relay behind a firmware; ``on_since`` is when the relay last went on."""
+
+    panel: str
+    firmware: Firmware
+    on: bool
+    on_since: float | None
+    responsive: bool = True
+    controllable_since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A message on its way from the broker to redlight."""
+
+    sent_at: float
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+def machine_config(max_on: int, cooldown: int, daily_max: int | None, confirm: float) -> Any:
+    """Three panels, three firmwares, small limits so that limits and timeouts interleave."""
+    safety: dict[str, Any] = {
+        "max_on": f"{max_on}s",
+        "cooldown": f"{cooldown}s",
+        "confirm_timeout": f"{confirm}s",
+        "failsafe_margin": "5s",
+    }
+    if daily_max is not None:
+        safety["daily_max"] = f"{daily_max}s"
+    panels = {
+        "left": {
+            "default_duration": f"{max_on // 2}s",
+            "irradiance_mw_cm2": 50,
+            "plug": {"preset": "tasmota", "topic": "panel_left"},
+        },
+        "right": {
+            "irradiance_mw_cm2": 40,
+            "plug": {"preset": "zigbee2mqtt", "device": "Panel plug right", "failsafe": True},
+        },
+        "sauna": {
+            "plug": {
+                "preset": "generic",
+                "command_topic": "sauna/panel/set",
+                "state_topic": "sauna/panel/state",
+                "availability_topic": "sauna/panel/status",
+            },
+        },
+    }
+    return make_config(safety=safety, panels=panels)
+
+
+# ---------------------------------------------------------------- payload strategies
+
+DURATIONS: Final = st.one_of(
+    st.sampled_from(["10s", "30s", "1m", "90s", "15m", "15m1s", "0.5s", "0", "1h", "", "-5"]),
+    st.integers(min_value=-5, max_value=1000),
+    st.floats(min_value=0, max_value=200, allow_nan=False),
+)
+START_PAYLOADS: Final = st.one_of(
+    st.sampled_from(["ON", "on", " On \n"]),
+    st.builds(
+        lambda body, rid, src: json.dumps(body | rid | src),
+        st.one_of(
+            st.just({"action": "start"}),
+            st.builds(lambda d: {"action": "start", "duration": d}, DURATIONS),
+            st.builds(
+                lambda d: {"action": "start", "dose_j_cm2": d},
+                st.one_of(st.floats(0.01, 10), st.sampled_from([0, -1, 1e300])),
+            ),
+        ),
+        st.sampled_from([{}, {"request_id": "r1"}, {"request_id": ""}]),
+        st.sampled_from([{}, {"source": "cli"}, {"source": "homeassistant"}, {"source": "x"}]),
+    ),
+)
+STOP_PAYLOADS: Final = st.sampled_from(
+    ["OFF", "off", '{"action": "stop"}', '{"action": "stop", "request_id": "r2"}']
+)
+GARBAGE: Final = st.one_of(
+    st.binary(max_size=24),
+    st.text(max_size=24),
+    st.sampled_from(["", "START", "{}", "[]", "null", '{"action": "explode"}', "ONN", "\x00"]),
+)
+ADVANCES: Final = st.one_of(
+    st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 9.9, 10.0, 30.0, 60.0, 90.0]),
+    st.floats(min_value=0.0, max_value=120.0),
+)
+#: Guard against a core that asks to be woken at the same instant forever.
+MAX_TICKS_PER_ADVANCE: Final = 10_000
+
+
+class CoreMachine(RuleBasedStateMachine):
+    """The pure core, three simulated plugs and a broker, under hypothesis' control."""
+
+    core: Core
+
+    def __init__(self) -> None:
+        """Empty state; :meth:`boot` builds the core from drawn limits."""
+        super().__init__()
+        self.mono = 1000.0
+        self.wall = START_WALL
+        self.connected = False
+        self.shut_down = False
+        self.plugs: dict[str, SimPlug] = {}
+        self.inflight: deque[InFlight] = deque()
+        self.retained: dict[str, bytes] = {}
+        self.on_commands: dict[str, int] = {}
+        self.bound = 0.0
+        self.latency = 0.0
+        self.subscriptions: list[str] = []
+
+    # ------------------------------------------------------------ set-up
+
+    @initialize(
+        max_on=st.sampled_from([20, 60]),
+        cooldown=st.sampled_from([0, 5]),
+        daily_max=st.sampled_from([None, 100]),
+        confirm=st.sampled_from([1.0, 2.0]),
+        relays=st.lists(st.booleans(), min_size=3, max_size=3),
+    )
+    def boot(
+        self, max_on: int, cooldown: int, daily_max: int | None, confirm: float, relays: list[bool]
+    ) -> None:
+        """Plugs in any state (one may have come back ON after a power cut), then connect."""
+        counter = iter(range(1, 1_000_000))
+        self.core = Core(
+            machine_config(max_on, cooldown, daily_max, confirm), new_id=lambda: f"s{next(counter)}"
+        )
+        self.subscriptions = self.core.subscriptions()
+        # Reports reach redlight at most confirm_timeout after the plug sent them, so an ON
+        # report can arrive on either side of the confirmation deadline.
+        self.latency = confirm
+        # The bound proven (see the module docstring): max_on + the report latency, which is
+        # confirm_timeout. A pending OFF retry waits at most MAX_OFF_RETRY_S, within max_on.
+        assert max_on >= MAX_OFF_RETRY_S
+        self.bound = max_on + self.latency
+        for panel, on in zip(PANELS, relays, strict=True):
+            self.plugs[panel] = SimPlug(panel, FIRMWARES[panel](), on, self.mono if on else None)
+        self._connect()
+
+    # ------------------------------------------------------------ the clock
+
+    @property
+    def now(self) -> Now:
+        """Both clocks."""
+        return Now(self.mono, self.wall)
+
+    def _move_to(self, mono: float) -> None:
+        assert mono >= self.mono
+        self.wall += timedelta(seconds=mono - self.mono)
+        self.mono = mono
+        self.check_relays()
+
+    def _tick(self) -> None:
+        self._apply(self.core.tick(self.now))
+        wake = self.core.next_wakeup()
+        # No lost deadline: after a tick, nothing the core waits for is already due.
+        assert wake is None or wake > self.mono, (wake, self.mono)
+
+    # ------------------------------------------------------------ the broker
+
+    def _matches(self, topic: str) -> bool:
+        return any(topic_matches_sub(sub, topic) for sub in self.subscriptions)
+
+    def _publish(self, topic: str, payload: str | bytes, retain: bool) -> None:
+        """Someone other than redlight publishes: plugs, Home Assistant, a stray client."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        if retain:
+            if data:
+                self.retained[topic] = data
+            else:
+                self.retained.pop(topic, None)
+        if self.connected and self._matches(topic):
+            # MQTT 3.1.1 (what redlight speaks): live deliveries carry retain = 0.
+            self.inflight.append(InFlight(self.mono, topic, data, retain=False))
+        for plug in self.plugs.values():
+            if topic in plug.firmware.subscriptions:
+                self._plug_receives(plug, topic, data)
+
+    def _connect(self) -> None:
+        self.connected = True
+        self._health()
+        # The runtime subscribes first, so retained messages queue before the connect effects.
+        for topic, data in self.retained.items():
+            if self._matches(topic):
+                self.inflight.append(InFlight(self.mono, topic, data, retain=True))
+        self._apply(self.core.connect(self.now))
+        self._tick()
+
+    def _deliver(self, *, duplicate: bool = False) -> None:
+        message = self.inflight.popleft()
+        for _ in range(2 if duplicate else 1):
+            effects = self._apply(
+                self.core.receive(message.topic, message.payload, message.retain, self.now)
+            )
+            if message.retain:
+                # Safety rule 7: nothing retained turns anything on.
+                assert not any(isinstance(e, SessionOpened) for e in effects)
+            self._tick()
+
+    def _deliver_due(self) -> None:
+        while self.inflight and self.inflight[0].sent_at + self.latency <= self.mono:
+            self._deliver()
+
+    # ------------------------------------------------------------ the plugs
+
+    def _health(self) -> None:
+        for plug in self.plugs.values():
+            controllable = self.connected and plug.responsive
+            if not controllable:
+                plug.controllable_since = None
+            elif plug.controllable_since is None:
+                plug.controllable_since = self.mono
+
+    def _set_relay(self, plug: SimPlug, on: bool) -> None:
+        if on and not plug.on:
+            plug.on_since = self.mono
+        elif not on:
+            plug.on_since = None
+        plug.on = on
+
+    def _plug_receives(self, plug: SimPlug, topic: str, payload: bytes) -> None:
+        if not plug.responsive:
+            return
+        action = plug.firmware.action(topic, payload)
+        if action in ("on", "off", "toggle"):
+            self._set_relay(plug, action == "on" or (action == "toggle" and not plug.on))
+            self._report(plug, plug.firmware.reports(plug.on))
+        elif action == "query":
+            self._report(plug, plug.firmware.reports(plug.on))
+        elif action == "pulse" and isinstance(plug.firmware, Tasmota):
+            self._report(plug, plug.firmware.pulse_reply(payload))
+
+    def _report(self, plug: SimPlug, publications: list[Publication]) -> None:
+        for topic, payload, retain in publications:
+            self._publish(topic, payload, retain)
+
+    def _plug_of_command(self, topic: str) -> SimPlug | None:
+        for plug in self.plugs.values():
+            if topic in plug.firmware.subscriptions:
+                return plug
+        return None
+
+    # ------------------------------------------------------------ what the core returned
+
+    def _apply(self, effects: list[Effect]) -> list[Effect]:
+        """Check the effect list, then carry out its messages as the runtime would."""
+        check_plug_commands_first(effects)
+        opened: dict[str, list[str]] = {}
+        for effect in effects:
+            if isinstance(effect, SessionOpened) and effect.source != "external":
+                # Safety rule 6: a session starts only while connected.
+                assert self.connected, "a session opened while disconnected"
+                opened.setdefault(effect.panel, []).append(effect.id)
+                self.on_commands[effect.id] = 0
+            if not isinstance(effect, Message):
+                continue
+            data = effect.payload_bytes()
+            # Safety rule 7: a retained message is redlight's own state, or a clearing.
+            assert not effect.retain or not data or is_own_state_topic(effect.topic), effect
+            plug = self._plug_of_command(effect.topic)
+            if plug is not None and plug.firmware.action(effect.topic, data) == "on":
+                # Safety rule 6: every ON belongs to a session opened with it, one ON each.
+                assert self.connected, "an ON while disconnected"
+                assert opened.get(plug.panel), f"an ON without a new session: {effect}"
+                session = opened[plug.panel].pop(0)
+                self.on_commands[session] += 1
+                assert self.on_commands[session] == 1
+            if not self.connected:
+                continue  # the adapter drops what cannot be published (QoS 0, never late)
+            if effect.retain:
+                if data:
+                    self.retained[effect.topic] = data
+                else:
+                    self.retained.pop(effect.topic, None)
+            if plug is not None:
+                self._plug_receives(plug, effect.topic, data)
+        return effects
+
+    # ------------------------------------------------------------ invariants
+
+    @invariant()
+    def check_relays(self) -> None:
+        """No relay is on longer than the bound since it turned on or became controllable."""
+        for plug in self.plugs.values():
+            if not plug.on or plug.controllable_since is None:
+                continue
+            assert plug.on_since is not None
+            since = max(plug.on_since, plug.controllable_since)
+            assert self.mono - since <= self.bound + 1e-9, (
+                f"{plug.panel} on for {self.mono - since:.3f}s > {self.bound}s "
+                f"(on since {plug.on_since}, controllable since {plug.controllable_since})"
+            )
+
+    # ------------------------------------------------------------ rules: commands
+
+    def _command(self, topic: str, payload: str | bytes) -> None:
+        data = payload.encode() if isinstance(payload, str) else payload
+        self._apply(self.core.receive(topic, data, False, self.now))
+        self._tick()
+
+    @precondition(lambda self: self.connected)
+    @rule(panel=st.sampled_from(PANELS + STRANGERS), payload=START_PAYLOADS)
+    def start_command(self, panel: str, payload: str) -> None:
+        """Home Assistant or the CLI asks for a session (valid, over the ceiling, a dose)."""
+        self._command(f"{BASE}/panel/{panel}/set", payload)
+
+    @precondition(lambda self: self.connected)
+    @rule(panel=st.sampled_from(PANELS + STRANGERS), payload=STOP_PAYLOADS)
+    def stop_command(self, panel: str, payload: str) -> None:
+        """A stop for a panel, running or not."""
+        self._command(f"{BASE}/panel/{panel}/set", payload)
+
+    @precondition(lambda self: self.connected)
+    @rule(
+        topic=st.sampled_from(
+            [f"{BASE}/panel/{p}/set" for p in PANELS + STRANGERS]
+            + [f"{BASE}/panel/left/duration/set", f"{BASE}/set", f"{BASE}/routine/x/set"]
+            + [f"{BASE}/schedule/x/set", f"{BASE}/panel/left/state", f"{BASE}/nope/set"]
+        ),
+        payload=GARBAGE,
+    )
+    def garbage_command(self, topic: str, payload: str | bytes) -> None:
+        """Anything at all on a command topic."""
+        self._command(topic, payload)
+
+    @precondition(lambda self: self.connected)
+    @rule(
+        payload=st.sampled_from(
+            [
+                '{"action": "stop_all"}',
+                '{"action": "stop_all", "request_id": "r3"}',
+                '{"action": "accept_offer", "offer": "o1"}',
+            ]
+        )
+    )
+    def daemon_command(self, payload: str) -> None:
+        """``stop_all`` (and an offer that does not exist) on ``<b>/set``."""
+        self._command(f"{BASE}/set", payload)
+
+    @precondition(lambda self: self.connected)
+    @rule(
+        panel=st.sampled_from(PANELS + STRANGERS),
+        minutes=st.one_of(
+            st.floats(min_value=-1, max_value=20, allow_nan=False).map(str),
+            st.sampled_from(["0.5", "1", "nan", "inf", "", "ten"]),
+        ),
+    )
+    def duration_command(self, panel: str, minutes: str) -> None:
+        """Home Assistant's number entity sets a default length (in range or not)."""
+        self._command(f"{BASE}/panel/{panel}/duration/set", minutes)
+
+    @rule(
+        panel=st.sampled_from(PANELS),
+        seconds=st.one_of(st.none(), st.floats(min_value=0, max_value=120)),
+        source=st.sampled_from(["schedule", "routine"]),
+    )
+    def start_from_scheduler(self, panel: str, seconds: float | None, source: Any) -> None:
+        """A schedule or routine starts a session through the API, connected or not."""
+        self._apply(self.core.start(panel, cmd.Start(duration_s=seconds), source, self.now))
+        self._tick()
+
+    @rule(panel=st.sampled_from(PANELS))
+    def stop_from_routine(self, panel: str) -> None:
+        """A routine stops a panel through the API, connected or not."""
+        self._apply(self.core.stop(panel, self.now))
+        self._tick()
+
+    @rule(
+        topic=st.sampled_from(
+            [f"{BASE}/panel/{p}/set" for p in PANELS]
+            + [f"{BASE}/set", "cmnd/panel_left/POWER", Zigbee2Mqtt.device + "/set"]
+            + ["sauna/panel/set"]
+        ),
+        payload=st.sampled_from(["ON", "OFF", '{"action": "start"}', '{"state": "ON"}', "1"]),
+    )
+    def retained_command(self, topic: str, payload: str) -> None:
+        """A stray client publishes a retained command (redlight's or a plug's own topic)."""
+        self._publish(topic, payload, retain=True)
+
+    @rule(panel=st.sampled_from(PANELS), on=st.booleans())
+    def home_assistant_toggles_the_plug(self, panel: str, on: bool) -> None:
+        """Someone switches the plug's own entity (not redlight's), over MQTT."""
+        plug = self.plugs[panel]
+        word = "ON" if on else "OFF"
+        if isinstance(plug.firmware, Zigbee2Mqtt):
+            self._publish(plug.firmware.subscriptions[0], json.dumps({"state": word}), False)
+        else:
+            self._publish(plug.firmware.subscriptions[0], word, False)
+
+    # ------------------------------------------------------------ rules: the plugs
+
+    @rule(panel=st.sampled_from(PANELS), on=st.booleans())
+    def hand_switch(self, panel: str, on: bool) -> None:
+        """The plug's button (works even when the plug ignores MQTT commands); it reports."""
+        plug = self.plugs[panel]
+        self._set_relay(plug, on)
+        self._report(plug, plug.firmware.telemetry(on) + plug.firmware.reports(on))
+
+    @rule(panel=st.sampled_from(PANELS))
+    def telemetry(self, panel: str) -> None:
+        """Periodic telemetry: the current state, stale if a command crosses it."""
+        plug = self.plugs[panel]
+        self._report(plug, plug.firmware.telemetry(plug.on))
+
+    @rule(data=st.data(), panel=st.sampled_from(PANELS), online=st.booleans())
+    def availability(self, data: st.DataObject, panel: str, online: bool) -> None:
+        """An availability topic (plug LWT, Zigbee bridge) says online or offline."""
+        plug = self.plugs[panel]
+        topic, ups, downs = data.draw(st.sampled_from(plug.firmware.availability))
+        self._publish(topic, data.draw(st.sampled_from(ups if online else downs)), True)
+
+    @rule(panel=st.sampled_from(PANELS))
+    def plug_goes_deaf(self, panel: str) -> None:
+        """The plug stops acting on commands (hung, Wi-Fi half down)."""
+        self.plugs[panel].responsive = False
+        self._health()
+
+    @precondition(lambda self: any(not p.responsive for p in self.plugs.values()))
+    @rule(data=st.data())
+    def plug_recovers(self, data: st.DataObject) -> None:
+        """The plug is back: it re-announces itself and gets retained commands again."""
+        plug = data.draw(st.sampled_from([p for p in self.plugs.values() if not p.responsive]))
+        plug.responsive = True
+        self._health()
+        for topic, ups, _ in plug.firmware.availability[:1]:
+            self._publish(topic, ups[0], True)
+        self._report(plug, plug.firmware.telemetry(plug.on))
+        for topic in plug.firmware.subscriptions:
+            if topic in self.retained:
+                self._plug_receives(plug, topic, self.retained[topic])
+
+    # ------------------------------------------------------------ rules: broker and time
+
+    @precondition(lambda self: self.inflight)
+    @rule(count=st.integers(min_value=1, max_value=4), duplicate=st.booleans())
+    def deliver(self, count: int, duplicate: bool) -> None:
+        """The broker delivers the oldest messages in flight (QoS 1 may deliver one twice)."""
+        for _ in range(min(count, len(self.inflight))):
+            self._deliver(duplicate=duplicate)
+            duplicate = False
+
+    @precondition(lambda self: self.connected)
+    @rule()
+    def disconnect(self) -> None:
+        """redlight loses the broker; what was in flight to it is lost."""
+        self.connected = False
+        self.inflight.clear()
+        self._health()
+        self._apply(self.core.disconnect(self.now))
+        self._tick()
+
+    @precondition(lambda self: not self.connected)
+    @rule()
+    def reconnect(self) -> None:
+        """redlight is back: it re-subscribes (retained messages arrive) and re-asks."""
+        self._connect()
+
+    @rule(
+        seconds=ADVANCES,
+        wall_jump_h=st.sampled_from([0, 0, 0, 3, -3]),
+        ticks_first=st.booleans(),
+    )
+    def advance(self, seconds: float, wall_jump_h: int, ticks_first: bool) -> None:
+        """Time passes (the wall clock may step by hours); the core is woken when it asks."""
+        self.wall += timedelta(hours=wall_jump_h)
+        target = self.mono + seconds
+        for _ in range(MAX_TICKS_PER_ADVANCE):
+            wake = self.core.next_wakeup()
+            due = self.inflight[0].sent_at + self.latency if self.inflight else None
+            moments = [t for t in (wake, due) if t is not None and t <= target]
+            if not moments:
+                break
+            self._move_to(max(min(moments), self.mono))
+            if ticks_first:
+                self._tick()
+                self._deliver_due()
+            else:
+                self._deliver_due()
+                self._tick()
+        else:
+            raise AssertionError("the core asks to be woken again and again at one instant")
+        self._move_to(target)
+        self._tick()
+
+    @precondition(lambda self: not self.shut_down)
+    @rule()
+    def shutdown(self) -> None:
+        """SIGTERM: every session ends and every panel is switched off."""
+        self.shut_down = True
+        self._apply(self.core.shutdown(self.now))
+
+
+def is_own_state_topic(topic: str) -> bool:
+    """redlight's retained state topics: under ``<b>/``, and not a command topic."""
+    return topic.startswith(BASE + "/") and not topic.endswith("/set")
+
+
+def check_plug_commands_first(effects: list[Effect]) -> None:
+    """Plug commands (and the journal entry of an ON) come before anything else."""
+    seen_other: Effect | None = None
+    for effect in effects:
+        plug_command = (
+            isinstance(effect, Message) and not effect.retain and not effect.topic.startswith(BASE)
+        )
+        if plug_command:
+            assert seen_other is None, f"{effect} comes after {seen_other}"
+        elif not isinstance(effect, SessionOpened):
+            seen_other = effect
+        if isinstance(effect, Event) and effect.event_type == "command_rejected":
+            assert effect.fields["message"]
+            assert effect.fields["reason"]
+
+
+def test_no_panel_stays_on_past_the_bound_in_any_interleaving() -> None:
+    """Whatever happens, a relay is off within max_on + confirm_timeout of being controllable."""
+    run_state_machine_as_test(
+        CoreMachine,
+        settings=settings(
+            max_examples=150,
+            stateful_step_count=60,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
