@@ -133,10 +133,10 @@ def run_daemon(tmp_path: Path) -> Iterator[list[Process]]:
             process.popen.wait(timeout=WAIT_S)
 
 
-def spawn(started: list[Process], config: Path, **env: str) -> Process:
-    """``redlight run`` with ``env`` added to a clean environment."""
+def spawn(started: list[Process], config: Path, *, logs: Path | None = None, **env: str) -> Process:
+    """``redlight run`` with ``env`` added to a clean environment; logs in ``logs``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REDLIGHT_")}
-    log = config.parent / f"daemon-{len(started)}.log"
+    log = (logs or config.parent) / f"daemon-{len(started)}.log"
     with log.open("wb") as out:
         popen = subprocess.Popen(
             [
@@ -315,6 +315,7 @@ async def test_the_example_acl_gives_redlight_everything_it_needs(
         spawn(
             run_daemon,
             REPO / "config" / "examples" / "two-hips.toml",
+            logs=tmp_path,
             REDLIGHT_MQTT__URL=broker.url,
             REDLIGHT_MQTT__USERNAME="redlight",
             REDLIGHT_MQTT__PASSWORD=PASSWORD,
