@@ -186,8 +186,12 @@ def _unknown_keys(keys: set[str], request_id: str | None) -> Rejection:
     return Rejection("invalid_payload", f"unknown key {names}", request_id)
 
 
+#: How much longer than max_on a number from Home Assistant may be and still mean max_on.
+ROUNDING_S: Final = 0.5
+
+
 def parse_duration_minutes(payload: bytes, max_on_s: float) -> SetDefault | Rejection:
-    """Parse ``<b>/panel/<id>/duration/set``: minutes from 1 to ``max_on``."""
+    """Parse ``<b>/panel/<id>/duration/set``: minutes, from 1 second to ``max_on``."""
     text = _decode(payload)
     if isinstance(text, Rejection):
         return text
@@ -195,14 +199,18 @@ def parse_duration_minutes(payload: bytes, max_on_s: float) -> SetDefault | Reje
         minutes = float(text)
     except ValueError:
         return Rejection("invalid_duration", f"expected a number of minutes (got {_quote(text)})")
-    lowest = min(1.0, max_on_s / 60)
-    if not math.isfinite(minutes) or not lowest <= minutes <= max_on_s / 60:
+    seconds = minutes * 60
+    # Home Assistant's number shows minutes to 2 decimals, so max_on may come back up to
+    # 0.3 s too long: within that rounding it means max_on (never more).
+    if math.isfinite(seconds) and max_on_s < seconds <= max_on_s + ROUNDING_S:
+        seconds = max_on_s
+    if not math.isfinite(seconds) or not 1.0 <= seconds <= max_on_s:
         return Rejection(
             "invalid_duration",
-            f"the session length must be {lowest:g} to {max_on_s / 60:g} minutes "
-            f"(got {_quote(text)}); safety.max_on is {format_duration(max_on_s)}",
+            f"the session length must be 1 second to {format_duration(max_on_s)} "
+            f"(got {_quote(text)} minutes); safety.max_on is {format_duration(max_on_s)}",
         )
-    return SetDefault(duration_s=minutes * 60)
+    return SetDefault(duration_s=seconds)
 
 
 def parse_daemon_command(payload: bytes) -> DaemonCommand | Rejection:

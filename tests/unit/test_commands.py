@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,14 +37,18 @@ def test_request_id_and_source_are_carried() -> None:
 
 
 def test_duration_minutes_are_bounded_by_max_on() -> None:
-    """The number entity's minutes go from 1 to max_on."""
+    """The number entity's minutes go from 1 second to max_on; rounding never exceeds it."""
     assert cmd.parse_duration_minutes(b"10", 900) == cmd.SetDefault(600)
     assert cmd.parse_duration_minutes(b"12.5", 900) == cmd.SetDefault(750)
+    assert cmd.parse_duration_minutes(b"0.08", 900) == cmd.SetDefault(pytest.approx(4.8))
+    # 7m20s is 7.33 minutes in Home Assistant: 7.34 is rounding, and means max_on.
+    assert cmd.parse_duration_minutes(b"7.34", 440) == cmd.SetDefault(440)
     rejected = cmd.parse_duration_minutes(b"16", 900)
     assert isinstance(rejected, cmd.Rejection)
     assert rejected.message == (
-        "the session length must be 1 to 15 minutes (got '16'); safety.max_on is 15m"
+        "the session length must be 1 second to 15m (got '16' minutes); safety.max_on is 15m"
     )
+    assert isinstance(cmd.parse_duration_minutes(b"15.01", 900), cmd.Rejection)
     assert isinstance(cmd.parse_duration_minutes(b"nan", 900), cmd.Rejection)
     assert isinstance(cmd.parse_duration_minutes(b"0", 900), cmd.Rejection)
 
