@@ -113,6 +113,7 @@ WATCHED: Final = (
     "homeassistant.components.binary_sensor",
     "homeassistant.components.button",
     "homeassistant.components.event",
+    "homeassistant.components.automation",
 )
 _RECORD: Final = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? (?P<level>[A-Z]+) \([^)]*\) \[(?P<logger>[^\]]+)\]"
@@ -137,6 +138,7 @@ logger:
   logs:
     homeassistant.components.mqtt: debug
 automation: !include automations.yaml
+automation examples: !include {examples}
 """
 
 # Three automations make Home Assistant drivable and observable over MQTT: a switch.turn_on on
@@ -263,7 +265,14 @@ class HomeAssistant:
         storage = self.config_dir / ".storage"
         storage.mkdir(parents=True)
         (self.config_dir / "configuration.yaml").write_text(
-            CONFIGURATION_YAML.format(http_port=free_port())
+            CONFIGURATION_YAML.format(
+                http_port=free_port(),
+                # The README's example automations must load in Home Assistant too.
+                examples=Path(__file__).resolve().parents[2]
+                / "config"
+                / "homeassistant"
+                / "automations.yaml",
+            )
         )
         (self.config_dir / "automations.yaml").write_text(AUTOMATIONS_YAML)
         created = "2025-01-01T00:00:00+00:00"
