@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -210,3 +211,27 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     ]
     assert result.returncode == 0, result.stdout + result.stderr
     assert complaints == []
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_unit_file_security_exposure_is_ok_or_better(tmp_path: Path) -> None:
+    """``systemd-analyze security --offline`` rates the unit "OK" or better (at most 2.0)."""
+    copy = tmp_path / "redlight.service"
+    copy.write_text(
+        UNIT.read_text(encoding="utf-8").replace("/usr/local/bin/redlight", "/bin/true"),
+        encoding="utf-8",
+    )
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for redlight.service: ([\d.]+) (\w+)", result.stdout)
+    if found is None:
+        pytest.skip(f"this systemd-analyze cannot rate an offline unit: {result.stderr.strip()}")
+    assert float(found.group(1)) <= 2.0, result.stdout
+    assert found.group(2) in {"OK", "SAFE"}
