@@ -40,7 +40,9 @@ def test_duration_minutes_are_bounded_by_max_on() -> None:
     """The number entity's minutes go from 1 second to max_on; rounding never exceeds it."""
     assert cmd.parse_duration_minutes(b"10", 900) == cmd.SetDefault(600)
     assert cmd.parse_duration_minutes(b"12.5", 900) == cmd.SetDefault(750)
-    assert cmd.parse_duration_minutes(b"0.08", 900) == cmd.SetDefault(pytest.approx(4.8))
+    short = cmd.parse_duration_minutes(b"0.08", 900)
+    assert isinstance(short, cmd.SetDefault)
+    assert short.duration_s == pytest.approx(4.8)
     # 7m20s is 7.33 minutes in Home Assistant: 7.34 is rounding, and means max_on.
     assert cmd.parse_duration_minutes(b"7.34", 440) == cmd.SetDefault(440)
     rejected = cmd.parse_duration_minutes(b"16", 900)
