@@ -104,6 +104,13 @@ def _json_object(text: str) -> dict[str, object] | Rejection:
         return Rejection(
             "invalid_payload", f"expected ON, OFF or a JSON object (got {_quote(text)})"
         )
+    try:
+        # A "\ud800" escape decodes to a lone surrogate: no reply could carry it back.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return Rejection(
+            "invalid_payload", "the command has a \\u escape that is not a valid character"
+        )
     return value
 
 
@@ -173,12 +180,20 @@ def parse_panel_command(payload: bytes) -> PanelCommand | Rejection:
         return Start(duration_s=seconds, request_id=request_id, source=source)
     if "dose_j_cm2" in body:
         dose = body["dose_j_cm2"]
-        if isinstance(dose, bool) or not isinstance(dose, int | float) or not math.isfinite(dose):
+        if isinstance(dose, bool) or not isinstance(dose, int | float) or not _finite(dose):
             return Rejection("invalid_dose", "'dose_j_cm2' must be a number", request_id)
         if dose <= 0:
             return Rejection("invalid_dose", "'dose_j_cm2' must be more than 0", request_id)
         return Start(dose_j_cm2=float(dose), request_id=request_id, source=source)
     return Start(request_id=request_id, source=source)
+
+
+def _finite(number: int | float) -> bool:
+    """Finite, and not an integer too large for a float (JSON allows those)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 def _unknown_keys(keys: set[str], request_id: str | None) -> Rejection:

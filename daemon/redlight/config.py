@@ -42,6 +42,8 @@ HARD_MAX_ON: Final = timedelta(minutes=15)
 DEFAULT_CONFIG_PATH: Final = Path("/etc/redlight/config.toml")
 #: Ids of panels, routines and schedules: they become MQTT topic levels and entity ids.
 ID_PATTERN: Final = re.compile(r"[a-z0-9_]+")
+#: A dose needing longer than this is refused outright (and never overflows a timedelta).
+LONGEST_DOSE_S: Final = 24 * 3600.0
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
@@ -77,8 +79,10 @@ class MqttConfig(_Model):
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         if not re.fullmatch(r"mqtts?://[^/:\s]+(:\d{1,5})?/?", value):
+            # A password written into the URL (user:password@host) is never echoed back.
+            shown = "***@" + value.rsplit("@", 1)[1] if "@" in value else value
             raise ValueError(
-                f"must look like mqtt://host:1883 or mqtts://host:8883 (got {value!r})"
+                f"must look like mqtt://host:1883 or mqtts://host:8883 (got {shown!r})"
             )
         return value
 
@@ -253,7 +257,7 @@ class ScheduleConfig(_Model):
 
 def _check_id(kind: str, key: str) -> None:
     if not ID_PATTERN.fullmatch(key):
-        raise ValueError(f"{kind} id {key!r} must use only a-z, 0-9 and '_'")
+        raise ValueError(f"{_where((kind + 's', key))}: a {kind} id must use only a-z, 0-9 and '_'")
 
 
 class Config(BaseSettings):
@@ -347,7 +351,10 @@ class Config(BaseSettings):
                 panel = self.panels.get(panel_id)
                 if panel is None:
                     raise ValueError(f"{where}.panels: no panel named {panel_id!r}")
-                length = self.step_duration(step, panel_id)
+                try:
+                    length = self.step_duration(step, panel_id)
+                except ValueError as error:
+                    raise ValueError(f"{where}.dose_j_cm2: {error}") from None
                 if length is None:
                     raise ValueError(
                         f"{where}.dose_j_cm2: panel {panel_id!r} has no irradiance_mw_cm2, "
@@ -377,8 +384,13 @@ class Config(BaseSettings):
 
 
 def dose_to_duration(dose_j_cm2: float, irradiance_mw_cm2: float) -> timedelta:
-    """Seconds needed for a dose: J/cm² x 1000 / (mW/cm²)."""
-    return timedelta(seconds=dose_j_cm2 * 1000.0 / irradiance_mw_cm2)
+    """Seconds needed for a dose: J/cm² x 1000 / (mW/cm²); ``ValueError`` beyond a day."""
+    seconds = dose_j_cm2 * 1000.0 / irradiance_mw_cm2
+    if not seconds <= LONGEST_DOSE_S:  # also refuses inf, before timedelta overflows
+        raise ValueError(
+            f"{dose_j_cm2:g} J/cm² at {irradiance_mw_cm2:g} mW/cm² needs more than a day"
+        )
+    return timedelta(seconds=seconds)
 
 
 class ConfigError(Exception):
@@ -422,6 +434,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError([f"{file}: cannot read the config file ({_reason(error)})"]) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{file}: not valid TOML: {error}{_toml_hint(file, error)}"]) from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError([f"{file}: not valid TOML: nested too deeply"]) from None
+    # pydantic-settings reads keys starting with "_" as its own options (_env_file,
+    # _secrets_dir, _cli_parse_args, ...): from the file they are unknown keys like any other.
+    private = [key for key in raw if key.startswith("_")]
+    if private:
+        raise ConfigError([f"{_where((key,))}: unknown key" for key in private])
     try:
         return Config(**raw)
     except ValidationError as error:
@@ -458,7 +477,8 @@ def _where(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             parts.append(f"[{part + 1}]")
-        elif parts and not str(part).isidentifier() and not ID_PATTERN.fullmatch(str(part)):
+        elif not str(part).isidentifier() and not ID_PATTERN.fullmatch(str(part)):
+            # Quoted, so a key with spaces, dots or a newline stays on one readable line.
             parts.append(f"[{part!r}]")
         else:
             parts.append(("." if parts else "") + str(part))

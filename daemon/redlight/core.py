@@ -487,7 +487,12 @@ class Core:
                     "become a duration",
                     rid,
                 )
-            duration_s = dose_to_duration(request.dose_j_cm2, panel.irradiance).total_seconds()
+            try:
+                duration_s = dose_to_duration(request.dose_j_cm2, panel.irradiance).total_seconds()
+            except ValueError as error:  # a dose so large it would overflow a timedelta
+                return cmd.Rejection(
+                    "over_max_on", f"{error}, more than safety.max_on ({max_on})", rid
+                )
             if duration_s > self.max_on_s:
                 return cmd.Rejection(
                     "over_max_on",
@@ -620,8 +625,9 @@ class Core:
                 panel.off_attempts = 0
                 self._recovered(panel, now)
             if session is not None and session.confirmed:
-                # Switched off by hand, by its own failsafe or by a power cut.
-                self._end_session(panel, now, "external_off", send_off=False)
+                # Switched off by hand, by its own failsafe or by a power cut; OFF is still sent
+                # (and confirmed), since a stale report must not leave a panel on unwatched.
+                self._end_session(panel, now, "external_off")
                 return
         if (panel.plug_state, panel.unresponsive) != before:
             self._publish_state(panel, now)

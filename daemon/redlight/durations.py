@@ -19,7 +19,10 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like '90s', '10m' or '1h30m' (got {value!r})")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float (TOML and JSON allow those)
+            raise ValueError("a duration must be at most a year") from None
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         if re.fullmatch(r"\d+(?:\.\d+)?", text):

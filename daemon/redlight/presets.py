@@ -266,7 +266,7 @@ def _json_field(payload: bytes, path: str) -> object:
         return None
     try:
         value: object = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to be a report
         return None
     for key in path.split("."):
         if not isinstance(value, dict) or key not in value:

@@ -145,7 +145,7 @@ def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
         ),
         (
             '[panels.Hip-Left]\nplug = { preset = "tasmota", topic = "t" }\n',
-            "panel id 'Hip-Left' must use only a-z, 0-9 and '_'",
+            "panels['Hip-Left']: a panel id must use only a-z, 0-9 and '_'",
         ),
         (
             '[panels.a]\ndefault_duration = "20m"\nplug = { preset = "tasmota", topic = "t" }\n',

@@ -11,7 +11,7 @@ when they cross a command, and may be duplicated). Nothing is dropped while redl
 connected; everything in flight is lost when it disconnects, except retained messages. The
 plugs' own off-timers are *not* simulated, so the bound below is the core's alone.
 
-The bound proven (``Machine.bound``), for every panel whose relay is on:
+The bound proven (``CoreMachine.bound``), for every panel whose relay is on:
 
     now - max(relay on since, panel controllable since) <= max_on + confirm_timeout
 
@@ -21,8 +21,8 @@ that nothing redlight does can reach the relay, so the clock starts when it can.
 * an ON redlight sent ends at its session's deadline (<= max_on), or earlier at
   ``confirm_timeout`` if unconfirmed, and the OFF reaches a controllable plug at once;
 * an ON redlight did not send (a hand, a retained command) is reported within the broker's
-  latency, here at most ``confirm_timeout`` (``LATENCY``), and cut off ``max_on`` after it is
-  seen (safety rule 2);
+  latency, here at most ``confirm_timeout`` (``CoreMachine.latency``), and cut off ``max_on``
+  after it is seen (safety rule 2);
 * when the panel becomes controllable again: a reconnect ends an overdue session and repeats a
   pending OFF at once, and asks every plug its state (the generic plug's retained state arrives
   on subscribing), so an unknown ON is seen within the latency; a plug that recovers
@@ -38,13 +38,14 @@ on with up to 10 s of controllable time per retry.
 from __future__ import annotations
 
 import json
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, Literal
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings, target
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -291,6 +292,38 @@ GARBAGE: Final = st.one_of(
     st.text(max_size=24),
     st.sampled_from(["", "START", "{}", "[]", "null", '{"action": "explode"}', "ONN", "\x00"]),
 )
+COMMANDS: Final = st.one_of(
+    st.tuples(st.sampled_from([f"{BASE}/panel/{p}/set" for p in PANELS]), START_PAYLOADS),
+    st.tuples(st.sampled_from([f"{BASE}/panel/{p}/set" for p in PANELS]), START_PAYLOADS),
+    st.tuples(st.sampled_from([f"{BASE}/panel/{p}/set" for p in PANELS]), START_PAYLOADS),
+    st.tuples(st.sampled_from([f"{BASE}/panel/{p}/set" for p in PANELS]), STOP_PAYLOADS),
+    st.tuples(
+        st.sampled_from(
+            [f"{BASE}/panel/{p}/set" for p in STRANGERS]
+            + [f"{BASE}/panel/{p}/duration/set" for p in PANELS + STRANGERS]
+            + [f"{BASE}/set", f"{BASE}/routine/x/set", f"{BASE}/schedule/x/set"]
+            + [f"{BASE}/panel/left/state", f"{BASE}/nope/set", f"{BASE}/panel/left/set"]
+        ),
+        GARBAGE,
+    ),
+    st.tuples(
+        st.sampled_from([f"{BASE}/panel/{p}/duration/set" for p in PANELS]),
+        st.one_of(
+            st.floats(min_value=-1, max_value=20, allow_nan=False).map(str),
+            st.sampled_from(["0.5", "1", "nan", "inf", "", "ten"]),
+        ),
+    ),
+    st.tuples(
+        st.just(f"{BASE}/set"),
+        st.sampled_from(
+            [
+                '{"action": "stop_all"}',
+                '{"action": "stop_all", "request_id": "r3"}',
+                '{"action": "accept_offer", "offer": "o1"}',
+            ]
+        ),
+    ),
+)
 ADVANCES: Final = st.one_of(
     st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 9.9, 10.0, 30.0, 60.0, 90.0]),
     st.floats(min_value=0.0, max_value=120.0),
@@ -315,7 +348,11 @@ class CoreMachine(RuleBasedStateMachine):
         self.inflight: deque[InFlight] = deque()
         self.retained: dict[str, bytes] = {}
         self.on_commands: dict[str, int] = {}
+        #: When redlight last published OFF to each panel's plug.
+        self.last_off: dict[str, float] = {}
         self.bound = 0.0
+        #: The longest relay window seen, as a fraction of the bound (hypothesis pushes it up).
+        self.worst = 0.0
         self.latency = 0.0
         self.subscriptions: list[str] = []
 
@@ -360,6 +397,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.wall += timedelta(seconds=mono - self.mono)
         self.mono = mono
         self.check_relays()
+        self.check_off_retries()
 
     def _tick(self) -> None:
         self._apply(self.core.tick(self.now))
@@ -404,8 +442,11 @@ class CoreMachine(RuleBasedStateMachine):
                 self.core.receive(message.topic, message.payload, message.retain, self.now)
             )
             if message.retain:
-                # Safety rule 7: nothing retained turns anything on.
-                assert not any(isinstance(e, SessionOpened) for e in effects)
+                # Safety rule 7: nothing retained turns anything on (a retained plug state
+                # that says ON is watched as an external session, which is fine).
+                assert not any(
+                    isinstance(e, SessionOpened) and e.source != "external" for e in effects
+                )
             self._tick()
 
     def _deliver_due(self) -> None:
@@ -463,6 +504,8 @@ class CoreMachine(RuleBasedStateMachine):
                 assert self.connected, "a session opened while disconnected"
                 opened.setdefault(effect.panel, []).append(effect.id)
                 self.on_commands[effect.id] = 0
+            if isinstance(effect, Event):
+                event(effect.event_type)
             if not isinstance(effect, Message):
                 continue
             data = effect.payload_bytes()
@@ -478,6 +521,8 @@ class CoreMachine(RuleBasedStateMachine):
                 assert self.on_commands[session] == 1
             if not self.connected:
                 continue  # the adapter drops what cannot be published (QoS 0, never late)
+            if plug is not None and plug.firmware.action(effect.topic, data) == "off":
+                self.last_off[plug.panel] = self.mono
             if effect.retain:
                 if data:
                     self.retained[effect.topic] = data
@@ -497,10 +542,25 @@ class CoreMachine(RuleBasedStateMachine):
                 continue
             assert plug.on_since is not None
             since = max(plug.on_since, plug.controllable_since)
+            self.worst = max(self.worst, (self.mono - since) / self.bound)
             assert self.mono - since <= self.bound + 1e-9, (
                 f"{plug.panel} on for {self.mono - since:.3f}s > {self.bound}s "
                 f"(on since {plug.on_since}, controllable since {plug.controllable_since})"
             )
+
+    @invariant()
+    def check_off_retries(self) -> None:
+        """Safety rule 4: while an OFF is unconfirmed it is re-sent at least every 10 s."""
+        if not self.connected:
+            return  # nothing can be sent; connect() repeats it at once
+        for panel_id, panel in self.core.panels.items():
+            if panel.off_pending:
+                waited = self.mono - self.last_off.get(panel_id, -math.inf)
+                assert waited <= MAX_OFF_RETRY_S + 1e-9, f"{panel_id}: no OFF for {waited:.3f}s"
+
+    def teardown(self) -> None:
+        """Steer the search towards runs where a relay stays on for long."""
+        target(self.worst, label="longest relay window / bound")
 
     # ------------------------------------------------------------ rules: commands
 
@@ -510,70 +570,25 @@ class CoreMachine(RuleBasedStateMachine):
         self._tick()
 
     @precondition(lambda self: self.connected)
-    @rule(panel=st.sampled_from(PANELS + STRANGERS), payload=START_PAYLOADS)
-    def start_command(self, panel: str, payload: str) -> None:
-        """Home Assistant or the CLI asks for a session (valid, over the ceiling, a dose)."""
-        self._command(f"{BASE}/panel/{panel}/set", payload)
-
-    @precondition(lambda self: self.connected)
-    @rule(panel=st.sampled_from(PANELS + STRANGERS), payload=STOP_PAYLOADS)
-    def stop_command(self, panel: str, payload: str) -> None:
-        """A stop for a panel, running or not."""
-        self._command(f"{BASE}/panel/{panel}/set", payload)
-
-    @precondition(lambda self: self.connected)
-    @rule(
-        topic=st.sampled_from(
-            [f"{BASE}/panel/{p}/set" for p in PANELS + STRANGERS]
-            + [f"{BASE}/panel/left/duration/set", f"{BASE}/set", f"{BASE}/routine/x/set"]
-            + [f"{BASE}/schedule/x/set", f"{BASE}/panel/left/state", f"{BASE}/nope/set"]
-        ),
-        payload=GARBAGE,
-    )
-    def garbage_command(self, topic: str, payload: str | bytes) -> None:
-        """Anything at all on a command topic."""
-        self._command(topic, payload)
-
-    @precondition(lambda self: self.connected)
-    @rule(
-        payload=st.sampled_from(
-            [
-                '{"action": "stop_all"}',
-                '{"action": "stop_all", "request_id": "r3"}',
-                '{"action": "accept_offer", "offer": "o1"}',
-            ]
-        )
-    )
-    def daemon_command(self, payload: str) -> None:
-        """``stop_all`` (and an offer that does not exist) on ``<b>/set``."""
-        self._command(f"{BASE}/set", payload)
-
-    @precondition(lambda self: self.connected)
-    @rule(
-        panel=st.sampled_from(PANELS + STRANGERS),
-        minutes=st.one_of(
-            st.floats(min_value=-1, max_value=20, allow_nan=False).map(str),
-            st.sampled_from(["0.5", "1", "nan", "inf", "", "ten"]),
-        ),
-    )
-    def duration_command(self, panel: str, minutes: str) -> None:
-        """Home Assistant's number entity sets a default length (in range or not)."""
-        self._command(f"{BASE}/panel/{panel}/duration/set", minutes)
+    @rule(message=COMMANDS)
+    def command(self, message: tuple[str, str | bytes]) -> None:
+        """A command arrives: mostly starts (valid, over the ceiling, doses), stops, garbage."""
+        topic, payload = message
+        data = payload.encode() if isinstance(payload, str) else payload
+        self._apply(self.core.receive(topic, data, False, self.now))
+        self._tick()
 
     @rule(
         panel=st.sampled_from(PANELS),
         seconds=st.one_of(st.none(), st.floats(min_value=0, max_value=120)),
-        source=st.sampled_from(["schedule", "routine"]),
+        source=st.sampled_from(["schedule", "routine", None]),
     )
-    def start_from_scheduler(self, panel: str, seconds: float | None, source: Any) -> None:
-        """A schedule or routine starts a session through the API, connected or not."""
-        self._apply(self.core.start(panel, cmd.Start(duration_s=seconds), source, self.now))
-        self._tick()
-
-    @rule(panel=st.sampled_from(PANELS))
-    def stop_from_routine(self, panel: str) -> None:
-        """A routine stops a panel through the API, connected or not."""
-        self._apply(self.core.stop(panel, self.now))
+    def scheduler(self, panel: str, seconds: float | None, source: Any) -> None:
+        """A schedule or routine starts (or stops) a session through the API, even offline."""
+        if source is None:
+            self._apply(self.core.stop(panel, self.now))
+        else:
+            self._apply(self.core.start(panel, cmd.Start(duration_s=seconds), source, self.now))
         self._tick()
 
     @rule(
@@ -583,20 +598,14 @@ class CoreMachine(RuleBasedStateMachine):
             + ["sauna/panel/set"]
         ),
         payload=st.sampled_from(["ON", "OFF", '{"action": "start"}', '{"state": "ON"}', "1"]),
+        retain=st.booleans(),
     )
-    def retained_command(self, topic: str, payload: str) -> None:
-        """A stray client publishes a retained command (redlight's or a plug's own topic)."""
-        self._publish(topic, payload, retain=True)
+    def stray_publish(self, topic: str, payload: str, retain: bool) -> None:
+        """Another client publishes a command, retained or not, on redlight's or a plug's topic.
 
-    @rule(panel=st.sampled_from(PANELS), on=st.booleans())
-    def home_assistant_toggles_the_plug(self, panel: str, on: bool) -> None:
-        """Someone switches the plug's own entity (not redlight's), over MQTT."""
-        plug = self.plugs[panel]
-        word = "ON" if on else "OFF"
-        if isinstance(plug.firmware, Zigbee2Mqtt):
-            self._publish(plug.firmware.subscriptions[0], json.dumps({"state": word}), False)
-        else:
-            self._publish(plug.firmware.subscriptions[0], word, False)
+        On a plug's own topic this is Home Assistant switching the plug entity directly.
+        """
+        self._publish(topic, payload, retain=retain)
 
     # ------------------------------------------------------------ rules: the plugs
 
