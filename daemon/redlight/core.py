@@ -736,6 +736,10 @@ class Core:
             # Safety rule 7: a retained command is never obeyed, and is removed.
             self._clear_retained_command(topic, payload)
             return
+        if not payload:
+            # MQTT's "delete the retained message" (ours, echoed back, or a user's): not a
+            # command, so nothing to reject either.
+            return
         if parts == ["set"]:
             self._daemon_command(payload, now)
         elif len(parts) == 3 and parts[0] == "panel":

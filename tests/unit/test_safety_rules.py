@@ -130,6 +130,21 @@ def test_rule2_plug_back_on_after_power_cut_is_cut_off() -> None:
     assert len(events(got, "cutoff_enforced")) == 1
 
 
+def test_rule2_an_off_report_mid_session_still_sends_off() -> None:
+    """An OFF report mid-session (a hand, or a stale report delivered late) ends the session as
+    external_off and OFF is still sent, so a panel that is in fact on is never left unwatched."""
+    kit = Kit.create().ready()
+    kit.start("hip_left", 420)
+    kit.report("hip_left", on=True)
+    kit.advance(60)
+    got = kit.report("hip_left", on=False)
+    assert payloads(got, LEFT_POWER) == ["OFF"]
+    [finished] = events(got, "session_finished")
+    assert finished.fields["reason"] == "external_off"
+    kit.report("hip_left", on=False)
+    assert kit.core.all_off_confirmed()
+
+
 def test_rule2_own_session_ends_at_its_own_deadline() -> None:
     """A 7-minute session is switched off at 7 minutes, as `completed`, without cutoff_enforced."""
     kit = Kit.create().ready()
@@ -431,7 +446,6 @@ def test_rule12_journal_is_written_before_the_on() -> None:
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        ("", "invalid_payload"),
         ("on please", "invalid_payload"),
         ("[1, 2]", "invalid_payload"),
         ('{"action": "explode"}', "unknown_action"),
@@ -460,3 +474,11 @@ def test_rule13_unknown_panel_is_rejected() -> None:
     kit = Kit.create().ready()
     got = kit.command("nope", "ON")
     assert [e.fields["reason"] for e in events(got, "command_rejected")] == ["unknown_panel"]
+
+
+def test_rule13_an_empty_payload_clears_and_is_not_a_command() -> None:
+    """An empty message (clearing a retained one, e.g. redlight's own echo) changes nothing."""
+    kit = Kit.create(make_config()).ready()
+    got = kit.command("hip_left", "")
+    assert events(got) == []
+    assert messages(got) == []
