@@ -8,7 +8,7 @@ HA_PYTHON ?= $(shell python3.13 -c 'import sys; print(sys.executable)' 2>/dev/nu
 	|| echo /root/.pyenv/versions/3.13.0/bin/python3.13)
 HA_VENV := .ha-venv
 
-.PHONY: venv test test-unit test-integration test-ha lint demo clean
+.PHONY: venv test test-unit test-integration test-ha lint demo bench clean
 
 $(BIN)/redlight: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-unit: venv
 test-integration: venv
 	$(BIN)/python -m pytest -m integration
 
+## reliability: the fault x phase matrix (tests/integration/test_faults.py); writes RELIABILITY.md
+reliability: venv
+	REDLIGHT_RELIABILITY_REPORT=1 $(BIN)/python -m pytest tests/integration/test_faults.py
+
 # The MQTT integration's requirements (paho-mqtt) are installed here, from its manifest, so that
 # Home Assistant does not pip-install them while the test waits for it to start.
 $(HA_VENV)/bin/hass:
@@ -46,9 +50,13 @@ test-ha: venv $(HA_VENV)/bin/hass
 	    tests/integration/test_homeassistant.py
 
 lint: venv
-	$(BIN)/ruff check daemon tests
-	$(BIN)/ruff format --check daemon tests
+	$(BIN)/ruff check daemon tests bench
+	$(BIN)/ruff format --check daemon tests bench
 	$(BIN)/mypy
+
+## bench: redlight's performance against a private mosquitto (see BENCHMARKS.md)
+bench: venv
+	$(BIN)/python -m bench --quick
 
 demo: venv
 	$(BIN)/redlight demo
