@@ -68,6 +68,8 @@ class _Fired:
 #: How often the wall clock is compared with the monotonic one to notice a step (NTP on a
 #: board without a real-time clock): APScheduler then recomputes its next runs.
 CLOCK_CHECK_S: Final = 30.0
+#: The most time spent applying already-arrived messages before deadlines are checked.
+BATCH_S: Final = 0.05
 CLOCK_STEP_S: Final = 60.0
 
 
@@ -86,9 +88,22 @@ def system_now(loop: asyncio.AbstractEventLoop | None = None) -> Now:
 def restore(
     history: History | None, config: Config, wall: datetime
 ) -> tuple[Restored, list[SessionRow]]:
-    """Close sessions left open by a crash (rule 8) and read today's totals and settings."""
+    """Close sessions left open by a crash (rule 8) and read today's totals and settings.
+
+    Safety rule 12: a database that fails here (locked by another process, say) is reported
+    and the daemon starts without what it would restore, rather than not at all, since only
+    a running daemon switches the panels off.
+    """
     if history is None:
         return Restored(), []
+    try:
+        return _restore(history, config, wall)
+    except StorageError as error:
+        log.error("storage_error", operation="restore", path=str(history.path), error=str(error))
+        return Restored(), []
+
+
+def _restore(history: History, config: Config, wall: datetime) -> tuple[Restored, list[SessionRow]]:
     interrupted = history.close_interrupted(wall)
     midnight = wall.replace(hour=0, minute=0, second=0, microsecond=0)
     today: dict[str, float] = {}
@@ -184,7 +199,18 @@ class Runtime:
                 next_ping = loop.time() + watchdog / 2
             if isinstance(item, _Shutdown):
                 break
-            self._step(item)
+            self._handle(item)
+            # Everything that has already arrived is applied before deadlines are judged, so
+            # a plug's confirmation waiting in a backlog is never taken for silence (rule 4);
+            # bounded, so a flood cannot hold back an OFF that is due.
+            batch_end = loop.time() + BATCH_S
+            while not self._queue.empty() and loop.time() < batch_end:
+                item = self._queue.get_nowait()
+                if isinstance(item, _Shutdown):
+                    self._queue.put_nowait(item)
+                    break
+                self._handle(item)
+            self._tick()
         await self._shutdown()
         return 0
 
@@ -202,7 +228,8 @@ class Runtime:
     def _fired(self, schedule: str) -> None:
         self._queue.put_nowait(_Fired(schedule))
 
-    def _step(self, item: BrokerEvent | _Announce | _Fired | None) -> None:
+    def _handle(self, item: BrokerEvent | _Announce | _Fired | None) -> None:
+        """Apply one queued item (time is judged afterwards, by :meth:`_tick`)."""
         now = self.now()
         effects: list[Effect] = []
         if isinstance(item, Received) and self.hass.handles(item.topic):
@@ -223,7 +250,12 @@ class Runtime:
             log.warning("broker_disconnected", reason=item.reason)
             self.notifier.status("broker disconnected; reconnecting")
             effects = self.core.disconnect(now)
-        effects += self.core.tick(now)
+        self.apply(effects)
+
+    def _tick(self) -> None:
+        """Time passed: deadlines, confirmations, retries, pauses and offers that are due."""
+        now = self.now()
+        effects = self.core.tick(now)
         effects += self.routines.tick(now)
         effects += self.schedules.tick(now)
         self.apply(effects)
@@ -354,12 +386,17 @@ class Runtime:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            wake = self.core.next_wakeup()
+            wait = remaining if wake is None else min(remaining, max(0.0, wake - self.now().mono))
+            item: Item | None
             try:
-                item = await asyncio.wait_for(self._queue.get(), remaining)
+                item = await asyncio.wait_for(self._queue.get(), wait)
             except TimeoutError:
-                break
+                item = None
             if isinstance(item, Received):
                 self.apply(self.core.receive(item.topic, item.payload, item.retain, self.now()))
+            # Safety rule 4 holds while stopping too: an unconfirmed OFF is re-sent when due.
+            self.apply(self.core.tick(self.now()))
         unconfirmed = [p.id for p in self.core.panels.values() if p.off_pending]
         if unconfirmed:
             log.error("off_unconfirmed_at_shutdown", panels=unconfirmed)
