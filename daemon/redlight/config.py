@@ -176,6 +176,10 @@ class PanelConfig(_Model):
     area: str | None = None
     default_duration: Duration | None = None
     irradiance_mw_cm2: float | None = Field(default=None, gt=0, le=1000)
+    #: Optional: a session whose plug passes less than this a few seconds after ON ends as
+    #: ``no_power`` (the panel's own switch is off); more than this after a confirmed OFF
+    #: raises ``relay_stuck``. Needs a plug that measures power.
+    min_power_w: float | None = Field(default=None, gt=0, le=10000)
     plug: PlugConfig
 
 
@@ -323,9 +327,14 @@ class Config(BaseSettings):
             if panel.default_duration is not None and panel.default_duration < timedelta(seconds=1):
                 raise ValueError(f"panels.{key}.default_duration: must be at least 1 second")
             try:
-                build_plug(key, panel.plug, base_topic=self.mqtt.base_topic)
+                plug = build_plug(key, panel.plug, base_topic=self.mqtt.base_topic)
             except ValueError as error:
                 raise ValueError(f"panels.{key}.{error}") from None
+            if panel.min_power_w is not None and not plug.has_power:
+                raise ValueError(
+                    f"panels.{key}.min_power_w: the {panel.plug.preset} preset does not report "
+                    "power (tasmota, shelly_gen2 and zigbee2mqtt plugs that measure it do)"
+                )
         for key, routine in self.routines.items():
             self._check_routine(key, routine)
         for key, schedule in self.schedules.items():

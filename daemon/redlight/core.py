@@ -35,6 +35,12 @@ from redlight.presets import Plug, PlugAvailability, PlugState, build_plug
 MAX_OFF_RETRY_S: Final = 10.0
 #: ``ending_soon`` is announced this long before a session ends.
 ENDING_SOON_S: Final = 30.0
+#: Power verification: ask the plug for its power this long after it confirmed ON, and judge
+#: it this long after (a panel needs a moment to draw its full power; plugs average).
+POWER_ASK_S: Final = 3.0
+POWER_CHECK_S: Final = 6.0
+#: A plug still passing power this long after it confirmed OFF has a stuck (welded) relay.
+STUCK_AFTER_S: Final = 5.0
 
 Source = Literal["homeassistant", "cli", "schedule", "routine", "external"]
 
@@ -185,6 +191,13 @@ class Panel:
     unresponsive: bool = False
     cooldown_until: float = float("-inf")
     cooldown_wall: datetime | None = None
+    min_power_w: float | None = None
+    power_w: float | None = None
+    power_at: float = float("-inf")
+    power_ask_at: float | None = None
+    power_check_at: float | None = None
+    off_since: float | None = None
+    relay_stuck: bool = False
 
     @property
     def online(self) -> bool:
@@ -228,6 +241,7 @@ class Core:
                 ),
                 finished_today_s=restored.finished_today_s.get(key, 0.0),
                 availability=dict.fromkeys(plug.availability_topics, True),
+                min_power_w=settings.min_power_w,
             )
         self._restored_last_end = dict(restored.last_end)
         self._exact_routes: dict[str, list[Panel]] = {}
@@ -294,6 +308,10 @@ class Core:
                 self._plug_report(panel, report.on, now)
             elif isinstance(report, PlugAvailability):
                 self._availability(panel, report, now)
+            if panel.min_power_w is not None:
+                watts = panel.plug.power(topic, payload)
+                if watts is not None:
+                    self._power_report(panel, watts, now)
         return self._flush()
 
     def start(
@@ -339,6 +357,12 @@ class Core:
                     )
             if panel.on_confirm_by is not None and now.mono >= panel.on_confirm_by:
                 self._on_unconfirmed(panel, now)
+            if panel.power_ask_at is not None and now.mono >= panel.power_ask_at:
+                panel.power_ask_at = None
+                if self.connected:
+                    self._plug(panel.plug.ask_power())
+            if panel.power_check_at is not None and now.mono >= panel.power_check_at:
+                self._check_power(panel, now)
             if panel.off_pending and self.connected and now.mono >= panel.off_next_at:
                 self._retry_off(panel, now)
             if panel.cooldown_wall is not None and now.mono >= panel.cooldown_until:
@@ -357,6 +381,9 @@ class Core:
                     times.append(session.deadline - ENDING_SOON_S)
             if panel.on_confirm_by is not None:
                 times.append(panel.on_confirm_by)
+            for moment in (panel.power_ask_at, panel.power_check_at):
+                if moment is not None:
+                    times.append(moment)
             if panel.off_pending and self.connected:
                 # While disconnected nothing can be sent; connect() sends OFF at once.
                 times.append(panel.off_next_at)
@@ -557,6 +584,7 @@ class Core:
     ) -> None:
         session = panel.session
         assert session is not None
+        panel.power_ask_at = panel.power_check_at = None
         if send_off:
             self._send_off(panel, now)
         panel.session = None
@@ -606,6 +634,10 @@ class Core:
 
     def _plug_report(self, panel: Panel, on: bool, now: Now) -> None:
         before = (panel.plug_state, panel.unresponsive)
+        if on:
+            panel.off_since = None
+        elif panel.plug_state != "off" or panel.off_since is None:
+            panel.off_since = now.mono
         panel.plug_state = "on" if on else "off"
         session = panel.session
         if on:
@@ -614,6 +646,9 @@ class Core:
                     session.confirmed = True
                     panel.on_confirm_by = None
                     self._recovered(panel, now)
+                    if panel.min_power_w is not None:
+                        panel.power_ask_at = now.mono + POWER_ASK_S
+                        panel.power_check_at = now.mono + POWER_CHECK_S
             elif panel.off_pending:
                 # An OFF is on its way and re-sent until confirmed; this report may be stale.
                 pass
@@ -675,6 +710,45 @@ class Core:
             if panel.off_pending:
                 self._send_off(panel, now)
         self._publish_state(panel, now)
+
+    # ------------------------------------------------------------------ power
+
+    def _power_report(self, panel: Panel, watts: float, now: Now) -> None:
+        """A power reading: remembered for the check after ON; a stuck relay after OFF."""
+        assert panel.min_power_w is not None
+        panel.power_w = watts
+        panel.power_at = now.mono
+        settled = panel.off_since is not None and now.mono - panel.off_since >= STUCK_AFTER_S
+        stuck = panel.plug_state == "off" and not panel.off_pending and settled
+        if stuck and watts >= panel.min_power_w and not panel.relay_stuck:
+            panel.relay_stuck = True
+            self._event(
+                "relay_stuck",
+                panel,
+                now,
+                power_w=_num(watts),
+                message=f"the plug of {panel.name} says OFF but still passes {watts:g} W: "
+                "its relay may be welded; unplug the panel",
+            )
+            self._publish_state(panel, now)
+        elif panel.relay_stuck and watts < panel.min_power_w:
+            panel.relay_stuck = False
+            self._publish_state(panel, now)
+
+    def _check_power(self, panel: Panel, now: Now) -> None:
+        """A few seconds after ON: a panel that draws too little has its own switch off."""
+        panel.power_check_at = None
+        session = panel.session
+        if session is None or panel.min_power_w is None:
+            return
+        fresh = now.mono - panel.power_at <= POWER_CHECK_S - POWER_ASK_S + 1.0
+        if panel.power_w is None or not fresh:
+            self._out.append(
+                LogLine("warning", "power_unknown", {"panel": panel.id, "session": session.id})
+            )
+            return
+        if panel.power_w < panel.min_power_w:
+            self._end_session(panel, now, "no_power")
 
     def _on_unconfirmed(self, panel: Panel, now: Now) -> None:
         """The plug did not confirm an ON: switch it off rather than guess (rules 4 and 2)."""
@@ -861,6 +935,7 @@ class Core:
             "session": session_view,
             "default_duration_s": _num(panel.default_s),
             "today_s": round(self._today_s(panel, now)),
+            "relay_stuck": panel.relay_stuck,
         }
 
     def _today_s(self, panel: Panel, now: Now) -> float:

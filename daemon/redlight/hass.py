@@ -34,6 +34,7 @@ PANEL_EVENT_TYPES: Final = (
     "routine_step",
     "ending_soon",
     "schedule_offer",
+    "relay_stuck",
 )
 #: The values of the ``State`` enum sensor.
 PANEL_STATES: Final = ("idle", "running", "cooldown", "fault")
@@ -164,6 +165,7 @@ def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
             "state_topic": state,
             "value_template": "{{ 'ON' if value_json.plug_online else 'OFF' }}",
         },
+        **_relay_component(config, panel, uid, state),
         "events": {
             "platform": "event",
             "unique_id": f"{uid}_events",
@@ -172,6 +174,25 @@ def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
             "event_types": list(PANEL_EVENT_TYPES),
             "state_topic": topics.panel_event(panel),
         },
+    }
+
+
+def _relay_component(
+    config: Config, panel: str, uid: str, state_topic: str
+) -> dict[str, dict[str, Any]]:
+    """A problem sensor for a stuck relay, where the panel's power is verified."""
+    if config.panels[panel].min_power_w is None:
+        return {}
+    return {
+        "relay": {
+            "platform": "binary_sensor",
+            "unique_id": f"{uid}_relay",
+            "name": "Relay stuck",
+            "device_class": "problem",
+            "entity_category": "diagnostic",
+            "state_topic": state_topic,
+            "value_template": "{{ 'ON' if value_json.relay_stuck else 'OFF' }}",
+        }
     }
 
 

@@ -155,11 +155,34 @@ class Plug:
     rpc_switch: int = 0
     #: Zigbee2MQTT sends no optimistic state after a timed ON: ask for it.
     ask_after_on: bool = False
+    #: Where the plug reports the power it passes, in watts (``()``: it does not).
+    power_sources: tuple[StateSource, ...] = ()
+    power_request: tuple[Message, ...] = ()
 
     @property
     def has_failsafe(self) -> bool:
         """The plug can be given its own off-timer with each ON (safety rule 5)."""
         return self.failsafe != "none"
+
+    @property
+    def has_power(self) -> bool:
+        """The plug measures the power it passes (Tasmota, Shelly Gen2, Zigbee plugs)."""
+        return bool(self.power_sources)
+
+    def ask_power(self) -> list[Message]:
+        """Messages that make the plug report its power now."""
+        return list(self.power_request)
+
+    def power(self, topic: str, payload: bytes) -> float | None:
+        """Watts, if this message on one of :attr:`subscriptions` carries a power reading."""
+        for source in self.power_sources:
+            if source.topic == topic and source.json_path is not None:
+                value = _json_field(payload, source.json_path)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    watts = float(value)
+                    if math.isfinite(watts) and watts >= 0:
+                        return watts
+        return None
 
     @property
     def model(self) -> str:
@@ -175,6 +198,7 @@ class Plug:
     def subscriptions(self) -> tuple[str, ...]:
         """Every topic to subscribe to for this plug's reports."""
         topics = [s.topic for s in self.states] + list(self.availability_topics)
+        topics += [s.topic for s in self.power_sources]
         return tuple(dict.fromkeys(topics))
 
     def turn_on(self, failsafe_s: float | None) -> list[Message]:
@@ -353,6 +377,12 @@ def _tasmota(config: PlugConfig, panel_id: str, base_topic: str) -> Plug:
         availability=(AvailabilitySource(f"tele/{name}/LWT", "Online", "Offline"),),
         failsafe="none" if config.failsafe is False else "pulsetime",
         failsafe_topic=f"cmnd/{name}/PulseTime{config.index or 1}",
+        # Energy-monitoring Tasmota: tele SENSOR every TelePeriod, and "Status 10" on request.
+        power_sources=(
+            StateSource(f"tele/{name}/SENSOR", "ENERGY.Power"),
+            StateSource(f"stat/{name}/STATUS10", "StatusSNS.ENERGY.Power"),
+        ),
+        power_request=(_command(f"cmnd/{name}/Status", "10"),),
     )
 
 
@@ -397,6 +427,12 @@ def _shelly_gen2(config: PlugConfig, panel_id: str, base_topic: str) -> Plug:
         failsafe="none" if config.failsafe is False else "toggle_after",
         rpc_src=src,
         rpc_switch=switch,
+        power_sources=(
+            StateSource(f"{prefix}/status/{key}", "apower"),
+            StateSource(f"{prefix}/events/rpc", f"params.{key}.apower"),
+            StateSource(f"{src}/rpc", "result.apower"),
+        ),
+        power_request=(_command(f"{prefix}/rpc", _rpc(src, 3, "Switch.GetStatus", id=switch)),),
     )
 
 
@@ -421,6 +457,8 @@ def _zigbee2mqtt(config: PlugConfig, panel_id: str, base_topic: str) -> Plug:
         # Opt-in: many Zigbee plugs ignore on_time, and some do not switch on at all with it.
         failsafe="on_time" if config.failsafe else "none",
         ask_after_on=True,
+        power_sources=(StateSource(topic, "power"),),
+        power_request=(_command(f"{topic}/get", json.dumps({"power": ""})),),
     )
 
 

@@ -67,6 +67,10 @@ class SimulatedPlug:
         #: The off-timer the last ON armed, in seconds (``None``: no timer running).
         self.failsafe_armed_s: float | None = None
         self.pulsetime = 0
+        #: What the panel draws when the relay is on (0: its own switch is off).
+        self.load_w = 60.0
+        #: A welded relay: reports what it is told, but keeps passing power.
+        self.stuck = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
@@ -137,6 +141,11 @@ class SimulatedPlug:
         if report:
             self._dialect.report()
         self._changed.set()
+
+    @property
+    def power_w(self) -> float:
+        """The power the plug passes now."""
+        return self.load_w if (self.on or self.stuck) else 0.0
 
     @property
     def is_on(self) -> bool:
@@ -278,6 +287,9 @@ class _Tasmota(_Dialect):
             else:
                 # Every ON restarts PulseTime, whatever its source (ExecuteCommandPower).
                 self.switch(word, timer_s=self.button_timer())
+        elif command == "status" and word == "10":
+            sensors = {"StatusSNS": {"ENERGY": {"Power": self.plug.power_w}}}
+            self.plug.publish(f"stat/{self.t}/STATUS10", json.dumps(sensors))
         elif command == f"pulsetime{relay}":
             if word not in {"", "?"}:
                 try:
@@ -350,7 +362,8 @@ class _ShellyGen2(_Dialect):
             self.plug.on_commands += 1 if params["on"] else 0
             self.plug.set_relay(params["on"], timer_s=timer)
         elif call.get("method") == "Switch.GetStatus":
-            self._reply(call, result={"id": self.switch_id, "output": self.plug.on})
+            result = {"id": self.switch_id, "output": self.plug.on, "apower": self.plug.power_w}
+            self._reply(call, result=result)
         else:
             self._reply(call, error={"code": -114, "message": "Method not found"})
 
@@ -360,7 +373,12 @@ class _ShellyGen2(_Dialect):
 
     def report(self) -> None:
         key = f"switch:{self.switch_id}"
-        status = {"id": self.switch_id, "source": "mqtt", "output": self.plug.on}
+        status = {
+            "id": self.switch_id,
+            "source": "mqtt",
+            "output": self.plug.on,
+            "apower": self.plug.power_w,
+        }
         self.plug.publish(f"{self.prefix}/status/{key}", json.dumps(status))
         notify = {
             "src": self.prefix,
@@ -401,7 +419,8 @@ class _Zigbee2Mqtt(_Dialect):
 
     def report(self) -> None:
         state = "ON" if self.plug.on else "OFF"
-        self.plug.publish(self.topic, json.dumps({"state": state, "linkquality": 120}))
+        body = {"state": state, "power": self.plug.power_w, "linkquality": 120}
+        self.plug.publish(self.topic, json.dumps(body))
 
 
 class _EspHome(_Dialect):

@@ -86,6 +86,8 @@ def test_tasmota_topics_and_pulsetime_before_on() -> None:
         "stat/panel_left/RESULT",
         "tele/panel_left/STATE",
         "tele/panel_left/LWT",
+        "tele/panel_left/SENSOR",  # power, for panels with min_power_w
+        "stat/panel_left/STATUS10",
     }
 
 
