@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ class Observer:
     """A client subscribed to everything, recording what it sees."""
 
     port: int
+    client_id: str = "observer"
     seen: list[Seen] = field(default_factory=list)
     _client: PahoClient | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -59,7 +60,7 @@ class Observer:
         self._client = PahoClient(
             host="127.0.0.1",
             port=self.port,
-            client_id="observer",
+            client_id=self.client_id,
             will=None,
             username=None,
             password=None,
@@ -188,6 +189,19 @@ class Daemon:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5)
 
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        """The daemon's log lines for one event (``storage_error``, ...)."""
+        return [line for line in self.log_lines() if line.get("event") == event]
+
+    async def wait_logged(self, event: str, within: float = WAIT_S) -> dict[str, Any]:
+        """The first log line of an event, polling the log file until it appears (bounded)."""
+        async with asyncio.timeout(within):
+            while True:
+                found = self.logged(event)
+                if found:
+                    return found[0]
+                await asyncio.sleep(0.05)  # polling a file for a condition, with a deadline
+
     def log_lines(self) -> list[dict[str, Any]]:
         """The daemon's JSON log lines."""
         lines = []
@@ -197,14 +211,96 @@ class Daemon:
         return lines
 
 
-async def start_plug(port: int, panel_id: str, plug: dict[str, Any], name: str) -> SimulatedPlug:
-    """A simulated plug of one firmware on its own broker connection."""
+class PlugLink:
+    """A TCP relay between one simulated plug and the broker, which a test can cut.
+
+    :meth:`cut` drops the plug's connection abruptly, without an MQTT DISCONNECT, as a Wi-Fi
+    outage or a power cut does: the broker publishes the plug's last will. While cut, the plug's
+    reconnect attempts are held (accepted, not forwarded); :meth:`restore` lets them through,
+    so the plug is back as soon as the partition heals rather than after paho's backoff.
+    """
+
+    def __init__(self, broker_port: int) -> None:
+        """Prepare a relay to the broker on ``broker_port``; nothing listens until :meth:`start`."""
+        self.broker_port = broker_port
+        self.port = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Listen on a free port of 127.0.0.1."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        """Drop every connection at once (TCP reset, no DISCONNECT) and hold new ones."""
+        self._open.clear()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def restore(self) -> None:
+        """Heal the partition: held and new connections go through to the broker."""
+        self._open.set()
+
+    async def close(self) -> None:
+        """Stop listening and drop everything."""
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        await self._open.wait()
+        if writer.transport.is_closing():
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.add(up_writer)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(source, sink, writer, up_writer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        *ends: asyncio.StreamWriter,
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        # One side closed (or was cut): close both, as a broken path would.
+        for end in ends:
+            end.transport.abort()
+            self._writers.discard(end)
+
+
+async def start_plug(
+    port: int, panel_id: str, plug: dict[str, Any], name: str, *, link: PlugLink | None = None
+) -> SimulatedPlug:
+    """A simulated plug of one firmware on its own broker connection (through ``link``).
+
+    Its client carries the firmware's last will, so a connection that drops without a
+    DISCONNECT makes the broker announce the plug offline.
+    """
     config = PlugConfig(**plug)
     client = PahoClient(
         host="127.0.0.1",
-        port=port,
+        port=link.port if link is not None else port,
         client_id=f"sim-{name}",
-        will=None,
+        will=SimulatedPlug.last_will(config),
         username=None,
         password=None,
         tls=None,
@@ -234,7 +330,8 @@ def config_text(
         "[storage]",
         f'path = "{db}"',
         "[safety]",
-        'confirm_timeout = "2s"',
+        # A default that the test's own ``safety`` lines may replace (TOML forbids a repeat).
+        *([] if "confirm_timeout" in safety else ['confirm_timeout = "2s"']),
         safety,
     ]
     for panel_id, plug in panels.items():
@@ -270,12 +367,14 @@ class System:
     broker: MosquittoBroker
     observer: Observer
     plugs: dict[str, SimulatedPlug] = field(default_factory=dict)
+    links: dict[str, PlugLink] = field(default_factory=dict)
     daemon: Daemon | None = None
+    db_path: Path | None = None
 
     @property
     def db(self) -> Path:
         """The daemon's history database."""
-        return self.tmp / "history.db"
+        return self.db_path or self.tmp / "history.db"
 
     async def up(
         self,
@@ -285,14 +384,23 @@ class System:
         start: bool = True,
         settings: Mapping[str, Mapping[str, Any]] | None = None,
         extra: str = "",
+        links: Collection[str] = (),
+        db: Path | None = None,
     ) -> Daemon:
         """Start plugs for ``presets`` (one panel each, named after the preset) and the daemon.
 
-        ``settings`` and ``extra`` go into the config file as :func:`config_text` describes.
+        ``settings`` and ``extra`` go into the config file as :func:`config_text` describes;
+        the plugs named in ``links`` connect through a :class:`PlugLink` a test can cut; ``db``
+        replaces the history database's path.
         """
+        self.db_path = db
         panels = {name: PRESETS[name] for name in presets}
         for name, plug in panels.items():
-            self.plugs[name] = await start_plug(self.broker.port, name, plug, name)
+            link = None
+            if name in links:
+                link = self.links[name] = PlugLink(self.broker.port)
+                await link.start()
+            self.plugs[name] = await start_plug(self.broker.port, name, plug, name, link=link)
         path = self.tmp / "config.toml"
         path.write_text(config_text(self.broker.port, self.db, panels, safety, extra, settings))
         self.daemon = Daemon(path, self.tmp / "daemon.log")
@@ -300,13 +408,16 @@ class System:
             await self.start_daemon()
         return self.daemon
 
-    async def start_daemon(self) -> None:
-        """Start the daemon and wait until it says online and has switched every plug off."""
+    async def start_daemon(self, *, off: Collection[str] | None = None) -> None:
+        """Start the daemon and wait until it says online and has switched the plugs off.
+
+        ``off`` names the plugs to wait for (default: all; a cut-off plug cannot answer).
+        """
         assert self.daemon is not None
         mark = self.observer.mark()
         self.daemon.start()
         await self.observer.wait("redlight/status", lambda m: m.payload == b"online", since=mark)
-        for name in self.plugs:
+        for name in self.plugs if off is None else off:
             await self.observer.wait(
                 f"redlight/panel/{name}/state",
                 lambda m: m.json()["plug"] == "off",

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from redlight import commands as cmd
 from redlight.broker import Message
 from redlight.config import Config
-from redlight.core import Now
+from redlight.core import Now, Restored
 from redlight.membroker import MemoryBroker, MemoryClient
 from redlight.messages import Topics, status_message
 from redlight.runtime import Runtime, restore
@@ -303,6 +303,22 @@ async def test_interrupted_sessions_are_reported_at_start(tmp_path: Path) -> Non
         assert [(r.id, r.reason) for r in check.sessions()] == [("old1", "interrupted")]
         # 30 minutes before the restart, a 10-minute plan: counted as 10 minutes today.
         assert restored.finished_today_s["hip_left"] == pytest.approx(600)
+
+
+async def test_a_locked_database_at_start_up_is_reported_not_fatal(tmp_path: Path) -> None:
+    """Rule 12: restore() on a database another connection holds locked logs storage_error and
+    starts with nothing restored, instead of keeping the daemon (and its OFFs) from starting."""
+    db = tmp_path / "history.db"
+    History.open(db).close()
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with History.open(db) as history, capture_logs() as logs:
+            restored, interrupted = restore(history, left_only(), START_WALL)
+    finally:
+        locker.close()
+    assert (restored, interrupted) == (Restored(), [])
+    assert [line["event"] for line in logs] == ["storage_error"]
 
 
 async def test_core_start_through_apply_uses_the_same_path(rig: Rig) -> None:
