@@ -363,3 +363,29 @@ async def test_the_example_acl_gives_redlight_everything_it_needs(
         for process in run_daemon:
             process.stop()
         broker.stop()
+
+
+async def test_a_client_certificate_is_presented_when_configured(
+    tmp_path: Path, certs: dict[str, Path], password_file: Path, run_daemon: list[Process]
+) -> None:
+    """A broker that requires client certificates: with tls_cert_file/tls_key_file, online."""
+    tls = TlsListener(
+        free_port(), certs["ca"], certs["server"], certs["server_key"], require_client_cert=True
+    )
+    broker = MosquittoBroker(tmp_path / "mtls", password_file=password_file, tls=tls)
+    broker.start()
+    observer = Observer(broker.port)
+    await observer.start()
+    try:
+        secure = Secure(tmp_path, broker, tls.port, certs, observer)
+        without = spawn(run_daemon, secure.config(name="no-cert.toml"), logs=tmp_path)
+        await logged(without, "CERTIFICATE_REQUIRED")
+        assert without.stop() == 0
+        assert not observer.matching("redlight/status")
+        extra = f'tls_cert_file = "{certs["client"]}"\ntls_key_file = "{certs["client_key"]}"'
+        spawn(run_daemon, secure.config(extra=extra, name="cert.toml"), logs=tmp_path)
+        await observer.wait("redlight/status", lambda m: m.payload == b"online")
+        assert run_daemon[-1].stop() == 0
+    finally:
+        await observer.stop()
+        broker.stop()
