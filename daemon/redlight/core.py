@@ -258,6 +258,7 @@ class Core:
         self.ready = False
         self.stopping = False
         self._published_running: list[str] | None = None
+        self._state_changed = False
         self._plug_out: list[Effect] = []  # plug commands, and the journal entry before an ON
         self._out: list[Effect] = []
 
@@ -955,9 +956,8 @@ class Core:
 
     def _publish_state(self, panel: Panel, now: Now) -> None:
         self._other(panel_state_message(self.topics, panel.id, self.panel_state(panel.id, now)))
-        running = self.running()
-        if running != self._published_running:
-            self._publish_daemon_state()
+        # The running set is compared once per effect list (in _flush), not per panel state.
+        self._state_changed = True
 
     def _publish_daemon_state(self) -> None:
         self._published_running = self.running()
@@ -982,6 +982,10 @@ class Core:
 
     def _flush(self) -> list[Effect]:
         """Plug commands first, so nothing else can delay an OFF; then the rest, in order."""
+        if self._state_changed:
+            self._state_changed = False
+            if self.running() != self._published_running:
+                self._publish_daemon_state()
         out = self._plug_out + self._out
         self._plug_out = []
         self._out = []

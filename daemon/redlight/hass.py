@@ -328,7 +328,12 @@ class HassBridge:
 
     def announce(self) -> list[Message]:
         """The discovery messages (on every connect, and after Home Assistant's birth)."""
-        return discovery_messages(self.config) if self.enabled else []
+        if not self.enabled:
+            return []
+        return [
+            Message(topic, dumps(payload), retain=True, qos=STATE_QOS)
+            for topic, payload in self.payloads.items()
+        ]
 
     def is_birth(self, topic: str, payload: bytes) -> bool:
         """Home Assistant says it (re)started: discovery and states must be sent again."""
