@@ -371,6 +371,13 @@ class Core:
                 self._publish_state(panel, now)
         return self._flush()
 
+    def confirmation_due(self, now: Now) -> bool:
+        """A plug's confirmation is overdue: the next tick would call the plug silent."""
+        return any(
+            p.on_confirm_by is not None and now.mono >= p.on_confirm_by
+            for p in self.panels.values()
+        )
+
     def next_wakeup(self) -> float | None:
         """The earliest monotonic time at which :meth:`tick` has something to do."""
         times: list[float] = []

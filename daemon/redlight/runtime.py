@@ -200,16 +200,6 @@ class Runtime:
             if isinstance(item, _Shutdown):
                 break
             self._handle(item)
-            # Everything that has already arrived is applied before deadlines are judged, so
-            # a plug's confirmation waiting in a backlog is never taken for silence (rule 4);
-            # bounded, so a flood cannot hold back an OFF that is due.
-            batch_end = loop.time() + BATCH_S
-            while not self._queue.empty() and loop.time() < batch_end:
-                item = self._queue.get_nowait()
-                if isinstance(item, _Shutdown):
-                    self._queue.put_nowait(item)
-                    break
-                self._handle(item)
             self._tick()
         await self._shutdown()
         return 0
@@ -255,6 +245,19 @@ class Runtime:
     def _tick(self) -> None:
         """Time passed: deadlines, confirmations, retries, pauses and offers that are due."""
         now = self.now()
+        if not self._queue.empty() and self.core.confirmation_due(now):
+            # A plug's confirmation may be waiting in the backlog: apply what has already
+            # arrived before calling the plug silent (rule 4). Bounded, so a flood cannot
+            # hold back an OFF that is due; only then, so deadlines are judged at once.
+            loop = asyncio.get_running_loop()
+            batch_end = loop.time() + BATCH_S
+            while not self._queue.empty() and loop.time() < batch_end:
+                item = self._queue.get_nowait()
+                if isinstance(item, _Shutdown):
+                    self._queue.put_nowait(item)
+                    break
+                self._handle(item)
+            now = self.now()
         effects = self.core.tick(now)
         effects += self.routines.tick(now)
         effects += self.schedules.tick(now)
