@@ -10,15 +10,14 @@ import abc
 import asyncio
 import itertools
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Final, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import Final
 
 import pytest
 
 from redlight.broker import (
     STATE_QOS,
     BrokerClient,
-    BrokerEvent,
     Connected,
     Disconnected,
     Message,
@@ -26,49 +25,11 @@ from redlight.broker import (
 )
 from redlight.membroker import MemoryBroker, MemoryClient
 from redlight.mqtt import PahoClient
+from tests.brokerkit import Events
 from tests.mosquitto import MosquittoBroker
 
-#: Generous bound on every wait: events normally arrive in milliseconds (paho reconnects ~1 s).
-WAIT_S: Final = 10.0
 #: Where clients check that their own subscriptions are live; outside the ``t/`` test tree.
 SYNC_ROOT: Final = "sync"
-
-E = TypeVar("E", Connected, Disconnected, Received)
-
-
-class Events:
-    """A sink that records every event and lets a test await the next one of a kind."""
-
-    def __init__(self) -> None:
-        """No events yet."""
-        self.history: list[BrokerEvent] = []
-        self._cursor = 0
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: BrokerEvent) -> None:
-        """Record an event (called by the adapter on the loop)."""
-        self.history.append(event)
-        self._changed.set()
-
-    async def next(self, kind: type[E], where: Callable[[E], bool] | None = None) -> E:
-        """The next unseen event of ``kind`` (matching ``where``), waiting up to WAIT_S."""
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                while self._cursor < len(self.history):
-                    event = self.history[self._cursor]
-                    self._cursor += 1
-                    if isinstance(event, kind) and (where is None or where(event)):
-                        return event
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def message(self, topic: str) -> Received:
-        """The next message received on ``topic``."""
-        return await self.next(Received, lambda event: event.topic == topic)
-
-    def received(self, prefix: str = "t/") -> list[Received]:
-        """Every message received so far under ``prefix`` (sync traffic left out)."""
-        return [e for e in self.history if isinstance(e, Received) and e.topic.startswith(prefix)]
 
 
 class Peer:

@@ -8,9 +8,9 @@ import logging
 import shutil
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -19,18 +19,13 @@ from structlog.typing import EventDict, Processor
 from redlight.broker import (
     STATE_QOS,
     BrokerError,
-    BrokerEvent,
     Connected,
     Disconnected,
     Message,
-    Received,
 )
 from redlight.mqtt import PahoClient, TlsOptions, parse_broker_url
+from tests.brokerkit import WAIT_S, Events
 from tests.mosquitto import MosquittoBroker, mosquitto_binary
-
-WAIT_S: Final = 10.0
-
-E = TypeVar("E", Connected, Disconnected, Received)
 
 
 def paho_client(
@@ -51,43 +46,6 @@ def paho_client(
         password=password,
         tls=tls,
     )
-
-
-class Sink:
-    """Records events; ``next`` waits (bounded) for the next unseen one of a kind."""
-
-    def __init__(self) -> None:
-        """Nothing recorded yet."""
-        self.events: list[BrokerEvent] = []
-        self._cursor = 0
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: BrokerEvent) -> None:
-        """Record an event."""
-        self.events.append(event)
-        self._changed.set()
-
-    async def next(self, kind: type[E], where: Callable[[E], bool] | None = None) -> E:
-        """The next unseen event of ``kind`` matching ``where``."""
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                while self._cursor < len(self.events):
-                    event = self.events[self._cursor]
-                    self._cursor += 1
-                    if isinstance(event, kind) and (where is None or where(event)):
-                        return event
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def message(self, topic: str) -> Received:
-        """The next message on ``topic``."""
-        return await self.next(Received, lambda event: event.topic == topic)
-
-    def topics(self, prefix: str = "t/") -> list[str]:
-        """Topics of the messages received under ``prefix``."""
-        return [
-            e.topic for e in self.events if isinstance(e, Received) and e.topic.startswith(prefix)
-        ]
 
 
 @pytest.mark.parametrize(
@@ -207,7 +165,7 @@ async def test_wrong_password_is_logged_without_the_password(
     """A refused login is logged at error with the reason, never with the password."""
     secret = "Wr0ng-Hunter2-Secret"  # noqa: S105 - the deliberately wrong password under test
     client = paho_client(password_broker.port, "refused", username="redlight", password=secret)
-    sink = Sink()
+    sink = Events()
     refused_logged = asyncio.Event()
     with (
         capture_logs([signal_on("mqtt_connect_refused", refused_logged)]) as logs,
@@ -222,7 +180,7 @@ async def test_wrong_password_is_logged_without_the_password(
     refused = next(e for e in logs if e["event"] == "mqtt_connect_refused")
     assert refused["log_level"] == "error"
     assert refused["reason"] == "Not authorized"
-    assert sink.events == []
+    assert sink.history == []
     assert "Sending CONNECT" in caplog.text  # paho's own logging is routed and was captured
     assert secret not in caplog.text
     assert secret not in repr(logs)
@@ -300,8 +258,8 @@ async def test_unacknowledged_qos1_message_is_not_resent_after_reconnect(
     mosquitto: MosquittoBroker, proxy: Proxy
 ) -> None:
     """Safety rule 6: a QoS 1 message unacknowledged when the link died is dropped, not re-sent."""
-    observer, seen = paho_client(mosquitto.port, "observer"), Sink()
-    client, events = paho_client(proxy.port, "through-proxy"), Sink()
+    observer, seen = paho_client(mosquitto.port, "observer"), Events()
+    client, events = paho_client(proxy.port, "through-proxy"), Events()
     try:
         observer.start(seen)
         client.start(events)
@@ -323,7 +281,7 @@ async def test_unacknowledged_qos1_message_is_not_resent_after_reconnect(
         # The client's connection would carry a re-sent message before this barrier.
         assert client.publish(Message("t/barrier", "", qos=STATE_QOS))
         await seen.message("t/barrier")
-        assert seen.topics() == ["t/ready", "t/barrier"]
+        assert [m.topic for m in seen.received()] == ["t/ready", "t/barrier"]
     finally:
         await client.stop()
         await observer.stop()

@@ -188,10 +188,9 @@ def test_unit_file_runs_safely_and_hardened() -> None:
     assert one("Install.WantedBy") == "multi-user.target"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
-def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    """``systemd-analyze verify`` accepts the unit without a warning."""
-    # verify checks that ExecStart's binary exists; point it at one that does.
+def unit_copy(tmp_path: Path) -> tuple[Path, str]:
+    """The unit with ExecStart pointing at a binary that exists (verify checks it), and the
+    systemd-analyze to check it with."""
     copy = tmp_path / "redlight.service"
     copy.write_text(
         UNIT.read_text(encoding="utf-8").replace("/usr/local/bin/redlight", "/bin/true"),
@@ -199,6 +198,13 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     analyze = shutil.which("systemd-analyze")
     assert analyze is not None
+    return copy, analyze
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """``systemd-analyze verify`` accepts the unit without a warning."""
+    copy, analyze = unit_copy(tmp_path)
     result = subprocess.run(
         [analyze, "verify", str(copy)],
         capture_output=True,
@@ -216,13 +222,7 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_unit_file_security_exposure_is_ok_or_better(tmp_path: Path) -> None:
     """``systemd-analyze security --offline`` rates the unit "OK" or better (at most 2.0)."""
-    copy = tmp_path / "redlight.service"
-    copy.write_text(
-        UNIT.read_text(encoding="utf-8").replace("/usr/local/bin/redlight", "/bin/true"),
-        encoding="utf-8",
-    )
-    analyze = shutil.which("systemd-analyze")
-    assert analyze is not None
+    copy, analyze = unit_copy(tmp_path)
     result = subprocess.run(
         [analyze, "security", "--offline=true", "--no-pager", str(copy)],
         capture_output=True,
