@@ -13,7 +13,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -343,14 +343,8 @@ class History:
                         (wall_iso, wall_epoch, actual, dose, row.id),
                     )
                     closed.append(
-                        SessionRow(
-                            id=row.id,
-                            panel=row.panel,
-                            area=row.area,
-                            source=row.source,
-                            started_at=row.started_at,
-                            planned_s=row.planned_s,
-                            irradiance_mw_cm2=row.irradiance_mw_cm2,
+                        replace(
+                            row,
                             ended_at=wall,
                             actual_s=actual,
                             reason="interrupted",
