@@ -380,9 +380,9 @@ async def _status(config: Config) -> int:
         if topic_matches_sub(f"{topics.base}/panel/+/state", m.topic)
     }
     print(f"redlight: {status}  ({config.mqtt.url}, base topic {topics.base})")
-    for panel_id, panel in config.panels.items():
+    for panel_id in config.panels:
         state = states.get(panel_id)
-        name = panel.name or panel_id
+        name = config.panel_name(panel_id)
         if state is None:
             print(f"  {panel_id:<16} {name:<24} no state published yet")
             continue

@@ -386,6 +386,10 @@ class Config(BaseSettings):
             return None
         return dose_to_duration(step.dose_j_cm2, irradiance)
 
+    def panel_name(self, panel_id: str) -> str:
+        """A panel's display name: its ``name``, else its id made readable ("Hip left")."""
+        return self.panels[panel_id].name or panel_id.replace("_", " ").capitalize()
+
     def default_duration(self, panel_id: str) -> timedelta:
         """A panel's configured default session length (10 minutes, or max_on if lower)."""
         configured = self.panels[panel_id].default_duration

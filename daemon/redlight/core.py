@@ -232,7 +232,7 @@ class Core:
             plug = build_plug(key, settings.plug, base_topic=config.mqtt.base_topic)
             self.panels[key] = Panel(
                 id=key,
-                name=settings.name or key.replace("_", " ").capitalize(),
+                name=config.panel_name(key),
                 area=settings.area,
                 plug=plug,
                 irradiance=settings.irradiance_mw_cm2,

@@ -287,7 +287,7 @@ def discovery_payloads(config: Config) -> dict[str, dict[str, Any]]:
         plug = build_plug(panel_id, panel.plug, base_topic=base)
         device = {
             "identifiers": [panel_device_id(base, panel_id)],
-            "name": panel.name or panel_id.replace("_", " ").capitalize(),
+            "name": config.panel_name(panel_id),
             "manufacturer": "redlight",
             "model": plug.model,
             "sw_version": __version__,
@@ -299,12 +299,14 @@ def discovery_payloads(config: Config) -> dict[str, dict[str, Any]]:
     return payloads
 
 
+def config_message(topic: str, payload: Mapping[str, Any]) -> Message:
+    """One discovery message: retained, QoS 1."""
+    return Message(topic, dumps(payload), retain=True, qos=STATE_QOS)
+
+
 def discovery_messages(config: Config) -> list[Message]:
-    """Every discovery message: retained, QoS 1."""
-    return [
-        Message(topic, dumps(payload), retain=True, qos=STATE_QOS)
-        for topic, payload in discovery_payloads(config).items()
-    ]
+    """Every discovery message."""
+    return [config_message(topic, payload) for topic, payload in discovery_payloads(config).items()]
 
 
 class HassBridge:
@@ -330,10 +332,7 @@ class HassBridge:
         """The discovery messages (on every connect, and after Home Assistant's birth)."""
         if not self.enabled:
             return []
-        return [
-            Message(topic, dumps(payload), retain=True, qos=STATE_QOS)
-            for topic, payload in self.payloads.items()
-        ]
+        return [config_message(topic, payload) for topic, payload in self.payloads.items()]
 
     def is_birth(self, topic: str, payload: bytes) -> bool:
         """Home Assistant says it (re)started: discovery and states must be sent again."""
@@ -381,10 +380,7 @@ class HassBridge:
         if not gone:
             return []
         reduced = dict(current, components=current["components"] | gone)
-        return [
-            Message(topic, dumps(reduced), retain=True, qos=STATE_QOS),
-            Message(topic, dumps(current), retain=True, qos=STATE_QOS),
-        ]
+        return [config_message(topic, reduced), config_message(topic, current)]
 
     def _ours(self, payload: Mapping[str, Any]) -> bool:
         device = payload.get("device")

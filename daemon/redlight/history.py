@@ -76,7 +76,7 @@ def build_report(
     panels: dict[str, PanelTotals] = {}
     for key, settings in config.panels.items():
         if panel is None or key == panel:
-            name = settings.name or key.replace("_", " ").capitalize()
+            name = config.panel_name(key)
             panels[key] = PanelTotals(key, name, settings.area)
     done_days: set[date] = set()
     completed: list[SessionRow] = []
