@@ -185,11 +185,31 @@ class MosquittoBroker:
             return ""
 
     def _config_text(self) -> str:
-        if self.tls is not None:
-            return self._config_with_tls(self.tls)
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            f"allow_anonymous {'false' if self.password_file else 'true'}",
+        if self.tls is None:
+            lines = [
+                f"listener {self.port} 127.0.0.1",
+                f"allow_anonymous {'false' if self.password_file else 'true'}",
+            ]
+        else:
+            tls = self.tls
+            # The plain listener stays anonymous (plugs, observers); the TLS one takes the
+            # password file's users when there is one.
+            lines = [
+                "per_listener_settings true",
+                f"listener {self.port} 127.0.0.1",
+                "allow_anonymous true",
+                f"listener {tls.port} 127.0.0.1",
+                f"cafile {tls.ca_file}",
+                f"certfile {tls.cert_file}",
+                f"keyfile {tls.key_file}",
+                f"require_certificate {'true' if tls.require_client_cert else 'false'}",
+                f"allow_anonymous {'false' if self.password_file else 'true'}",
+            ]
+        if self.password_file is not None:
+            lines.append(f"password_file {self.password_file}")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        lines += [
             "persistence true",
             # mosquitto joins location and file name as strings: the slash is required.
             f"persistence_location {self.directory}/",
@@ -199,36 +219,6 @@ class MosquittoBroker:
             "connection_messages true",
             # As root, mosquitto would switch to the 'mosquitto' user and lose access to the
             # test's directory; naming the current user keeps it (a no-op when not root).
-            f"user {getpass.getuser()}",
-        ]
-        if self.password_file is not None:
-            lines.append(f"password_file {self.password_file}")
-        if self.acl_file is not None:
-            lines.append(f"acl_file {self.acl_file}")
-        return "\n".join(lines) + "\n"
-
-    def _config_with_tls(self, tls: TlsListener) -> str:
-        lines = [
-            "per_listener_settings true",
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            f"listener {tls.port} 127.0.0.1",
-            f"cafile {tls.ca_file}",
-            f"certfile {tls.cert_file}",
-            f"keyfile {tls.key_file}",
-            f"require_certificate {'true' if tls.require_client_cert else 'false'}",
-        ]
-        if self.password_file is not None:
-            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
-        else:
-            lines.append("allow_anonymous true")
-        lines += [
-            "persistence true",
-            f"persistence_location {self.directory}/",
-            "autosave_interval 1",
-            f"log_dest file {self.log_path}",
-            "log_type all",
-            "connection_messages true",
             f"user {getpass.getuser()}",
         ]
         return "\n".join(lines) + "\n"
