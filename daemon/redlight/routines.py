@@ -147,13 +147,6 @@ class Routines:
         pauses = [run.resume_at for run in self.runs.values() if run.resume_at is not None]
         return min(pauses, default=None)
 
-    def running(self, panel: str) -> str | None:
-        """The routine that has a session on ``panel``, if any."""
-        for run in self.runs.values():
-            if panel in run.sessions.values():
-                return run.routine
-        return None
-
     # ------------------------------------------------------------------ steps
 
     def _advance(self, run: _Run, now: Now, out: list[Effect]) -> None:
