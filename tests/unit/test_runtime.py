@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from redlight import commands as cmd
-from redlight.broker import Message
+from redlight.broker import Message, Received
 from redlight.config import Config
 from redlight.core import Now, Restored
 from redlight.membroker import MemoryBroker, MemoryClient
@@ -329,3 +329,26 @@ async def test_core_start_through_apply_uses_the_same_path(rig: Rig) -> None:
     await rig.plug.wait_for(lambda plug: not plug.is_on)
     [on_for] = rig.plug.on_seconds()
     assert on_for == pytest.approx(45, abs=0.5)
+
+
+async def test_a_confirmation_waiting_in_the_backlog_is_not_taken_for_silence() -> None:
+    """Rule 4 under load: the plug's ON report arrived in time but is still queued when the
+    confirm timeout passes; the runtime applies it first instead of cutting the session off."""
+    clock_now = [Now(100.0, START_WALL)]
+    runtime = Runtime(
+        left_only(),
+        MemoryBroker().client("redlight"),
+        clock=lambda: clock_now[0],
+        notifier=RecordingNotifier(),
+    )
+    core = runtime.core
+    runtime.apply(core.connect(clock_now[0]))
+    runtime.apply(core.receive("stat/panel_left/POWER", b"OFF", False, clock_now[0]))
+    runtime.apply(core.start("hip_left", cmd.Start(duration_s=600), "cli", clock_now[0]))
+    runtime._queue.put_nowait(Received("stat/panel_left/POWER", b"ON"))
+    confirm_s = left_only().safety.confirm_timeout.total_seconds()
+    clock_now[0] = Now(100.0 + confirm_s + 1, START_WALL + timedelta(seconds=confirm_s + 1))
+    runtime._tick()
+    assert core.running() == ["hip_left"]
+    assert core.panels["hip_left"].plug_state == "on"
+    assert not core.panels["hip_left"].unresponsive
