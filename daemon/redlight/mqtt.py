@@ -9,7 +9,9 @@ boundary; nothing above this module sees a paho type.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 import sys
 from collections.abc import Callable, Sequence
@@ -87,6 +89,16 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port or default_port, use_tls
 
 
+def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """Send each packet at once (TCP_NODELAY) rather than batching small writes.
+
+    paho leaves Nagle's algorithm on: a plug command written while an earlier packet waits
+    for the broker's ACK would be held until that ACK, up to Linux's 40 ms delayed ACK.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not a TCP socket: nothing to do
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class PahoClient(BrokerClient):
     """A broker connection through paho-mqtt, with paho's own reconnect loop and backoff."""
 
@@ -145,6 +157,7 @@ class PahoClient(BrokerClient):
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_socket_open = _no_delay
         self._client = client
 
     # -- the port --------------------------------------------------------------------------

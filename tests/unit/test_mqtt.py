@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -285,3 +286,17 @@ async def test_unacknowledged_qos1_message_is_not_resent_after_reconnect(
     finally:
         await client.stop()
         await observer.stop()
+
+
+@pytest.mark.integration
+async def test_connection_sends_each_packet_at_once(mosquitto: MosquittoBroker) -> None:
+    """The socket has TCP_NODELAY: a plug command never waits for an earlier packet's ACK."""
+    client, events = paho_client(mosquitto.port, "no-delay"), Events()
+    try:
+        client.start(events)
+        await events.next(Connected)
+        sock = client._client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        await client.stop()
