@@ -8,6 +8,7 @@ full 15-minute session is tested in microseconds. Deadlines are on the monotonic
 
 from __future__ import annotations
 
+import heapq
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -205,6 +206,49 @@ class Panel:
         return all(self.availability.values())
 
 
+class _Timers:
+    """The earliest due time of each panel, in a heap with lazy removal.
+
+    With a thousand panels, scanning all of them after every message would delay the OFFs
+    that are due (SPEC §8): setting a time and finding the earliest are O(log n) instead.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int]] = []
+        self._at: dict[int, float] = {}
+
+    def set(self, index: int, when: float | None) -> None:
+        """Panel ``index`` is next due at ``when`` (``None``: nothing to do)."""
+        if when is None:
+            self._at.pop(index, None)
+        elif self._at.get(index) != when:
+            self._at[index] = when
+            heapq.heappush(self._heap, (when, index))
+            if len(self._heap) > 4 * len(self._at) + 64:
+                # Superseded entries are dropped lazily; rebuild before they pile up.
+                self._heap = [(at, i) for i, at in self._at.items()]
+                heapq.heapify(self._heap)
+
+    def earliest(self) -> float | None:
+        """The earliest time any panel is due."""
+        heap = self._heap
+        while heap:
+            when, index = heap[0]
+            if self._at.get(index) == when:
+                return when
+            heapq.heappop(heap)
+        return None
+
+    def pop_due(self, now: float) -> list[int]:
+        """Remove and return the panels due at ``now``, earliest first (config order on ties)."""
+        due: list[int] = []
+        while (first := self.earliest()) is not None and first <= now:
+            _, index = heapq.heappop(self._heap)
+            del self._at[index]
+            due.append(index)
+        return due
+
+
 class Core:
     """Owns every panel's state; each public method returns the effects to carry out."""
 
@@ -244,6 +288,13 @@ class Core:
                 min_power_w=settings.min_power_w,
             )
         self._restored_last_end = dict(restored.last_end)
+        self._order = list(self.panels.values())
+        self._index = {panel.id: i for i, panel in enumerate(self._order)}
+        # Panels whose timers changed since the last flush, and every panel's next due time.
+        self._touched: set[int] = set(range(len(self._order)))
+        self._wakes = _Timers()
+        self._confirms = _Timers()
+        self._running: set[int] = set()
         self._exact_routes: dict[str, list[Panel]] = {}
         self._wild_routes: list[tuple[str, Panel]] = []
         self._plug_command_topics: dict[str, Panel] = {}
@@ -276,6 +327,7 @@ class Core:
     def connect(self, now: Now) -> list[Effect]:
         """The broker connection is (re)established: rules 8 and 10."""
         self.connected = True
+        self._touch_all()  # a pending OFF is timed again once it can be sent
         for panel in self.panels.values():
             self._plug(panel.plug.ask_state())
             if not self.ready:
@@ -292,6 +344,7 @@ class Core:
     def disconnect(self, now: Now) -> list[Effect]:
         """The broker connection is lost; deadlines keep running on the monotonic clock."""
         self.connected = False
+        self._touch_all()
         return self._flush()
 
     def receive(self, topic: str, payload: bytes, retain: bool, now: Now) -> list[Effect]:
@@ -337,7 +390,9 @@ class Core:
 
     def tick(self, now: Now) -> list[Effect]:
         """Time passed: enforce deadlines, confirmations and retries that are due."""
-        for panel in self.panels.values():
+        for index in self._wakes.pop_due(now.mono):
+            panel = self._order[index]
+            self._touched.add(index)
             session = panel.session
             if session is not None:
                 if now.mono >= session.deadline:
@@ -373,30 +428,31 @@ class Core:
 
     def confirmation_due(self, now: Now) -> bool:
         """A plug's confirmation is overdue: the next tick would call the plug silent."""
-        return any(
-            p.on_confirm_by is not None and now.mono >= p.on_confirm_by
-            for p in self.panels.values()
-        )
+        first = self._confirms.earliest()
+        return first is not None and now.mono >= first
 
     def next_wakeup(self) -> float | None:
         """The earliest monotonic time at which :meth:`tick` has something to do."""
+        return self._wakes.earliest()
+
+    def wakeup(self, panel: Panel) -> float | None:
+        """The earliest monotonic time at which :meth:`tick` has something to do for ``panel``."""
         times: list[float] = []
-        for panel in self.panels.values():
-            session = panel.session
-            if session is not None:
-                times.append(session.deadline)
-                if not session.ending_soon_sent and session.duration_s > ENDING_SOON_S:
-                    times.append(session.deadline - ENDING_SOON_S)
-            if panel.on_confirm_by is not None:
-                times.append(panel.on_confirm_by)
-            for moment in (panel.power_ask_at, panel.power_check_at):
-                if moment is not None:
-                    times.append(moment)
-            if panel.off_pending and self.connected:
-                # While disconnected nothing can be sent; connect() sends OFF at once.
-                times.append(panel.off_next_at)
-            if panel.cooldown_wall is not None:
-                times.append(panel.cooldown_until)
+        session = panel.session
+        if session is not None:
+            times.append(session.deadline)
+            if not session.ending_soon_sent and session.duration_s > ENDING_SOON_S:
+                times.append(session.deadline - ENDING_SOON_S)
+        if panel.on_confirm_by is not None:
+            times.append(panel.on_confirm_by)
+        for moment in (panel.power_ask_at, panel.power_check_at):
+            if moment is not None:
+                times.append(moment)
+        if panel.off_pending and self.connected:
+            # While disconnected nothing can be sent; connect() sends OFF at once.
+            times.append(panel.off_next_at)
+        if panel.cooldown_wall is not None:
+            times.append(panel.cooldown_until)
         return min(times, default=None)
 
     def shutdown(self, now: Now) -> list[Effect]:
@@ -415,13 +471,14 @@ class Core:
         return not any(panel.off_pending for panel in self.panels.values())
 
     def running(self) -> list[str]:
-        """Panels with a session."""
-        return [p.id for p in self.panels.values() if p.session is not None]
+        """Panels with a session, in config order."""
+        return [self._order[i].id for i in sorted(self._running)]
 
     # ------------------------------------------------------------------ start/stop
 
     def _start_safe(self, panel: Panel, now: Now) -> None:
         """Safety rule 8: every panel is switched off before commands are accepted."""
+        self._touch(panel)
         self._send_off(panel, now)
         last_end = self._restored_last_end.get(panel.id)
         if last_end is not None and self.cooldown_s > 0:
@@ -455,6 +512,7 @@ class Core:
             request_id=request.request_id,
         )
         panel.session = session
+        self._touch(panel)
         # The journal comes before the ON, so a crash leaves a record to reconcile; it goes
         # to the storage thread's queue, which never blocks.
         self._plug_out.append(
@@ -592,6 +650,7 @@ class Core:
     ) -> None:
         session = panel.session
         assert session is not None
+        self._touch(panel)
         panel.power_ask_at = panel.power_check_at = None
         if send_off:
             self._send_off(panel, now)
@@ -641,6 +700,7 @@ class Core:
     # ------------------------------------------------------------------ plug reports
 
     def _plug_report(self, panel: Panel, on: bool, now: Now) -> None:
+        self._touch(panel)
         before = (panel.plug_state, panel.unresponsive)
         if on:
             panel.off_since = None
@@ -686,6 +746,7 @@ class Core:
             confirmed=True,
         )
         panel.session = session
+        self._touch(panel)
         self._out.append(
             SessionOpened(
                 id=session.id,
@@ -745,6 +806,7 @@ class Core:
 
     def _check_power(self, panel: Panel, now: Now) -> None:
         """A few seconds after ON: a panel that draws too little has its own switch off."""
+        self._touch(panel)
         panel.power_check_at = None
         session = panel.session
         if session is None or panel.min_power_w is None:
@@ -760,6 +822,7 @@ class Core:
 
     def _on_unconfirmed(self, panel: Panel, now: Now) -> None:
         """The plug did not confirm an ON: switch it off rather than guess (rules 4 and 2)."""
+        self._touch(panel)
         panel.on_confirm_by = None
         if panel.session is not None:
             self._end_session(panel, now, "cutoff")
@@ -769,6 +832,7 @@ class Core:
 
     def _send_off(self, panel: Panel, now: Now) -> None:
         """Safety rule 4: send OFF and expect the plug's report within confirm_timeout."""
+        self._touch(panel)
         panel.on_confirm_by = None
         if not panel.off_pending:
             panel.off_attempts = 0
@@ -778,6 +842,7 @@ class Core:
             self._plug(panel.plug.turn_off())
 
     def _retry_off(self, panel: Panel, now: Now) -> None:
+        self._touch(panel)
         self._unresponsive(panel, now, "off")
         panel.off_attempts += 1
         panel.off_next_at = now.mono + self._retry_interval(panel.off_attempts)
@@ -981,6 +1046,24 @@ class Core:
     def _event(self, event_type: str, panel: Panel | None, now: Now, **fields: Any) -> None:
         self._out.append(Event(event_type, panel.id if panel else None, now.wall, fields))
 
+    def _touch(self, panel: Panel) -> None:
+        """``panel``'s timers may have changed: its next due time is updated at the flush."""
+        self._touched.add(self._index[panel.id])
+
+    def _touch_all(self) -> None:
+        self._touched.update(range(len(self._order)))
+
+    def _update_timers(self) -> None:
+        for index in self._touched:
+            panel = self._order[index]
+            self._wakes.set(index, self.wakeup(panel))
+            self._confirms.set(index, panel.on_confirm_by)
+            if panel.session is not None:
+                self._running.add(index)
+            else:
+                self._running.discard(index)
+        self._touched.clear()
+
     def _plug(self, messages: Iterable[Message]) -> None:
         self._plug_out.extend(messages)
 
@@ -989,6 +1072,7 @@ class Core:
 
     def _flush(self) -> list[Effect]:
         """Plug commands first, so nothing else can delay an OFF; then the rest, in order."""
+        self._update_timers()
         if self._state_changed:
             self._state_changed = False
             if self.running() != self._published_running:

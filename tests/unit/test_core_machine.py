@@ -558,6 +558,18 @@ class CoreMachine(RuleBasedStateMachine):
                 waited = self.mono - self.last_off.get(panel_id, -math.inf)
                 assert waited <= MAX_OFF_RETRY_S + 1e-9, f"{panel_id}: no OFF for {waited:.3f}s"
 
+    @invariant()
+    def check_timers(self) -> None:
+        """The core's heap of due times agrees with a scan of every panel, after every step."""
+        if not hasattr(self, "core"):
+            return
+        panels = self.core.panels.values()
+        scanned = [t for t in map(self.core.wakeup, panels) if t is not None]
+        assert self.core.next_wakeup() == min(scanned, default=None)
+        overdue = any(p.on_confirm_by is not None and self.mono >= p.on_confirm_by for p in panels)
+        assert self.core.confirmation_due(self.now) == overdue
+        assert self.core.running() == [p.id for p in panels if p.session is not None]
+
     def teardown(self) -> None:
         """Steer the search towards runs where a relay stays on for long."""
         target(self.worst, label="longest relay window / bound")
