@@ -310,6 +310,7 @@ class Core:
         self.stopping = False
         self._published_running: list[str] | None = None
         self._state_changed = False
+        self._running_changed = True
         self._plug_out: list[Effect] = []  # plug commands, and the journal entry before an ON
         self._out: list[Effect] = []
 
@@ -328,6 +329,9 @@ class Core:
         """The broker connection is (re)established: rules 8 and 10."""
         self.connected = True
         self._touch_all()  # a pending OFF is timed again once it can be sent
+        # Whatever was published while disconnected was dropped: send the running set again.
+        self._published_running = None
+        self._running_changed = True
         for panel in self.panels.values():
             self._plug(panel.plug.ask_state())
             if not self.ready:
@@ -1058,10 +1062,13 @@ class Core:
             panel = self._order[index]
             self._wakes.set(index, self.wakeup(panel))
             self._confirms.set(index, panel.on_confirm_by)
-            if panel.session is not None:
-                self._running.add(index)
-            else:
-                self._running.discard(index)
+            running = panel.session is not None
+            if running != (index in self._running):
+                self._running_changed = True
+                if running:
+                    self._running.add(index)
+                else:
+                    self._running.discard(index)
         self._touched.clear()
 
     def _plug(self, messages: Iterable[Message]) -> None:
@@ -1073,8 +1080,9 @@ class Core:
     def _flush(self) -> list[Effect]:
         """Plug commands first, so nothing else can delay an OFF; then the rest, in order."""
         self._update_timers()
-        if self._state_changed:
-            self._state_changed = False
+        if self._state_changed and self._running_changed:
+            # Only when a session started or ended: the list is as long as the sessions.
+            self._state_changed = self._running_changed = False
             if self.running() != self._published_running:
                 self._publish_daemon_state()
         out = self._plug_out + self._out

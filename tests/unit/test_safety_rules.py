@@ -6,6 +6,7 @@ Each test names the rule it proves and fails when that rule is broken.
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import timedelta
 
 import pytest
@@ -482,3 +483,16 @@ def test_rule13_an_empty_payload_clears_and_is_not_a_command() -> None:
     got = kit.command("hip_left", "")
     assert events(got) == []
     assert messages(got) == []
+
+
+def test_rule10_active_sessions_are_published_again_at_reconnect() -> None:
+    """A session that ended while the broker was down leaves no stale count in Home Assistant."""
+    kit = Kit.create().ready()
+    kit.start("hip_left", 120)
+    kit.report("hip_left", on=True)
+    kit.take(kit.core.disconnect(kit.now))
+    kit.advance(300)  # the session ends; the running set published meanwhile is lost
+    got = kit.connect()
+    assert [json.loads(p) for p in payloads(got, "redlight/state")] == [
+        {"active_sessions": 0, "running": []}
+    ]
