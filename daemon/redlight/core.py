@@ -42,6 +42,9 @@ POWER_ASK_S: Final = 3.0
 POWER_CHECK_S: Final = 6.0
 #: A plug still passing power this long after it confirmed OFF has a stuck (welded) relay.
 STUCK_AFTER_S: Final = 5.0
+#: ``<b>/state`` (the running panels) is published at most this often: when a thousand
+#: sessions end within a second, one update with the outcome instead of a thousand lists.
+DAEMON_STATE_EVERY_S: Final = 1.0
 
 Source = Literal["homeassistant", "cli", "schedule", "routine", "external"]
 
@@ -311,6 +314,8 @@ class Core:
         self._published_running: list[str] | None = None
         self._state_changed = False
         self._running_changed = True
+        self._daemon_state_at = float("-inf")
+        self._daemon_state_due: float | None = None
         self._plug_out: list[Effect] = []  # plug commands, and the journal entry before an ON
         self._out: list[Effect] = []
 
@@ -332,6 +337,7 @@ class Core:
         # Whatever was published while disconnected was dropped: send the running set again.
         self._published_running = None
         self._running_changed = True
+        self._daemon_state_at = float("-inf")
         for panel in self.panels.values():
             self._plug(panel.plug.ask_state())
             if not self.ready:
@@ -343,13 +349,13 @@ class Core:
                 self._send_off(panel, now)
             self._publish_state(panel, now)
         self.ready = True
-        return self._flush()
+        return self._flush(now)
 
     def disconnect(self, now: Now) -> list[Effect]:
         """The broker connection is lost; deadlines keep running on the monotonic clock."""
         self.connected = False
         self._touch_all()
-        return self._flush()
+        return self._flush(now)
 
     def receive(self, topic: str, payload: bytes, retain: bool, now: Now) -> list[Effect]:
         """A message arrived on a subscribed topic."""
@@ -370,7 +376,7 @@ class Core:
                 watts = panel.plug.power(topic, payload)
                 if watts is not None:
                     self._power_report(panel, watts, now)
-        return self._flush()
+        return self._flush(now)
 
     def start(
         self,
@@ -381,7 +387,7 @@ class Core:
     ) -> list[Effect]:
         """Start a session (used by commands, and by schedules and routines)."""
         self._start(panel_id, request, source, now)
-        return self._flush()
+        return self._flush(now)
 
     def stop(self, panel_id: str, now: Now, request_id: str | None = None) -> list[Effect]:
         """Stop a panel's session, or switch it off if it is on."""
@@ -390,7 +396,7 @@ class Core:
             self._reject(None, cmd.Rejection("unknown_panel", f"no panel {panel_id!r}"), now)
         else:
             self._stop(panel, now, "stopped")
-        return self._flush()
+        return self._flush(now)
 
     def tick(self, now: Now) -> list[Effect]:
         """Time passed: enforce deadlines, confirmations and retries that are due."""
@@ -428,7 +434,7 @@ class Core:
             if panel.cooldown_wall is not None and now.mono >= panel.cooldown_until:
                 panel.cooldown_wall = None
                 self._publish_state(panel, now)
-        return self._flush()
+        return self._flush(now)
 
     def confirmation_due(self, now: Now) -> bool:
         """A plug's confirmation is overdue: the next tick would call the plug silent."""
@@ -437,7 +443,8 @@ class Core:
 
     def next_wakeup(self) -> float | None:
         """The earliest monotonic time at which :meth:`tick` has something to do."""
-        return self._wakes.earliest()
+        times = [self._wakes.earliest(), self._daemon_state_due]
+        return min((t for t in times if t is not None), default=None)
 
     def wakeup(self, panel: Panel) -> float | None:
         """The earliest monotonic time at which :meth:`tick` has something to do for ``panel``."""
@@ -468,7 +475,7 @@ class Core:
             else:
                 self._send_off(panel, now)
                 self._publish_state(panel, now)
-        return self._flush()
+        return self._flush(now)
 
     def all_off_confirmed(self) -> bool:
         """Every OFF sent has been confirmed by its plug."""
@@ -1035,17 +1042,22 @@ class Core:
         # The running set is compared once per effect list (in _flush), not per panel state.
         self._state_changed = True
 
-    def _publish_daemon_state(self) -> None:
-        self._published_running = self.running()
-        body = {"active_sessions": len(self._published_running), "running": self._published_running}
+    def _publish_daemon_state(self, now: Now, *, force: bool = False) -> None:
+        self._daemon_state_due = None
+        running = self.running()
+        if running == self._published_running and not force:
+            return
+        self._published_running = running
+        self._daemon_state_at = now.mono
+        body = {"active_sessions": len(running), "running": running}
         self._other(Message(self.topics.daemon_state, dumps(body), retain=True, qos=STATE_QOS))
 
     def states(self, now: Now) -> list[Effect]:
         """Every retained state again (after Home Assistant restarts and rediscovers)."""
         for panel in self.panels.values():
             self._publish_state(panel, now)
-        self._publish_daemon_state()
-        return self._flush()
+        self._publish_daemon_state(now, force=True)
+        return self._flush(now)
 
     def _event(self, event_type: str, panel: Panel | None, now: Now, **fields: Any) -> None:
         self._out.append(Event(event_type, panel.id if panel else None, now.wall, fields))
@@ -1077,14 +1089,17 @@ class Core:
     def _other(self, message: Message) -> None:
         self._out.append(message)
 
-    def _flush(self) -> list[Effect]:
+    def _flush(self, now: Now) -> list[Effect]:
         """Plug commands first, so nothing else can delay an OFF; then the rest, in order."""
         self._update_timers()
         if self._state_changed and self._running_changed:
             # Only when a session started or ended: the list is as long as the sessions.
             self._state_changed = self._running_changed = False
-            if self.running() != self._published_running:
-                self._publish_daemon_state()
+            if self._daemon_state_due is None:
+                self._daemon_state_due = max(now.mono, self._daemon_state_at + DAEMON_STATE_EVERY_S)
+        due = self._daemon_state_due
+        if due is not None and (now.mono >= due or self.stopping):
+            self._publish_daemon_state(now)
         out = self._plug_out + self._out
         self._plug_out = []
         self._out = []

@@ -27,7 +27,7 @@ from redlight.membroker import MemoryBroker
 from redlight.messages import Topics, dumps, status_message
 from redlight.runtime import Runtime
 from redlight.simplug import SimulatedPlug
-from tests.unit.corekit import START_WALL, make_config
+from tests.unit.corekit import START_WALL, Kit, make_config, payloads
 from tests.unit.test_runtime import RecordingNotifier
 
 #: Keys each platform must have (Home Assistant's MQTT schemas).
@@ -321,11 +321,29 @@ async def test_discovery_on_connect_again_after_birth_and_removal_of_leftovers()
 
     # The Session switch turned on in Home Assistant: a default session on the real plug.
     started = broker.next("redlight/event", lambda m: b"session_started" in m.payload_bytes())
+    # <b>/state was sent with the states just now: the next one follows within a second.
+    counted = broker.next("redlight/state", lambda m: b'"active_sessions":1' in m.payload_bytes())
     assert ha.publish(Message("redlight/panel/hip_left/set", "ON"))
     event = json.loads((await started).payload)
     assert (event["source"], event["duration_s"]) == ("homeassistant", 600)
-    active = json.loads(broker.retained["redlight/state"])
+    sent = loop.time()
+    active = json.loads((await counted).payload)
     assert active == {"active_sessions": 1, "running": ["hip_left"]}
+    assert loop.time() - sent <= 1.0
     runtime.request_shutdown()
     assert await task == 0
     await plug.stop()
+
+
+def test_active_sessions_are_published_at_most_once_a_second_and_end_up_right() -> None:
+    """Sessions starting together update <b>/state at once, then once more with the outcome."""
+    kit = Kit.create().ready()
+    kit.advance(2)  # a second after the start-up states
+    got = kit.start("hip_left", 60) + kit.start("sauna", 60)
+    assert [json.loads(p)["running"] for p in payloads(got, "redlight/state")] == [["hip_left"]]
+    kit.report("hip_left", on=True)
+    kit.report("sauna", on=True)
+    later = kit.advance(1)
+    assert [json.loads(p)["running"] for p in payloads(later, "redlight/state")] == [
+        ["hip_left", "sauna"]
+    ]
