@@ -71,6 +71,8 @@ CLOCK_CHECK_S: Final = 30.0
 #: The most time spent applying already-arrived messages before deadlines are checked.
 BATCH_S: Final = 0.05
 CLOCK_STEP_S: Final = 60.0
+#: Queued items applied back to back before the loop's other callbacks get a turn.
+BACKLOG_TURN: Final = 100
 
 
 #: After Home Assistant's birth message, wait this long (plus jitter) before rediscovery, as
@@ -186,13 +188,22 @@ class Runtime:
         watchdog = self.notifier.watchdog_interval_s()
         loop = asyncio.get_running_loop()
         next_ping = loop.time()
+        backlog = 0
         while True:
-            timeout = self._timeout(watchdog, next_ping)
             item: Item | None
-            try:
-                item = await asyncio.wait_for(self._queue.get(), timeout)
-            except TimeoutError:
-                item = None
+            if not self._queue.empty() and backlog < BACKLOG_TURN:
+                # A backlog is taken without a timer per item; deadlines are judged after
+                # each one all the same (_tick), and the loop gets a turn every so often.
+                backlog += 1
+                item = self._queue.get_nowait()
+            else:
+                backlog = 0
+                try:
+                    item = await asyncio.wait_for(
+                        self._queue.get(), self._timeout(watchdog, next_ping)
+                    )
+                except TimeoutError:
+                    item = None
             if watchdog is not None and loop.time() >= next_ping:
                 # Heartbeats come from this loop, so a blocked loop gets the service restarted.
                 self.notifier.watchdog()
