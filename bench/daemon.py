@@ -70,7 +70,8 @@ def source() -> dict[str, str]:
         git = ["git", "-C", where]
         info["commit"] = _quiet([*git, "rev-parse", "--short", "HEAD"])
         info["dirty"] = " ".join(
-            line[3:] for line in _quiet([*git, "status", "--porcelain", "--", "."]).splitlines()
+            line.split(maxsplit=1)[-1]
+            for line in _quiet([*git, "status", "--porcelain", "--", "."]).splitlines()
         )
     return info
 
