@@ -90,6 +90,11 @@ class Observer:
         assert self._client is not None
         assert self._client.publish(Message(topic, payload, retain=retain, qos=1))
 
+    def subscribe(self, topic_filter: str) -> None:
+        """Subscribe (again): the broker sends what it retains on the filter."""
+        assert self._client is not None
+        self._client.subscribe([topic_filter])
+
     def matching(self, topic_filter: str, since: int = 0) -> list[Seen]:
         """Messages seen on a filter (from index ``since``)."""
         return [m for m in self.seen[since:] if topic_matches_sub(topic_filter, m.topic)]
