@@ -312,7 +312,6 @@ class Core:
         self.ready = False
         self.stopping = False
         self._published_running: list[str] | None = None
-        self._state_changed = False
         self._running_changed = True
         self._daemon_state_at = float("-inf")
         self._daemon_state_due: float | None = None
@@ -1039,8 +1038,6 @@ class Core:
 
     def _publish_state(self, panel: Panel, now: Now) -> None:
         self._other(panel_state_message(self.topics, panel.id, self.panel_state(panel.id, now)))
-        # The running set is compared once per effect list (in _flush), not per panel state.
-        self._state_changed = True
 
     def _publish_daemon_state(self, now: Now, *, force: bool = False) -> None:
         self._daemon_state_due = None
@@ -1092,9 +1089,9 @@ class Core:
     def _flush(self, now: Now) -> list[Effect]:
         """Plug commands first, so nothing else can delay an OFF; then the rest, in order."""
         self._update_timers()
-        if self._state_changed and self._running_changed:
+        if self._running_changed:
             # Only when a session started or ended: the list is as long as the sessions.
-            self._state_changed = self._running_changed = False
+            self._running_changed = False
             if self._daemon_state_due is None:
                 self._daemon_state_due = max(now.mono, self._daemon_state_at + DAEMON_STATE_EVERY_S)
         due = self._daemon_state_due
