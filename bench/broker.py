@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import getpass
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Final
+
+from bench import procfs
 
 #: The machine's shared broker: never used here.
 SHARED_PORT: Final = 1883
@@ -108,12 +109,7 @@ class Mosquitto:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        procfs.terminate(process, STOP_TIMEOUT_S)
 
     def __enter__(self) -> Mosquitto:
         """Start; stop on leaving the block."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Final
 
+from bench import procfs
 from bench.clients import plug_command_topic, plug_state_topic
 
 STOP_TIMEOUT_S: Final = 15.0
@@ -119,12 +119,7 @@ class Daemon:
         if process is None or process.poll() is not None:
             return 0.0
         at = time.perf_counter()
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        procfs.terminate(process, STOP_TIMEOUT_S)
         return time.perf_counter() - at
 
     def kill(self) -> None:

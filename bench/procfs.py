@@ -1,14 +1,27 @@
-"""What Linux says about the daemon's process: CPU time, resident memory, its broker socket."""
+"""The benchmark's processes: what Linux says of them (CPU time, resident memory, the broker
+socket), and stopping them."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Final
 
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 #: /proc/net/tcp's state code for an established connection.
 _ESTABLISHED: Final = "01"
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM and wait for the exit; SIGKILL if it takes longer than ``timeout``."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
 
 
 def cpu_seconds(pid: int) -> float:
