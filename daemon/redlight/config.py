@@ -130,6 +130,12 @@ class SafetyConfig(_Model):
     daily_max: Duration | None = None
     confirm_timeout: Duration = timedelta(seconds=5)
     failsafe_margin: Duration = timedelta(seconds=30)
+    #: The ceiling is on light, not on sessions: ON time that follows less than ``min_off`` of
+    #: OFF counts as the same exposure, which may not exceed ``max_on`` in total.
+    min_off: Duration = timedelta(minutes=10)
+    #: Every plug is asked for its state this often (spread over the interval), so an ON whose
+    #: report was lost is found within it.
+    poll_interval: Duration = timedelta(minutes=1)
     quiet_hours: Annotated[tuple[time, time] | None, BeforeValidator(_parse_quiet_hours)] = None
 
     @field_validator("max_on")
@@ -153,6 +159,20 @@ class SafetyConfig(_Model):
     def _margin_bounds(cls, value: timedelta) -> timedelta:
         if value > timedelta(minutes=5):
             raise ValueError(f"must be at most 5 minutes (got {format_duration(value)})")
+        return value
+
+    @field_validator("min_off")
+    @classmethod
+    def _min_off_bounds(cls, value: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= value <= timedelta(hours=24):
+            raise ValueError(f"must be between 1m and 24h (got {format_duration(value)})")
+        return value
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _poll_bounds(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=5) <= value <= timedelta(minutes=5):
+            raise ValueError(f"must be between 5s and 5m (got {format_duration(value)})")
         return value
 
     @field_validator("daily_max")

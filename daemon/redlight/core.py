@@ -90,6 +90,17 @@ class SettingChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class Resubscribe:
+    """Subscribe to these filters again: the broker re-sends what is retained on them.
+
+    How a plug that retains its state and takes no query (ESPHome, a generic plug without
+    ``state_request_topic``) is polled.
+    """
+
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class LogLine:
     """Something to log that is not an event (a cleared retained command, ...)."""
 
@@ -137,7 +148,16 @@ class ScheduleChanged:
 
 
 Request = RoutineRequest | StopAllRequested | ScheduleToggle | OfferAccepted | ScheduleChanged
-Effect = Message | Event | SessionOpened | SessionClosed | SettingChanged | LogLine | Request
+Effect = (
+    Message
+    | Event
+    | SessionOpened
+    | SessionClosed
+    | SettingChanged
+    | LogLine
+    | Resubscribe
+    | Request
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +168,8 @@ class Restored:
     last_end: Mapping[str, datetime] = field(default_factory=dict)
     default_duration_s: Mapping[str, float] = field(default_factory=dict)
     schedule_enabled: Mapping[str, bool] = field(default_factory=dict)
+    #: Per panel, the end of its last exposure and that exposure's on-time in seconds.
+    exposure: Mapping[str, tuple[datetime, float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -202,6 +224,19 @@ class Panel:
     power_check_at: float | None = None
     off_since: float | None = None
     relay_stuck: bool = False
+    #: When the OFF now pending was first sent (``off_not_obeyed`` says how long ago).
+    off_requested_at: float = 0.0
+    # Blind spots: the last OFF the plug reported, and whether redlight has watched it without
+    # a gap since (connected throughout, the plug not re-announced, every poll answered). An ON
+    # found after a gap may have been on since that OFF report.
+    off_seen_at: float = float("-inf")
+    watching: bool = False
+    poll_at: float | None = None
+    poll_answer_by: float | None = None
+    #: The exposure (ON time with less than ``min_off`` of OFF between): its on-time so far,
+    #: and when its last ON ended.
+    exposure_s: float = 0.0
+    exposure_end: float = float("-inf")
 
     @property
     def online(self) -> bool:
@@ -269,6 +304,8 @@ class Core:
         self.cooldown_s = config.safety.cooldown.total_seconds()
         self.confirm_s = config.safety.confirm_timeout.total_seconds()
         self.margin_s = config.safety.failsafe_margin.total_seconds()
+        self.min_off_s = config.safety.min_off.total_seconds()
+        self.poll_s = config.safety.poll_interval.total_seconds()
         self.daily_max_s = (
             config.safety.daily_max.total_seconds() if config.safety.daily_max else None
         )
@@ -291,6 +328,7 @@ class Core:
                 min_power_w=settings.min_power_w,
             )
         self._restored_last_end = dict(restored.last_end)
+        self._restored_exposure = dict(restored.exposure)
         self._order = list(self.panels.values())
         self._index = {panel.id: i for i, panel in enumerate(self._order)}
         # Panels whose timers changed since the last flush, and every panel's next due time.
@@ -337,8 +375,11 @@ class Core:
         self._published_running = None
         self._running_changed = True
         self._daemon_state_at = float("-inf")
-        for panel in self.panels.values():
+        count = len(self._order)
+        for index, panel in enumerate(self._order):
             self._plug(panel.plug.ask_state())
+            # Polls spread over the interval, so a thousand plugs never answer at once.
+            panel.poll_at = now.mono + self.poll_s * (1 + index / count)
             if not self.ready:
                 self._start_safe(panel, now)
             elif panel.session is not None and now.mono >= panel.session.deadline:
@@ -354,6 +395,10 @@ class Core:
         """The broker connection is lost; deadlines keep running on the monotonic clock."""
         self.connected = False
         self._touch_all()
+        for panel in self._order:
+            # Whatever a plug reports from now on is lost until redlight is back.
+            panel.watching = False
+            panel.poll_answer_by = None
         return self._flush(now)
 
     def receive(self, topic: str, payload: bytes, retain: bool, now: Now) -> list[Effect]:
@@ -430,6 +475,10 @@ class Core:
                 self._check_power(panel, now)
             if panel.off_pending and self.connected and now.mono >= panel.off_next_at:
                 self._retry_off(panel, now)
+            if panel.poll_answer_by is not None and now.mono >= panel.poll_answer_by:
+                self._poll_unanswered(panel)
+            if panel.poll_at is not None and now.mono >= panel.poll_at:
+                self._poll(panel, now)
             if panel.cooldown_wall is not None and now.mono >= panel.cooldown_until:
                 panel.cooldown_wall = None
                 self._publish_state(panel, now)
@@ -463,6 +512,9 @@ class Core:
             times.append(panel.off_next_at)
         if panel.cooldown_wall is not None:
             times.append(panel.cooldown_until)
+        for moment in (panel.poll_answer_by, panel.poll_at):
+            if moment is not None:
+                times.append(moment)
         return min(times, default=None)
 
     def shutdown(self, now: Now) -> list[Effect]:
@@ -496,6 +548,11 @@ class Core:
             if 0 < remaining <= self.cooldown_s:
                 panel.cooldown_until = now.mono + remaining
                 panel.cooldown_wall = now.wall + timedelta(seconds=remaining)
+        exposure = self._restored_exposure.get(panel.id)
+        if exposure is not None:
+            ended, on_s = exposure
+            panel.exposure_end = now.mono - max(0.0, (now.wall - ended).total_seconds())
+            panel.exposure_s = on_s
 
     def _start(self, panel_id: str, request: cmd.Start, source: Source, now: Now) -> None:
         panel = self.panels.get(panel_id)
@@ -621,6 +678,21 @@ class Core:
                 rid,
                 allowed_at=iso(panel.cooldown_wall),
             )
+        prior = self._exposure_before(panel, now.mono)
+        if prior + duration_s > self.max_on_s:
+            allowed_wall = now.wall + timedelta(
+                seconds=panel.exposure_end + self.min_off_s - now.mono
+            )
+            return cmd.Rejection(
+                "exposure",
+                f"{panel.name} was on for {format_duration(prior)} with less than "
+                f"{format_duration(self.min_off_s)} off since, and an exposure may last "
+                f"{max_on} (safety.max_on); {format_duration(self.max_on_s - prior)} is left "
+                f"until it has been off for {format_duration(self.min_off_s)}, at "
+                f"{allowed_wall:%H:%M:%S} (safety.min_off)",
+                rid,
+                allowed_at=iso(allowed_wall),
+            )
         if self.daily_max_s is not None:
             used = self._today_s(panel, now)
             if used + duration_s > self.daily_max_s:
@@ -644,6 +716,10 @@ class Core:
             # Nothing redlight knows of is running, but "off" must always mean off.
             self._send_off(panel, now)
             self._publish_state(panel, now)
+
+    def _exposure_before(self, panel: Panel, at: float) -> float:
+        """On-time of the exposure that an ON at ``at`` continues (0 after ``min_off`` OFF)."""
+        return panel.exposure_s if at - panel.exposure_end < self.min_off_s else 0.0
 
     def _deadline_reason(self, panel: Panel) -> str:
         assert panel.session is not None
@@ -670,6 +746,8 @@ class Core:
         dose = actual_s * panel.irradiance / 1000 if panel.irradiance is not None else None
         self._roll_day(panel, now)
         panel.finished_today_s += actual_s
+        panel.exposure_s = self._exposure_before(panel, session.started_mono) + actual_s
+        panel.exposure_end = session.started_mono + actual_s
         if self.cooldown_s > 0:
             panel.cooldown_until = session.started_mono + actual_s + self.cooldown_s
             panel.cooldown_wall = ended + timedelta(seconds=self.cooldown_s)
@@ -712,10 +790,15 @@ class Core:
     def _plug_report(self, panel: Panel, on: bool, now: Now) -> None:
         self._touch(panel)
         before = (panel.plug_state, panel.unresponsive)
+        panel.poll_answer_by = None
         if on:
             panel.off_since = None
-        elif panel.plug_state != "off" or panel.off_since is None:
-            panel.off_since = now.mono
+        else:
+            if panel.plug_state != "off" or panel.off_since is None:
+                panel.off_since = now.mono
+            # From here on an ON would be reported as it happens, until a gap in the view.
+            panel.off_seen_at = now.mono
+            panel.watching = True
         panel.plug_state = "on" if on else "off"
         session = panel.session
         if on:
@@ -729,7 +812,9 @@ class Core:
                         panel.power_check_at = now.mono + POWER_CHECK_S
             elif panel.off_pending:
                 # An OFF is on its way and re-sent until confirmed; this report may be stale.
-                pass
+                # Once the plug is known not to obey, each ON it reports is news to a person.
+                if panel.unresponsive:
+                    self._off_not_obeyed(panel, now)
             else:
                 self._external_on(panel, now)
         else:
@@ -746,13 +831,20 @@ class Core:
             self._publish_state(panel, now)
 
     def _external_on(self, panel: Panel, now: Now) -> None:
-        """Safety rule 2: an ON redlight did not start is cut off at most max_on later."""
+        """Safety rule 2: an ON redlight did not start is cut off at most max_on after it began.
+
+        It began when it was reported, if redlight has watched the plug without a gap since its
+        last OFF report; otherwise at any moment after that report, so the session counts from
+        there and an ON hidden longer than max_on (or than the exposure's budget) ends at once.
+        """
+        unseen_s = 0.0 if panel.watching else now.mono - panel.off_seen_at  # inf: never seen off
+        start = now.mono - min(unseen_s, self.max_on_s)
         session = Session(
             id=self._new_id(),
             source="external",
-            started_mono=now.mono,
-            started_wall=now.wall,
-            duration_s=self.max_on_s,
+            started_mono=start,
+            started_wall=now.wall - timedelta(seconds=now.mono - start),
+            duration_s=max(0.0, self.max_on_s - self._exposure_before(panel, start)),
             confirmed=True,
         )
         panel.session = session
@@ -763,32 +855,49 @@ class Core:
                 panel=panel.id,
                 area=panel.area,
                 source="external",
-                started_at=now.wall,
-                planned_s=self.max_on_s,
+                started_at=session.started_wall,
+                planned_s=session.duration_s,
                 irradiance_mw_cm2=panel.irradiance,
             )
         )
+        fields: dict[str, Any] = {
+            "session": session.id,
+            "source": "external",
+            "duration_s": _num(session.duration_s),
+            "ends_at": iso(self._ends_wall(session)),
+        }
+        if 0 < unseen_s < float("inf"):
+            fields["unseen_s"] = _num(unseen_s)
+        self._event("session_started", panel, now, **fields)
+        if now.mono >= session.deadline:
+            self._end_session(panel, now, "cutoff")
+
+    def _off_not_obeyed(self, panel: Panel, now: Now) -> None:
+        waited = now.mono - panel.off_requested_at
         self._event(
-            "session_started",
+            "off_not_obeyed",
             panel,
             now,
-            session=session.id,
-            source="external",
-            duration_s=_num(self.max_on_s),
-            ends_at=iso(self._ends_wall(session)),
+            off_pending_s=_num(waited),
+            message=f"the plug of {panel.name} reports ON although redlight has sent OFF for "
+            f"{format_duration(waited)} without effect; switch it off at the plug",
         )
 
     def _availability(self, panel: Panel, report: PlugAvailability, now: Now) -> None:
         was_online = panel.online
         panel.availability[report.topic] = report.online
-        if panel.online == was_online:
-            return
+        # Any availability message means the plug (or its bridge) went away or came back: what
+        # it did meanwhile was not seen, even when redlight never saw it go (a dying broker
+        # sends no will).
+        panel.watching = False
         if panel.online:
-            # Back online: ask what it is doing, and repeat a pending OFF at once.
+            # Online, changed or not: ask what it is doing, and repeat a pending OFF at once.
+            self._touch(panel)
             self._plug(panel.plug.ask_state())
             if panel.off_pending:
                 self._send_off(panel, now)
-        self._publish_state(panel, now)
+        if panel.online != was_online:
+            self._publish_state(panel, now)
 
     # ------------------------------------------------------------------ power
 
@@ -846,6 +955,7 @@ class Core:
         panel.on_confirm_by = None
         if not panel.off_pending:
             panel.off_attempts = 0
+            panel.off_requested_at = now.mono
         panel.off_pending = True
         panel.off_next_at = now.mono + self._retry_interval(panel.off_attempts)
         if self.connected:
@@ -859,6 +969,30 @@ class Core:
         if self.connected:
             self._plug(panel.plug.turn_off())
             self._plug(panel.plug.ask_state())
+
+    def _poll(self, panel: Panel, now: Now) -> None:
+        """Ask the plug its state on a fixed interval: an ON whose report was lost is found."""
+        self._touch(panel)
+        panel.poll_at = now.mono + self.poll_s
+        if not self.connected:
+            return
+        asks = panel.plug.ask_state()
+        if not asks:
+            # A plug that retains its state and takes no query is asked by subscribing again;
+            # whether anything is retained is the plug's business, so no answer is expected.
+            self._plug_out.append(Resubscribe(tuple(s.topic for s in panel.plug.states)))
+            return
+        self._plug(asks)
+        if panel.poll_answer_by is None:
+            panel.poll_answer_by = now.mono + self.confirm_s
+
+    def _poll_unanswered(self, panel: Panel) -> None:
+        """A poll went unanswered: the plug may be away, so its next ON may be an old one."""
+        self._touch(panel)
+        panel.poll_answer_by = None
+        if panel.watching:
+            panel.watching = False
+            self._out.append(LogLine("info", "plug_silent", {"panel": panel.id}))
 
     def _retry_interval(self, attempts: int) -> float:
         return min(MAX_OFF_RETRY_S, self.confirm_s * 2.0 ** min(attempts, 8))

@@ -28,6 +28,7 @@ from redlight.core import (
     LogLine,
     Now,
     Restored,
+    Resubscribe,
     ScheduleChanged,
     SessionClosed,
     SessionOpened,
@@ -124,12 +125,38 @@ def _restore(history: History, config: Config, wall: datetime) -> tuple[Restored
                 seconds = float(stored)
                 if 1 <= seconds <= config.safety.max_on.total_seconds():
                     defaults[panel] = seconds
+    exposure = _exposures(history, config, wall)
     enabled: dict[str, bool] = {}
     for schedule in config.schedules:
         stored = history.get_setting(setting_key(schedule))
         if stored is not None:
             enabled[schedule] = stored == "1"
-    return Restored(today, last_end, defaults, enabled), interrupted
+    return Restored(today, last_end, defaults, enabled, exposure), interrupted
+
+
+def _exposures(
+    history: History, config: Config, wall: datetime
+) -> dict[str, tuple[datetime, float]]:
+    """Each panel's last exposure, if it may still go on: its end and its on-time.
+
+    Sessions that followed each other with less than ``min_off`` between form one exposure.
+    """
+    min_off = config.safety.min_off
+    since = wall - min_off - 4 * config.safety.max_on - timedelta(days=1)
+    found: dict[str, tuple[datetime, float]] = {}
+    for panel in config.panels:
+        end: datetime | None = None
+        on_s = 0.0
+        for row in history.sessions(since=since, panel=panel):
+            if row.ended_at is None or row.actual_s is None:
+                continue
+            if end is None or row.started_at - end >= min_off:
+                on_s = 0.0
+            on_s += row.actual_s
+            end = row.ended_at
+        if end is not None and wall - end < min_off:
+            found[panel] = (end, on_s)
+    return found
 
 
 class Runtime:
@@ -388,6 +415,8 @@ class Runtime:
                     self.writer.set_setting(effect.key, effect.value)
             elif isinstance(effect, LogLine):
                 getattr(log, effect.level)(effect.event, **effect.fields)
+            elif isinstance(effect, Resubscribe):
+                self.broker.subscribe(effect.topics)
             elif isinstance(effect, ScheduleChanged):
                 self.clock_jobs.set_enabled(effect.schedule, effect.enabled)
                 next_run = self.clock_jobs.next_run(effect.schedule)

@@ -147,6 +147,14 @@ def payloads(effects: Iterable[Effect], topic: str) -> list[str]:
     return [m.payload_bytes().decode() for m in messages(effects, topic)]
 
 
+def switched(effects: Iterable[Effect], topic: str) -> list[str]:
+    """The switching commands published on a topic: its payloads less the empty state query.
+
+    A poll (``safety.poll_interval``) asks Tasmota its state with an empty ``POWER``.
+    """
+    return [payload for payload in payloads(effects, topic) if payload]
+
+
 def events(effects: Iterable[Effect], event_type: str | None = None) -> list[Event]:
     """The events among effects, optionally of one type."""
     return [

@@ -17,9 +17,10 @@ async def test_demo_story_shows_every_promise_and_exits_0() -> None:
     text = out.getvalue()
     assert "session finished: completed after 4s" in text
     assert "refused (over_max_on): 20s is more than safety.max_on (8s)" in text
-    assert "cutoff: switched off after max_on (8s)" in text
+    # The button press follows the routine's 2 s on that panel: one exposure, 8 s in all.
+    assert "cutoff: switched off after 6s, what was left of max_on (8s)" in text
     assert "step 2/3: Turn to your right side" in text
     assert "routine finished: completed" in text
     assert "session finished: shutdown" in text
-    assert "Every panel is off; the longest time any was on: 8.0s" in text
+    assert "Every panel is off; the longest exposure of any panel: 8.0s" in text
     assert "\033[" not in text  # no colour codes when not on a terminal

@@ -25,6 +25,7 @@ from tests.unit.corekit import (
     messages,
     payloads,
     state,
+    switched,
 )
 
 # ---------------------------------------------------------------- rule 1: hard ceiling
@@ -50,7 +51,7 @@ def test_rule1_over_ceiling_request_is_rejected_not_shortened() -> None:
     """A 15m01s request is rejected with a reason, and the plug is never switched on."""
     kit = Kit.create().ready()
     got = kit.command("hip_left", {"action": "start", "duration": "15m1s"})
-    assert messages(got, LEFT_POWER) == []
+    assert switched(got, LEFT_POWER) == []
     [rejected] = events(got, "command_rejected")
     assert rejected.fields["reason"] == "over_max_on"
     assert "15m1s" in rejected.fields["message"]
@@ -61,7 +62,7 @@ def test_rule1_exactly_max_on_is_allowed() -> None:
     """A request of exactly max_on starts."""
     kit = Kit.create().ready()
     got = kit.command("hip_left", {"action": "start", "duration": "15m"})
-    assert payloads(got, LEFT_POWER) == ["ON"]
+    assert switched(got, LEFT_POWER) == ["ON"]
 
 
 def test_rule1_lower_max_on_is_enforced_for_doses() -> None:
@@ -78,7 +79,7 @@ def test_rule1_lower_max_on_is_enforced_for_doses() -> None:
     assert rejected.fields["message"] == (
         "30 J/cm² at 50 mW/cm² needs 10m, more than safety.max_on (5m)"
     )
-    assert messages(got, LEFT_POWER) == []
+    assert switched(got, LEFT_POWER) == []
 
 
 def test_rule1_routine_keeping_a_panel_on_too_long_is_a_config_error() -> None:
@@ -101,9 +102,9 @@ def test_rule2_hand_switched_plug_is_cut_off_at_max_on() -> None:
     kit = Kit.create().ready()
     seen = kit.report("hip_left", on=True)
     assert [e.fields["source"] for e in events(seen, "session_started")] == ["external"]
-    assert messages(kit.advance(15 * 60 - 0.5), LEFT_POWER) == []
+    assert switched(kit.advance(15 * 60 - 0.5), LEFT_POWER) == []
     got = kit.advance(0.5)
-    assert payloads(got, LEFT_POWER) == ["OFF"]
+    assert switched(got, LEFT_POWER) == ["OFF"]
     [cutoff] = events(got, "cutoff_enforced")
     assert cutoff.panel == "hip_left"
     [finished] = events(got, "session_finished")
@@ -117,7 +118,7 @@ def test_rule2_repeated_on_reports_do_not_extend_the_cutoff() -> None:
     kit.advance(600)
     kit.send("tele/panel_left/STATE", '{"POWER":"ON"}')
     got = kit.advance(300)
-    assert payloads(got, LEFT_POWER) == ["OFF"]
+    assert switched(got, LEFT_POWER) == ["OFF"]
 
 
 def test_rule2_plug_back_on_after_power_cut_is_cut_off() -> None:
@@ -127,7 +128,7 @@ def test_rule2_plug_back_on_after_power_cut_is_cut_off() -> None:
     kit.send("tele/panel_left/LWT", "Online")
     kit.report("hip_left", on=True)
     got = kit.advance(15 * 60)
-    assert payloads(got, LEFT_POWER) == ["OFF"]
+    assert switched(got, LEFT_POWER) == ["OFF"]
     assert len(events(got, "cutoff_enforced")) == 1
 
 
@@ -139,7 +140,7 @@ def test_rule2_an_off_report_mid_session_still_sends_off() -> None:
     kit.report("hip_left", on=True)
     kit.advance(60)
     got = kit.report("hip_left", on=False)
-    assert payloads(got, LEFT_POWER) == ["OFF"]
+    assert switched(got, LEFT_POWER) == ["OFF"]
     [finished] = events(got, "session_finished")
     assert finished.fields["reason"] == "external_off"
     kit.report("hip_left", on=False)
@@ -151,9 +152,9 @@ def test_rule2_own_session_ends_at_its_own_deadline() -> None:
     kit = Kit.create().ready()
     kit.start("hip_left", 420)
     kit.report("hip_left", on=True)
-    assert messages(kit.advance(419.9), LEFT_POWER) == []
+    assert switched(kit.advance(419.9), LEFT_POWER) == []
     got = kit.advance(0.1)
-    assert payloads(got, LEFT_POWER) == ["OFF"]
+    assert switched(got, LEFT_POWER) == ["OFF"]
     assert events(got, "cutoff_enforced") == []
     assert [e.fields["reason"] for e in events(got, "session_finished")] == ["completed"]
 
@@ -166,9 +167,9 @@ def test_rule2_full_fifteen_minute_session_in_virtual_time() -> None:
     soon = kit.advance(870)
     assert [e.fields["remaining_s"] for e in events(soon, "ending_soon")] == [30]
     end = kit.advance(30)
-    assert payloads(end, LEFT_POWER) == ["OFF"]
+    assert switched(end, LEFT_POWER) == ["OFF"]
     kit.report("hip_left", on=False)
-    assert payloads(kit.effects, LEFT_POWER) == ["ON", "OFF"]
+    assert switched(kit.effects, LEFT_POWER) == ["ON", "OFF"]
     assert state(kit, "hip_left")["state"] == "idle"
     assert state(kit, "hip_left")["today_s"] == 900
 
@@ -183,9 +184,9 @@ def test_rule3_wall_clock_step_neither_shortens_nor_lengthens(jump_hours: int) -
     kit.start("hip_left", 600)
     kit.report("hip_left", on=True)
     early = kit.advance(60, wall_jump=jump_hours * 3600)
-    assert messages(early, LEFT_POWER) == []
-    assert messages(kit.advance(539.9), LEFT_POWER) == []
-    assert payloads(kit.advance(0.1), LEFT_POWER) == ["OFF"]
+    assert switched(early, LEFT_POWER) == []
+    assert switched(kit.advance(539.9), LEFT_POWER) == []
+    assert switched(kit.advance(0.1), LEFT_POWER) == ["OFF"]
 
 
 # ---------------------------------------------------------------- rule 4: confirmed OFF
@@ -200,10 +201,10 @@ def test_rule4_off_is_resent_until_confirmed_at_least_every_ten_seconds() -> Non
     sent_at = [kit.mono]
     for _ in range(12):
         got = kit.advance(0.5)
-        if "OFF" in payloads(got, LEFT_POWER):
+        if "OFF" in switched(got, LEFT_POWER):
             sent_at.append(kit.mono)
     while kit.mono - sent_at[0] < 120:
-        if "OFF" in payloads(kit.advance(0.5), LEFT_POWER):
+        if "OFF" in switched(kit.advance(0.5), LEFT_POWER):
             sent_at.append(kit.mono)
     gaps = [b - a for a, b in itertools.pairwise(sent_at)]
     assert len(gaps) >= 10
@@ -213,7 +214,7 @@ def test_rule4_off_is_resent_until_confirmed_at_least_every_ten_seconds() -> Non
     recovered = kit.report("hip_left", on=False)
     assert len(events(recovered, "plug_recovered")) == 1
     assert state(kit, "hip_left")["state"] == "idle"
-    assert messages(kit.advance(60), LEFT_POWER) == []
+    assert switched(kit.advance(60), LEFT_POWER) == []
 
 
 def test_rule4_unconfirmed_on_switches_the_panel_off() -> None:
@@ -221,7 +222,7 @@ def test_rule4_unconfirmed_on_switches_the_panel_off() -> None:
     kit = Kit.create().ready()
     kit.start("hip_left", 600)
     got = kit.advance(5)
-    assert payloads(got, LEFT_POWER) == ["OFF"]
+    assert switched(got, LEFT_POWER) == ["OFF"]
     assert len(events(got, "plug_unresponsive")) == 1
     assert [e.fields["reason"] for e in events(got, "session_finished")] == ["cutoff"]
 
@@ -260,7 +261,7 @@ def test_rule6_on_is_sent_once_per_session() -> None:
         kit.advance(29)
         kit.report("hip_left", on=True)
     kit.advance(60)
-    assert payloads(kit.effects, LEFT_POWER).count("ON") == 1
+    assert switched(kit.effects, LEFT_POWER).count("ON") == 1
 
 
 def test_rule6_no_session_starts_while_disconnected() -> None:
@@ -271,7 +272,7 @@ def test_rule6_no_session_starts_while_disconnected() -> None:
     assert [e.fields["reason"] for e in events(got, "command_rejected")] == ["disconnected"]
     kit.advance(10)
     reconnect = kit.connect()
-    assert "ON" not in payloads(got + reconnect, LEFT_POWER)
+    assert "ON" not in switched(got + reconnect, LEFT_POWER)
 
 
 # ---------------------------------------------------------------- rule 7: nothing retained
@@ -281,7 +282,7 @@ def test_rule7_retained_on_on_own_command_topic_is_ignored_and_cleared() -> None
     """A retained ON on <b>/panel/<id>/set starts nothing and is cleared with a warning."""
     kit = Kit.create().ready()
     got = kit.send("redlight/panel/hip_left/set", "ON", retain=True)
-    assert messages(got, LEFT_POWER) == []
+    assert switched(got, LEFT_POWER) == []
     [cleared] = messages(got, "redlight/panel/hip_left/set")
     assert (cleared.payload_bytes(), cleared.retain) == (b"", True)
     assert state(kit, "hip_left")["session"] is None
@@ -314,7 +315,7 @@ def test_rule8_start_up_asks_every_plug_and_switches_every_panel_off() -> None:
     kit = Kit.create()
     got = kit.connect()
     assert payloads(got, LEFT_POWER) == ["", "OFF"]
-    assert payloads(got, SAUNA_SET) == ["OFF"]
+    assert switched(got, SAUNA_SET) == ["OFF"]
     topics = [m.topic for m in messages(got)]
     last_plug_command = max(i for i, t in enumerate(topics) if not t.startswith("redlight/"))
     first_own_message = min(i for i, t in enumerate(topics) if t.startswith("redlight/"))
@@ -330,8 +331,8 @@ def test_rule9_shutdown_ends_sessions_and_switches_everything_off() -> None:
     kit.start("hip_left", 600)
     kit.report("hip_left", on=True)
     got = kit.take(kit.core.shutdown(kit.now))
-    assert payloads(got, LEFT_POWER) == ["OFF"]
-    assert payloads(got, SAUNA_SET) == ["OFF"]
+    assert switched(got, LEFT_POWER) == ["OFF"]
+    assert switched(got, SAUNA_SET) == ["OFF"]
     assert [e.fields["reason"] for e in events(got, "session_finished")] == ["shutdown"]
     assert not kit.core.all_off_confirmed()
     kit.report("hip_left", on=False)
@@ -365,7 +366,7 @@ def test_rule10_session_still_running_at_reconnect_keeps_its_deadline() -> None:
     kit.advance(100)
     got = kit.connect()
     assert payloads(got, LEFT_POWER) == [""]
-    assert payloads(kit.advance(500), LEFT_POWER) == ["OFF"]
+    assert switched(kit.advance(500), LEFT_POWER) == ["OFF"]
 
 
 # ---------------------------------------------------------------- rule 11: limits
@@ -395,6 +396,7 @@ def test_rule11_daily_max_rejects_until_midnight() -> None:
     kit.report("hip_left", on=True)
     kit.advance(900)
     kit.report("hip_left", on=False)
+    kit.advance(600)  # off for safety.min_off: a new exposure, only the day's total counts
     got = kit.start("hip_left", 360)
     [rejected] = events(got, "command_rejected")
     assert rejected.fields["reason"] == "daily_max"
@@ -466,7 +468,7 @@ def test_rule13_malformed_command_changes_nothing(payload: str, reason: str) -> 
     [rejected] = events(got, "command_rejected")
     assert rejected.fields["reason"] == reason
     assert rejected.fields["message"]
-    assert messages(got, LEFT_POWER) == []
+    assert switched(got, LEFT_POWER) == []
     assert state(kit, "hip_left") == before
 
 
