@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from redlight.core import Resubscribe, Restored
+from redlight.core import Restored, Resubscribe
 from tests.unit.corekit import (
     LEFT_POWER,
     START_WALL,
