@@ -379,7 +379,7 @@ class Core:
         for index, panel in enumerate(self._order):
             self._plug(panel.plug.ask_state())
             # Polls spread over the interval, so a thousand plugs never answer at once.
-            panel.poll_at = now.mono + self.poll_s * (1 + index / count)
+            panel.poll_at = now.mono + self.poll_s * (index + 1) / count
             if not self.ready:
                 self._start_safe(panel, now)
             elif panel.session is not None and now.mono >= panel.session.deadline:
@@ -413,7 +413,7 @@ class Core:
         for panel in routed:
             report = panel.plug.read(topic, payload)
             if isinstance(report, PlugState):
-                self._plug_report(panel, report.on, now)
+                self._plug_report(panel, report.on, now, fresh=not retain)
             elif isinstance(report, PlugAvailability):
                 self._availability(panel, report, now)
             if panel.min_power_w is not None:
@@ -787,7 +787,9 @@ class Core:
 
     # ------------------------------------------------------------------ plug reports
 
-    def _plug_report(self, panel: Panel, on: bool, now: Now) -> None:
+    def _plug_report(self, panel: Panel, on: bool, now: Now, *, fresh: bool = True) -> None:
+        """The plug says its relay is on or off; ``fresh`` unless the broker kept it retained
+        (then it is the plug's last word, perhaps from before a gap, not news of now)."""
         self._touch(panel)
         before = (panel.plug_state, panel.unresponsive)
         panel.poll_answer_by = None
@@ -796,9 +798,10 @@ class Core:
         else:
             if panel.plug_state != "off" or panel.off_since is None:
                 panel.off_since = now.mono
-            # From here on an ON would be reported as it happens, until a gap in the view.
-            panel.off_seen_at = now.mono
-            panel.watching = True
+            if fresh:
+                # From here on an ON would be reported as it happens, until a gap in the view.
+                panel.off_seen_at = now.mono
+                panel.watching = True
         panel.plug_state = "on" if on else "off"
         session = panel.session
         if on:

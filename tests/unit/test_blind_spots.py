@@ -67,6 +67,8 @@ def test_an_on_seen_while_watching_counts_from_when_it_is_seen() -> None:
     """Watched without a gap since its OFF report, a hand-switched ON gets the full max_on."""
     kit = Kit.create().ready()
     kit.advance(50)
+    kit.report("hip_left", on=False)  # answers the poll at 30 s (late, but it answers)
+    kit.advance(5)
     got = kit.report("hip_left", on=True)
     [started] = events(got, "session_started")
     assert "unseen_s" not in started.fields
@@ -84,11 +86,11 @@ def test_every_plug_is_polled_on_the_interval_spread_over_it() -> None:
         if payloads(kit.advance(1), LEFT_POWER) == [""]:
             asks.append(kit.mono - 1000)
             kit.report("hip_left", on=False)
-    assert asks == [60, 120, 180]
-    # The second panel (a generic plug with a retained state and no query) is polled half an
-    # interval later by subscribing to its state topic again.
+    assert asks == [30, 90, 150]  # the first of two panels: half an interval after connecting
+    # The second (a generic plug with a retained state and no query) is polled a whole
+    # interval after connecting, by subscribing to its state topic again.
     kit = Kit.create(make_config(safety={"poll_interval": "60s"})).ready()
-    resubscribed = [e for e in kit.advance(90) if isinstance(e, Resubscribe)]
+    resubscribed = [e for e in kit.advance(60) if isinstance(e, Resubscribe)]
     assert resubscribed == [Resubscribe(("sauna/panel/state",))]
 
 
@@ -96,7 +98,7 @@ def test_an_on_whose_report_was_lost_is_found_by_the_next_poll() -> None:
     """A lost ON report (nothing else seen) is found by the next poll: at most max_on plus
     poll_interval in all."""
     kit = Kit.create(make_config(safety={"poll_interval": "60s"})).ready()
-    kit.advance(59)
+    kit.advance(29)
     assert payloads(kit.advance(1), LEFT_POWER) == [""]
     got = kit.report("hip_left", on=True)
     assert [e.fields["source"] for e in events(got, "session_started")] == ["external"]
@@ -106,9 +108,9 @@ def test_an_on_whose_report_was_lost_is_found_by_the_next_poll() -> None:
 def test_an_unanswered_poll_is_a_gap() -> None:
     """A plug that does not answer a poll may be away: its next ON counts from its last OFF."""
     kit = Kit.create(make_config(safety={"poll_interval": "60s"})).ready()
-    kit.advance(61)
-    kit.report("hip_left", on=False)  # answers the first poll (last OFF heard: 61 s)
-    kit.advance(65)  # the poll at 120 s goes unanswered
+    kit.advance(31)
+    kit.report("hip_left", on=False)  # answers the first poll (last OFF heard: 31 s)
+    kit.advance(65)  # the poll at 90 s goes unanswered
     got = kit.report("hip_left", on=True)
     [started] = events(got, "session_started")
     assert started.fields["unseen_s"] == 65

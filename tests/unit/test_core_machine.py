@@ -59,7 +59,7 @@ from paho.mqtt.client import topic_matches_sub
 
 from redlight import commands as cmd
 from redlight.broker import Message
-from redlight.core import MAX_OFF_RETRY_S, Core, Effect, Now, SessionOpened
+from redlight.core import MAX_OFF_RETRY_S, Core, Effect, Now, Resubscribe, SessionOpened
 from redlight.messages import Event
 from tests.unit.corekit import START_WALL, make_config
 
@@ -183,13 +183,16 @@ class Zigbee2Mqtt(Firmware):
 
 
 class Generic(Firmware):
-    """A plain plug: exact ``ON``/``OFF`` on its command topic, retained plain state."""
+    """A plain plug: exact ``ON``/``OFF`` on its command topic, retained plain state, and a
+    state query (without one, an ON the plug itself never reports cannot be found)."""
 
-    subscriptions = ("sauna/panel/set",)
+    subscriptions = ("sauna/panel/set", "sauna/panel/get")
     availability = (("sauna/panel/status", ("online",), ("offline",)),)
 
     def action(self, topic: str, payload: bytes) -> Action | None:
-        """Only the exact configured payloads switch it."""
+        """Only the exact configured payloads switch it; anything on ``get`` asks."""
+        if topic == "sauna/panel/get":
+            return "query"
         text = payload.decode("utf-8", errors="replace").strip()
         if text == "ON":
             return "on"
@@ -217,6 +220,10 @@ class SimPlug:
     on_since: float | None
     responsive: bool = True
     controllable_since: float | None = None
+    #: Off the broker: it neither gets commands nor gets its reports through.
+    away: bool = False
+    #: It came back from being away while on and announced nothing: only a poll finds it.
+    unannounced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +243,8 @@ def machine_config(max_on: int, cooldown: int, daily_max: int | None, confirm: f
         "cooldown": f"{cooldown}s",
         "confirm_timeout": f"{confirm}s",
         "failsafe_margin": "5s",
+        "min_off": "1m",
+        "poll_interval": f"{POLL_S}s",
     }
     if daily_max is not None:
         safety["daily_max"] = f"{daily_max}s"
@@ -255,6 +264,7 @@ def machine_config(max_on: int, cooldown: int, daily_max: int | None, confirm: f
                 "command_topic": "sauna/panel/set",
                 "state_topic": "sauna/panel/state",
                 "availability_topic": "sauna/panel/status",
+                "state_request_topic": "sauna/panel/get",
             },
         },
     }
@@ -328,6 +338,8 @@ ADVANCES: Final = st.one_of(
     st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 9.9, 10.0, 30.0, 60.0, 90.0]),
     st.floats(min_value=0.0, max_value=120.0),
 )
+#: ``safety.poll_interval`` in the machine: short, so polls interleave with everything else.
+POLL_S: Final = 10.0
 #: Guard against a core that asks to be woken at the same instant forever.
 MAX_TICKS_PER_ADVANCE: Final = 10_000
 
@@ -351,6 +363,7 @@ class CoreMachine(RuleBasedStateMachine):
         #: When redlight last published OFF to each panel's plug.
         self.last_off: dict[str, float] = {}
         self.bound = 0.0
+        self.found = 0.0
         #: The longest relay window seen, as a fraction of the bound (hypothesis pushes it up).
         self.worst = 0.0
         self.latency = 0.0
@@ -381,6 +394,10 @@ class CoreMachine(RuleBasedStateMachine):
         # confirm_timeout. A pending OFF retry waits at most MAX_OFF_RETRY_S, within max_on.
         assert max_on >= MAX_OFF_RETRY_S
         self.bound = max_on + self.latency
+        # An ON found after an outage is off within a round trip of the plug's return (its
+        # announcement, the question it prompts, the answer), at the next poll if it announced
+        # nothing but had been seen to go, or at the next OFF retry if it ignored OFFs.
+        self.found = max(POLL_S, MAX_OFF_RETRY_S) + 2 * self.latency
         for panel, on in zip(PANELS, relays, strict=True):
             self.plugs[panel] = SimPlug(panel, FIRMWARES[panel](), on, self.mono if on else None)
         self._connect()
@@ -457,7 +474,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     def _health(self) -> None:
         for plug in self.plugs.values():
-            controllable = self.connected and plug.responsive
+            controllable = self.connected and plug.responsive and not plug.away
             if not controllable:
                 plug.controllable_since = None
             elif plug.controllable_since is None:
@@ -468,10 +485,11 @@ class CoreMachine(RuleBasedStateMachine):
             plug.on_since = self.mono
         elif not on:
             plug.on_since = None
+            plug.unannounced = False
         plug.on = on
 
     def _plug_receives(self, plug: SimPlug, topic: str, payload: bytes) -> None:
-        if not plug.responsive:
+        if not plug.responsive or plug.away:
             return
         action = plug.firmware.action(topic, payload)
         if action in ("on", "off", "toggle"):
@@ -483,6 +501,8 @@ class CoreMachine(RuleBasedStateMachine):
             self._report(plug, plug.firmware.pulse_reply(payload))
 
     def _report(self, plug: SimPlug, publications: list[Publication]) -> None:
+        if plug.away:
+            return  # nothing queues it: lost
         for topic, payload, retain in publications:
             self._publish(topic, payload, retain)
 
@@ -506,6 +526,11 @@ class CoreMachine(RuleBasedStateMachine):
                 self.on_commands[effect.id] = 0
             if isinstance(effect, Event):
                 event(effect.event_type)
+            if isinstance(effect, Resubscribe) and self.connected:
+                # Subscribing again: the broker re-sends what is retained there.
+                for topic, data in list(self.retained.items()):
+                    if any(topic_matches_sub(f, topic) for f in effect.topics):
+                        self.inflight.append(InFlight(self.mono, topic, data, retain=True))
             if not isinstance(effect, Message):
                 continue
             data = effect.payload_bytes()
@@ -536,16 +561,31 @@ class CoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def check_relays(self) -> None:
-        """No relay is on longer than the bound since it turned on or became controllable."""
+        """No relay is on longer than the bound since it turned on or became controllable.
+
+        And counted from the real ON, not from when it became controllable: at most the bound,
+        unless it was out of reach longer, and then it is off within ``found`` of coming back
+        (an ON hidden by an outage ends at once). A plug that came back from being away while
+        on and announced nothing at all is found only by a poll: ``POLL_S`` more.
+        """
         for plug in self.plugs.values():
             if not plug.on or plug.controllable_since is None:
                 continue
             assert plug.on_since is not None
             since = max(plug.on_since, plug.controllable_since)
-            self.worst = max(self.worst, (self.mono - since) / self.bound)
-            assert self.mono - since <= self.bound + 1e-9, (
-                f"{plug.panel} on for {self.mono - since:.3f}s > {self.bound}s "
+            bound = self.bound + (POLL_S + self.latency if plug.unannounced else 0.0)
+            self.worst = max(self.worst, (self.mono - since) / bound)
+            assert self.mono - since <= bound + 1e-9, (
+                f"{plug.panel} on for {self.mono - since:.3f}s > {bound}s "
                 f"(on since {plug.on_since}, controllable since {plug.controllable_since})"
+            )
+            if plug.unannounced:
+                continue
+            on_for = self.mono - plug.on_since
+            back_for = self.mono - plug.controllable_since
+            assert on_for <= self.bound + 1e-9 or back_for <= self.found + 1e-9, (
+                f"{plug.panel} on for {on_for:.3f}s > {self.bound}s, and reachable again "
+                f"for {back_for:.3f}s > {self.found}s"
             )
 
     @invariant()
@@ -663,6 +703,53 @@ class CoreMachine(RuleBasedStateMachine):
         for topic, ups, _ in plug.firmware.availability[:1]:
             self._publish(topic, ups[0], True)
         self._report(plug, plug.firmware.telemetry(plug.on))
+        for topic in plug.firmware.subscriptions:
+            if topic in self.retained:
+                self._plug_receives(plug, topic, self.retained[topic])
+
+    @rule(
+        panel=st.sampled_from(PANELS),
+        seconds=st.sampled_from([1.0, 5.0, 15.0, 30.0, 90.0]),
+        switched=st.sampled_from([True, True, False, None]),
+        will=st.booleans(),
+        broker_too=st.booleans(),
+        announce=st.sampled_from(["nothing", "availability", "availability", "state"]),
+    )
+    def outage(
+        self,
+        panel: str,
+        seconds: float,
+        switched: bool | None,
+        will: bool,
+        broker_too: bool,
+        announce: str,
+    ) -> None:
+        """The plug drops off the broker (Wi-Fi, a reboot, the broker restarting, then redlight
+        is back first and its question is lost); meanwhile its button may switch it (nobody
+        hears of it); then it comes back saying ``online`` (Tasmota, Zigbee2MQTT), its state too
+        (ESPHome, Shelly Gen1), or nothing at all (the least helpful firmware)."""
+        plug = self.plugs[panel]
+        plug.away = True
+        self._health()
+        if will:  # the broker publishes the plug's will (not when it is the one restarting)
+            topic, _, downs = plug.firmware.availability[0]
+            self._publish(topic, downs[0], True)
+        if broker_too and self.connected:
+            self.disconnect()
+        self.advance(seconds / 2, 0, ticks_first=False)
+        if switched is not None:
+            self._set_relay(plug, switched)
+        if broker_too and not self.connected:
+            self.reconnect()
+        self.advance(seconds / 2, 0, ticks_first=True)
+        plug.away = False
+        plug.unannounced = announce == "nothing" and plug.on
+        self._health()
+        if announce != "nothing":
+            for topic, ups, _ in plug.firmware.availability[:1]:
+                self._publish(topic, ups[0], True)
+        if announce == "state":
+            self._report(plug, plug.firmware.telemetry(plug.on))
         for topic in plug.firmware.subscriptions:
             if topic in self.retained:
                 self._plug_receives(plug, topic, self.retained[topic])
