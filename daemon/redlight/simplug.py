@@ -16,7 +16,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from redlight.broker import BrokerClient, BrokerEvent, Connected, Message, Received
 from redlight.presets import PlugConfig, pulsetime_seconds
@@ -75,6 +75,8 @@ class SimulatedPlug:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connected = asyncio.Event()
         self._changed = asyncio.Event()
+        #: Connected since it (last) booted: a reconnect reports only what the firmware does.
+        self._booted = False
         self._dialect = _DIALECTS[config.preset](self)
 
     # ------------------------------------------------------------------ lifecycle
@@ -107,13 +109,17 @@ class SimulatedPlug:
 
     def _on_event(self, event: BrokerEvent) -> None:
         if isinstance(event, Connected):
+            booting = not self._booted
+            self._booted = True
             self.client.subscribe(self._dialect.subscriptions())
             availability = _availability(self.config)
-            if availability is not None:
+            if availability is not None and (booting or self._dialect.announces_on_reconnect):
                 topic, online, _ = availability
                 self.client.publish(Message(topic, online, retain=True, qos=1))
-            self._dialect.extra_birth()
-            self._dialect.report()
+            self._dialect.every_connect()
+            if booting or self._dialect.reports_on_reconnect:
+                self._dialect.extra_birth()
+                self._dialect.report()
             self._connected.set()
         elif isinstance(event, Received):
             # Retained commands are acted on too: that is the firmware's real (and risky) habit.
@@ -231,6 +237,17 @@ def _json(payload: bytes) -> dict[str, Any] | None:
 class _Dialect:
     """One firmware's topics and payloads."""
 
+    #: Whether it reports its relay unprompted each time it reconnects to the broker (not only
+    #: after booting). Tasmota does not (its state goes out on the first connect after boot
+    #: only, ``MqttConnected``), nor Zigbee2MQTT (only ``bridge/state``); ESPHome does
+    #: (``schedule_resend_state`` on every connect) and Shelly Gen1 does ("complete current
+    #: state" on every connect). Nobody documents Shelly Gen2's or a generic plug's: the least
+    #: helpful, nothing.
+    reports_on_reconnect: ClassVar[bool] = False
+    #: Whether its availability says ``online`` again at each reconnect (Zigbee2MQTT re-sends
+    #: only ``bridge/state``; the devices' availability only when it starts).
+    announces_on_reconnect: ClassVar[bool] = True
+
     def __init__(self, plug: SimulatedPlug) -> None:
         self.plug = plug
         self.config = plug.config
@@ -245,7 +262,10 @@ class _Dialect:
         raise NotImplementedError
 
     def extra_birth(self) -> None:
-        """Anything else the firmware publishes when it connects."""
+        """Anything else the firmware publishes when it connects after booting."""
+
+    def every_connect(self) -> None:
+        """What the firmware publishes on every connect, before anything else."""
 
     def button_timer(self) -> float | None:
         """The off-timer a hand-switched ON starts (Tasmota's stored PulseTime)."""
@@ -316,6 +336,8 @@ class _Tasmota(_Dialect):
 
 class _ShellyGen1(_Dialect):
     """``shellies/<id>/relay/<r>/command`` on/off; ``update`` on ``shellies/<id>/command``."""
+
+    reports_on_reconnect = True
 
     def subscriptions(self) -> list[str]:
         device = self.config.id
@@ -391,6 +413,8 @@ class _ShellyGen2(_Dialect):
 class _Zigbee2Mqtt(_Dialect):
     """``<base>/<device>/set`` JSON with optional ``on_time``; state JSON on ``<base>/<device>``."""
 
+    announces_on_reconnect = False
+
     def __init__(self, plug: SimulatedPlug) -> None:
         super().__init__(plug)
         self.topic = f"{self.config.base}/{self.config.device}"
@@ -398,7 +422,7 @@ class _Zigbee2Mqtt(_Dialect):
     def subscriptions(self) -> list[str]:
         return [f"{self.topic}/set", f"{self.topic}/get"]
 
-    def extra_birth(self) -> None:
+    def every_connect(self) -> None:
         self.plug.publish(f"{self.config.base}/bridge/state", '{"state":"online"}', retain=True)
 
     def handle(self, topic: str, payload: bytes) -> None:
@@ -426,6 +450,8 @@ class _Zigbee2Mqtt(_Dialect):
 class _EspHome(_Dialect):
     """``<node>/switch/<s>/command`` ON/OFF; state retained on ``.../state``."""
 
+    reports_on_reconnect = True
+
     def __init__(self, plug: SimulatedPlug) -> None:
         super().__init__(plug)
         self.topic = f"{self.config.node}/switch/{self.config.switch}"
@@ -445,7 +471,8 @@ class _Generic(_Dialect):
 
     def subscriptions(self) -> list[str]:
         assert self.config.command_topic is not None
-        return [self.config.command_topic]
+        topics = [self.config.command_topic, self.config.state_request_topic]
+        return list(dict.fromkeys(t for t in topics if t is not None))
 
     def handle(self, topic: str, payload: bytes) -> None:
         text = payload.decode("utf-8", errors="replace").strip()

@@ -361,6 +361,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "command_topic": "sim/generic/set",
         "state_topic": "sim/generic/state",
     },
+    # A generic plug that can be asked its state (how a poll reaches it).
+    "generic_asked": {
+        "preset": "generic",
+        "command_topic": "sim/generic_asked/set",
+        "state_topic": "sim/generic_asked/state",
+        "state_request_topic": "sim/generic_asked/get",
+    },
 }
 
 

@@ -66,6 +66,8 @@ SAFETY: Final = (
     f'confirm_timeout = "{CONFIRM_S:g}s"\n'
     f'failsafe_margin = "{MARGIN_S:g}s"'
 )
+#: ``safety.poll_interval`` in the cases that need a poll (the shortest allowed).
+POLL_S: Final = 5.0
 #: How late an OFF redlight controls may be. CONFIRM_S covers one lost OFF (it is re-sent
 #: after confirm_timeout, safety rule 4); 1.5 s more is scheduling slack for a Python daemon, a
 #: broker and this test sharing two cores with the rest of CI (OFFs measured here take ~0.05 s).
@@ -529,6 +531,50 @@ async def broker_restart_shutdown(system: System, row: Row) -> None:
     row.happened = "OFF could not be sent; exit 0; the plug's PulseTime switched it off"
     assert_invariant(system, {("tasmota", 0): (2 + MARGIN_S + GRACE_S, "plug failsafe")})
     assert await history(system, 1) == ["shutdown"]
+
+
+@case("broker_restart", "idle", "tasmota+shelly_gen2+generic_asked")
+async def broker_restart_on_unseen(system: System, row: Row) -> None:
+    """The broker restarts; while it is down each plug's button is pressed; redlight is back
+    first, so its questions are lost; then the plugs return, saying only ``online`` (Tasmota,
+    Shelly Gen2) or nothing (the generic plug). Every ON is found and, hidden longer than
+    max_on, switched off at once (an announcement) or at the next poll."""
+    presets = ["tasmota", "shelly_gen2", "generic_asked"]
+    safety = SAFETY + f'\npoll_interval = "{POLL_S:g}s"'
+    await system.up(presets, safety=safety, links=presets)
+    for name in presets:
+        system.links[name].cut()
+    system.broker.stop()
+    for name in presets:
+        system.plugs[name].press_button()  # nobody hears of it: no connection
+    pressed = now()
+    mark = system.observer.mark()
+    system.broker.start()
+    await online_at(system, mark, within=30)
+    # The scenario itself: the plugs stay away past max_on, so their ONs are older than it.
+    await asyncio.sleep(max(0.0, pressed + MAX_ON_S + 1 - now()))
+    assert all(system.plugs[name].is_on for name in presets)
+    for name in presets:
+        system.links[name].restore()
+    back = now()
+    for name in presets:
+        await until(system.plugs[name], is_off, within=2 * POLL_S + WAIT_S)
+    offs = {name: closed(system.plugs[name])[1] - back for name in presets}
+    # Announced: off within a question's round trip; silent: within one poll.
+    assert offs["tasmota"] <= GRACE_S
+    assert offs["shelly_gen2"] <= GRACE_S
+    assert offs["generic_asked"] <= POLL_S + GRACE_S
+    row.happened = "ONs hidden by the outage, found after the plugs came back: " + ", ".join(
+        f"{name} off {off:.2f} s after" for name, off in offs.items()
+    )
+    bounds = {
+        (name, 0): (closed(system.plugs[name])[1] - closed(system.plugs[name])[0], "out of reach")
+        for name in presets
+    }
+    assert_invariant(system, bounds)
+    for name in presets:
+        await system.observer.event("cutoff_enforced", since=mark, panel=name)
+    assert await history(system, 3) == ["cutoff"] * 3
 
 
 # -- the broker down when the daemon starts
