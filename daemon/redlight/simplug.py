@@ -83,7 +83,12 @@ class SimulatedPlug:
 
     @staticmethod
     def last_will(config: PlugConfig) -> Message | None:
-        """The will the plug's MQTT client must be created with (its availability offline)."""
+        """The will the plug's MQTT client must be created with (its availability offline).
+
+        Zigbee2MQTT's is the bridge's state: the devices behind it are not MQTT clients.
+        """
+        if config.preset == "zigbee2mqtt":
+            return Message(f"{config.base}/bridge/state", '{"state":"offline"}', retain=True, qos=1)
         availability = _availability(config)
         if availability is None:
             return None
