@@ -4,7 +4,8 @@ Every session gets a row when it opens (``ended_at`` NULL: the journal) and the 
 when it closes; rows left open by a crash are closed as ``interrupted`` at the next start
 (safety rule 8). The daemon writes through :class:`HistoryWriter`, whose thread is the only one
 that waits for the disk, so a locked, corrupt or full database is reported loudly but never
-delays an OFF (safety rule 12).
+delays an OFF (safety rule 12); the writes it could not make are kept and retried, and a file
+deleted or replaced under it is noticed and created again.
 """
 
 from __future__ import annotations
@@ -575,6 +576,11 @@ class HistoryWriter:
         # Everything below belongs to the writer thread.
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[_FileId, _FileId | None, _FileId | None] | None = None
+        with contextlib.suppress(OSError):
+            # The file the daemon read at start-up: one deleted before the first write is
+            # noticed too (its WAL files are not this writer's, so they are left alone).
+            if (found := _file_id(path)) is not None:
+                self._identity = (found, None, None)
         self._pending: deque[_Slot] = deque()
         self._writes = 0  # writes in _pending (flush markers do not count)
         self._opens: dict[str, _Slot] = {}  # session id -> its journal row, still pending

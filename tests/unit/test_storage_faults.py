@@ -139,6 +139,23 @@ def test_deleted_database_is_recreated_and_the_next_rows_land_in_it(
     assert writer.errors == 0
 
 
+def test_database_deleted_before_the_first_write_is_noticed(db: Path, faults: Faults) -> None:
+    """The file there when the writer started (the daemon read it) and gone by its first
+    write is reported as replaced too, not silently started afresh."""
+    History.open(db).close()
+    writer = HistoryWriter(db, retry_s=FAST, fault=faults)
+    try:
+        db.unlink()
+        with capture_logs() as logs:
+            writer.session_opened(session("s1"))
+            assert writer.flush(5.0)
+    finally:
+        writer.close(timeout=5.0)
+    [replaced] = events(logs, "storage_replaced")
+    assert replaced["found"] == "no file"
+    assert rows(db) == {"s1": None}
+
+
 def test_replaced_database_is_detected_and_its_own_content_kept(
     db: Path, tmp_path: Path, writer: HistoryWriter
 ) -> None:
