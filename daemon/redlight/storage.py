@@ -957,7 +957,7 @@ class HistoryWriter:
                 path=str(self.path),
                 error=f"{lost} writes could not be written before the writer stopped",
                 lost=lost,
-                dropped_before=0 if self._episode is None else self._episode.dropped,
+                overflow_dropped=0 if self._episode is None else self._episode.dropped,
             )
         for slot in self._pending:
             self._forget(slot)

@@ -280,7 +280,7 @@ def test_writer_reports_a_corrupt_database_and_writes_once_it_is_gone(db: Path) 
     assert "not a database" in str(errors[0]["error"])
     assert history_writer.errors >= 1
     [recovered] = [e for e in logs if e["event"] == "storage_recovered"]
-    assert recovered["replayed"] == 2  # the session as one row, and the setting
+    assert recovered["replayed"] >= 2  # the session (as one row, if merged in time), the setting
     with History.open(db) as history:
         assert [(r.id, r.reason) for r in history.sessions()] == [("s1", "completed")]
         assert history.get_setting("k") == "v"
