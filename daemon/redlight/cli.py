@@ -254,24 +254,37 @@ def _history(config: Config, args: argparse.Namespace) -> int:
     if args.panel is not None and args.panel not in config.panels:
         raise UserError(f"there is no panel {args.panel!r} in the config")
     path = config.storage.path
-    if not path.exists():
-        raise UserError(f"no history yet: {path} does not exist (redlight run creates it)")
     now = datetime.now().astimezone()
     zone = now.tzinfo
     assert zone is not None
     today = now.date()
     since = datetime.combine(today - timedelta(days=args.days - 1), datetime.min.time(), zone)
-    # The streak may reach back before the period: read up to a year before it.
+    # "No history yet" is a fine answer (exit 0); a database that is there but cannot be read
+    # is not, and must not look like one (exit 1, the path and why).
+    empty: str | None = None
+    rows = []
     try:
-        with History.open(path) as history:
-            rows = history.sessions(since=since - timedelta(days=366))
-    except StorageError as error:
-        raise UserError(f"cannot read the history: {error}") from None
+        path.stat()
+    except FileNotFoundError:
+        empty = f"{path} does not exist yet (redlight run creates it)"
+    except OSError as error:
+        raise UserError(f"the history database is unavailable: {path}: {error.strerror}") from None
+    if empty is None:
+        # The streak may reach back before the period: read up to a year before it.
+        try:
+            with History.open(path) as history:
+                rows = history.sessions(since=since - timedelta(days=366))
+                if not rows and not history.has_sessions():
+                    empty = f"{path} holds no sessions"
+        except StorageError as error:
+            raise UserError(f"the history database is unavailable: {error}") from None
     report = build_report(
         config, rows, today=today, days=args.days, zone=zone, now=now, panel=args.panel
     )
     if args.json:
         print(json.dumps(as_json(report), ensure_ascii=False, indent=2))
+    elif empty is not None:
+        print(f"no history yet: {empty}")
     else:
         print("\n".join(as_text(report)))
     return EXIT_OK

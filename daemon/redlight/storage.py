@@ -4,20 +4,24 @@ Every session gets a row when it opens (``ended_at`` NULL: the journal) and the 
 when it closes; rows left open by a crash are closed as ``interrupted`` at the next start
 (safety rule 8). The daemon writes through :class:`HistoryWriter`, whose thread is the only one
 that waits for the disk, so a locked, corrupt or full database is reported loudly but never
-delays an OFF (safety rule 12).
+delays an OFF (safety rule 12); the writes it could not make are kept and retried, and a file
+deleted or replaced under it is noticed and created again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sqlite3
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, ClassVar, Final, Self
 
 import structlog
 
@@ -231,7 +235,13 @@ def _insert_session(conn: sqlite3.Connection, row: SessionRow) -> None:
     conn.execute(
         "INSERT INTO sessions (id, panel, area, source, started_at, started_epoch, planned_s,"
         " irradiance_mw_cm2, ended_at, ended_epoch, actual_s, reason, dose_j_cm2)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        # Idempotent, because the writer retries and re-inserts: a journal row never overwrites
+        # a row already there, and a complete row completes it.
+        " ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at,"
+        " ended_epoch = excluded.ended_epoch, actual_s = excluded.actual_s,"
+        " reason = excluded.reason, dose_j_cm2 = excluded.dose_j_cm2"
+        " WHERE excluded.ended_at IS NOT NULL",
         (
             row.id,
             row.panel,
@@ -257,7 +267,8 @@ def _close_session(
     actual_s: float,
     reason: str,
     dose_j_cm2: float | None,
-) -> None:
+) -> bool:
+    """Complete a journal row; False if there is none."""
     cursor = conn.execute(
         "UPDATE sessions SET ended_at = ?, ended_epoch = ?, actual_s = ?, reason = ?,"
         " dose_j_cm2 = ? WHERE id = ?",
@@ -270,10 +281,7 @@ def _close_session(
             session_id,
         ),
     )
-    if cursor.rowcount == 0:
-        # The journal row never made it (its write failed, and was reported, earlier); say so
-        # again rather than let the history silently miss a session.
-        raise StorageError(f"session {session_id} has no journal row to close")
+    return cursor.rowcount > 0
 
 
 def _set_setting(conn: sqlite3.Connection, key: str, value: str) -> None:
@@ -382,6 +390,10 @@ class History:
         row = self._fetchone("SELECT value FROM settings WHERE key = ?", (key,))
         return None if row is None else str(row[0])
 
+    def has_sessions(self) -> bool:
+        """Whether the history holds any session at all (``redlight history``: none yet?)."""
+        return self._fetchone("SELECT 1 FROM sessions LIMIT 1", ()) is not None
+
     def sessions(self, since: datetime | None = None, panel: str | None = None) -> list[SessionRow]:
         """Sessions started since ``since``, of ``panel`` (None: no filter), oldest first."""
         params = {
@@ -404,39 +416,189 @@ class History:
 
 # ------------------------------------------------------------------------------- writer
 
+#: How many writes the writer keeps while the database cannot take them. A write is a few
+#: hundred bytes, so the buffer stays under ~5 MB; and since a session's close is merged into
+#: its journal row while both wait, 10,000 is ten thousand sessions: more than a day of a
+#: hundred panels running back to back (a panel has at most 96 sessions a day at max_on).
+CAPACITY: Final = 10_000
+
+#: The first retry after a failed write, doubled per failure up to :data:`RETRY_MAX_S`: a lock
+#: held for a moment is retried almost at once, a full disk costs one attempt every 10 s.
+RETRY_MIN_S: Final = 0.1
+RETRY_MAX_S: Final = 10.0
+
+#: While the same error repeats, ``storage_error`` is logged at most this often.
+STILL_FAILING_LOG_S: Final = 60.0
+
 
 @dataclass(frozen=True, slots=True)
-class _Job:
-    """One unit of work for the writer thread; ``done`` is set when it succeeded or failed."""
+class _Open:
+    """A session's journal row, or (``ended_at`` set) the whole session once its close merged in."""
 
-    operation: str
-    run: Callable[[sqlite3.Connection], None] | None
+    row: SessionRow
     done: threading.Event | None = None
+
+    @property
+    def operation(self) -> str:
+        return "session_opened" if self.row.ended_at is None else "session_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class _Close:
+    id: str
+    ended_at: datetime
+    actual_s: float
+    reason: str
+    dose_j_cm2: float | None
+    operation: ClassVar[str] = "session_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    key: str
+    value: str
+    operation: ClassVar[str] = "set_setting"
+
+
+@dataclass(frozen=True, slots=True)
+class _Flush:
+    done: threading.Event
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    deadline: float  # monotonic; what is not written by then is given up
+
+
+_Write = _Open | _Close | _Setting
+
+
+class _Slot:
+    """A place in the writer's buffer; its write may be replaced (merged, coalesced) in place."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: _Write | _Flush) -> None:
+        self.item = item
+
+
+def _drop_rank(item: _Write) -> int:
+    """Which write an overflow drops first: the lowest rank, the oldest of it.
+
+    A finished session (0) is history only, and the oldest go first, so today's stay for the
+    limits a restart restores; a lost close (1) leaves its row to be closed as ``interrupted``;
+    settings (2) are one per key; the journal rows of open sessions (3) go last (rule 8).
+    """
+    if isinstance(item, _Open):
+        return 0 if item.row.ended_at is not None else 3
+    return 1 if isinstance(item, _Close) else 2
+
+
+class _GiveUp(Exception):
+    """A write that can never succeed (not a disk or lock problem): logged and dropped."""
+
+
+def _retryable(error: Exception) -> bool:
+    # Locked, full, read-only, unopenable (OperationalError), not a database or malformed
+    # (plain DatabaseError), or the directory (OSError): an operator can fix these, so the
+    # write waits. Anything else is a bug or bad data and would block the queue for good.
+    if isinstance(error, sqlite3.OperationalError | OSError | StorageError):
+        return True
+    return type(error) is sqlite3.DatabaseError
+
+
+_FileId = tuple[int, int]
+
+
+def _file_id(path: Path) -> _FileId | None:
+    """(st_dev, st_ino) of the file at ``path``, or None if there is none."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _sidecars(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+@dataclass(slots=True)
+class _Episode:
+    """From the first failed (or dropped) write until the buffer is empty again."""
+
+    started: float
+    attempts: int = 0  # failed attempts
+    written: int = 0  # writes that landed since it started: the replay
+    dropped: int = 0  # writes the full buffer dropped
+    backoff_s: float = 0.0
+    retry_at: float = 0.0
+    error: str = ""
+    logged_at: float = 0.0
 
 
 class HistoryWriter:
     """Writes the history on its own daemon thread; never blocks for long and never raises.
 
-    Safety rule 12: the event loop only enqueues. Every failure is logged as ``storage_error``
-    and counted in :attr:`errors`; the next write tries again (re-opening the database if
-    needed), so a database that recovers is written to again.
+    Safety rule 12: the event loop only enqueues. A write that fails (locked, full disk,
+    read-only, directory gone) is logged as ``storage_error``, counted in :attr:`errors`, kept
+    and retried in order with backoff; ``storage_recovered`` says when they landed. At most
+    ``capacity`` writes wait; beyond that ``storage_overflow`` is logged once and the least
+    needed write is dropped (see :func:`_drop_rank`). A database file deleted or replaced
+    under the writer is noticed before the next write (``storage_replaced``) and a new one
+    opened, into which the open sessions' journal rows and the settings written so far are
+    written again.
     """
 
-    def __init__(self, path: Path) -> None:
-        """Start the writer thread; the database is opened lazily by the first write."""
+    def __init__(
+        self,
+        path: Path,
+        *,
+        capacity: int = CAPACITY,
+        retry_s: tuple[float, float] = (RETRY_MIN_S, RETRY_MAX_S),
+        fault: Callable[[str], None] | None = None,
+    ) -> None:
+        """Start the writer thread; the database is opened lazily by the first write.
+
+        ``fault`` (for tests) is called on the writer thread with the operation's name at the
+        start of each write attempt; what it raises is that attempt's failure.
+        """
         self.path = path
-        #: How many operations failed so far (for tests and status).
+        #: How many write attempts failed, and writes were given up, so far.
         self.errors = 0
-        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        #: How many writes were dropped unwritten (buffer full, or still failing at close).
+        self.dropped = 0
+        self._capacity = capacity
+        self._retry_min_s, self._retry_max_s = retry_s
+        self._fault = fault
+        self._queue: queue.SimpleQueue[_Write | _Flush | _Stop] = queue.SimpleQueue()
         self._closed = False
+        # Everything below belongs to the writer thread.
         self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[_FileId, _FileId | None, _FileId | None] | None = None
+        with contextlib.suppress(OSError):
+            # The file the daemon read at start-up: one deleted before the first write is
+            # noticed too (its WAL files are not this writer's, so they are left alone).
+            if (found := _file_id(path)) is not None:
+                self._identity = (found, None, None)
+        self._pending: deque[_Slot] = deque()
+        self._writes = 0  # writes in _pending (flush markers do not count)
+        self._opens: dict[str, _Slot] = {}  # session id -> its journal row, still pending
+        self._settings: dict[str, _Slot] = {}  # key -> its pending write
+        self._journal: dict[str, SessionRow] = {}  # journal rows written, not closed yet
+        self._written_settings: dict[str, str] = {}
+        self._episode: _Episode | None = None
+        self._deadline: float | None = None
         self._thread = threading.Thread(target=self._serve, name="redlight-history", daemon=True)
         self._thread.start()
 
     def session_opened(self, row: SessionRow) -> None:
-        """Write a session's journal row, waiting at most :data:`JOURNAL_WAIT_S` for it."""
+        """Write a session's journal row, waiting at most :data:`JOURNAL_WAIT_S` for it.
+
+        While writes are failing or behind, the wait ends as soon as the writer has the row.
+        """
         done = threading.Event()
-        if not self._put(_Job("session_opened", lambda conn: _insert_session(conn, row), done)):
+        if not self._put(_Open(row, done)):
             return
         if not done.wait(JOURNAL_WAIT_S):
             log.warning(
@@ -456,30 +618,27 @@ class HistoryWriter:
         dose_j_cm2: float | None,
     ) -> None:
         """Complete a session's row (enqueued; returns at once)."""
-        self._put(
-            _Job(
-                "session_closed",
-                lambda conn: _close_session(conn, id, ended_at, actual_s, reason, dose_j_cm2),
-            )
-        )
+        self._put(_Close(id, ended_at, actual_s, reason, dose_j_cm2))
 
     def set_setting(self, key: str, value: str) -> None:
         """Store a setting (enqueued; returns at once)."""
-        self._put(_Job("set_setting", lambda conn: _set_setting(conn, key, value)))
+        self._put(_Setting(key, value))
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything queued so far was written or failed; False on timeout."""
+        """Wait until everything queued so far was written (or given up); False on timeout."""
         if self._closed:
             return not self._thread.is_alive()
         done = threading.Event()
-        if not self._put(_Job("flush", None, done)):
+        if not self._put(_Flush(done)):
             return False
         return done.wait(timeout)
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what can be written within ``timeout``, then stop the thread and return."""
         if not self._closed:
-            self._queue.put(_Job("close", None))
+            # Stop retrying a little early, so an attempt under way (a lock waits up to
+            # BUSY_TIMEOUT_S) still ends within the timeout.
+            self._queue.put(_Stop(time.monotonic() + max(0.0, timeout - BUSY_TIMEOUT_S)))
             self._closed = True
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -492,51 +651,319 @@ class HistoryWriter:
                 error=f"writes still pending after {timeout} s",
             )
 
-    def _put(self, job: _Job) -> bool:
+    def _put(self, item: _Write | _Flush) -> bool:
         if self._closed:
             log.error(
                 "storage_error",
-                operation=job.operation,
+                operation=getattr(item, "operation", "flush"),
                 path=str(self.path),
                 error="history writer is closed",
             )
             self.errors += 1
             return False
-        self._queue.put(job)
+        self._queue.put(item)
         return True
 
     # Everything below runs on the writer thread only.
 
     def _serve(self) -> None:
         while True:
-            job = self._queue.get()
-            if job.operation == "close":
-                self._disconnect()
+            self._take(self._wait_s())
+            episode = self._episode
+            if self._pending and (episode is None or time.monotonic() >= episode.retry_at):
+                self._drain()
+            if self._deadline is not None and (
+                self._writes == 0 or time.monotonic() >= self._deadline
+            ):
+                self._stop()
                 return
-            try:
-                if job.run is not None:
-                    self._write(job.operation, job.run)
-            finally:
-                if job.done is not None:
-                    job.done.set()
 
-    def _write(self, operation: str, run: Callable[[sqlite3.Connection], None]) -> None:
+    def _wait_s(self) -> float | None:
+        """How long to wait for new work: until the next retry is due, or the stop's deadline."""
+        now = time.monotonic()
+        wait: float | None = None
+        if self._pending:
+            wait = 0.0 if self._episode is None else max(0.0, self._episode.retry_at - now)
+        if self._deadline is not None:
+            left = max(0.0, self._deadline - now)
+            wait = left if wait is None else min(wait, left)
+        return wait
+
+    def _take(self, wait: float | None) -> None:
+        """Move what was enqueued into the buffer, waiting up to ``wait`` s for the first item."""
         try:
-            if self._conn is None:
-                self._conn = _connect(self.path)
-            # One statement per job in autocommit mode: each write is its own transaction.
-            run(self._conn)
-        except Exception as error:  # rule 12: the writer thread must outlive any failure
-            self.errors += 1
+            item = self._queue.get(timeout=wait)
+            while True:
+                self._accept(item)
+                item = self._queue.get_nowait()
+        except queue.Empty:
+            return
+
+    def _accept(self, item: _Write | _Flush | _Stop) -> None:
+        if isinstance(item, _Stop):
+            self._deadline = item.deadline
+            if self._episode is not None:
+                self._episode.retry_at = 0.0  # one more try now, not after a long backoff
+            return
+        if isinstance(item, _Close) and item.id in self._opens:
+            # Its journal row is still waiting: write the whole session as one row instead.
+            slot = self._opens.pop(item.id)
+            assert isinstance(slot.item, _Open)
+            row = replace(
+                slot.item.row,
+                ended_at=item.ended_at,
+                actual_s=item.actual_s,
+                reason=item.reason,
+                dose_j_cm2=item.dose_j_cm2,
+            )
+            slot.item = _Open(row, slot.item.done)
+            return
+        if isinstance(item, _Setting) and item.key in self._settings:
+            self._settings[item.key].item = item  # only the last value counts
+            return
+        slot = _Slot(item)
+        self._pending.append(slot)
+        if isinstance(item, _Flush):
+            return
+        if isinstance(item, _Open):
+            self._opens[item.row.id] = slot
+            if self._episode is not None and item.done is not None:
+                item.done.set()  # the writer is behind: waiting would only delay the ON
+        elif isinstance(item, _Setting):
+            self._settings[item.key] = slot
+        self._writes += 1
+        if self._writes > self._capacity:
+            self._drop_one()
+
+    def _drop_one(self) -> None:
+        victim, rank = 0, 4
+        for index, slot in enumerate(self._pending):
+            if not isinstance(slot.item, _Flush) and _drop_rank(slot.item) < rank:
+                victim, rank = index, _drop_rank(slot.item)
+                if rank == 0:
+                    break
+        slot = self._pending[victim]
+        del self._pending[victim]
+        self._forget(slot)
+        assert not isinstance(slot.item, _Flush)
+        self._writes -= 1
+        self.dropped += 1
+        episode = self._begin_episode()
+        episode.dropped += 1
+        if episode.dropped == 1:
+            log.error(
+                "storage_overflow",
+                path=str(self.path),
+                capacity=self._capacity,
+                dropped=episode.dropped,
+                operation=slot.item.operation,
+                detail="more writes waiting than the buffer holds; storage_recovered counts them",
+            )
+
+    def _forget(self, slot: _Slot) -> None:
+        """Take a slot that leaves the buffer out of the indexes, and release its waiter."""
+        item = slot.item
+        if isinstance(item, _Open):
+            if self._opens.get(item.row.id) is slot:
+                del self._opens[item.row.id]
+            if item.done is not None:
+                item.done.set()
+        elif isinstance(item, _Setting) and self._settings.get(item.key) is slot:
+            del self._settings[item.key]
+
+    def _begin_episode(self) -> _Episode:
+        if self._episode is None:
+            self._episode = _Episode(started=time.monotonic())
+            # Nobody needs to wait for a journal row that is not coming soon.
+            for slot in self._pending:
+                if isinstance(slot.item, _Open) and slot.item.done is not None:
+                    slot.item.done.set()
+        return self._episode
+
+    def _drain(self) -> None:
+        """Write the buffer in order until it is empty or a write fails."""
+        while self._pending:
+            slot = self._pending[0]
+            item = slot.item
+            if isinstance(item, _Flush):
+                self._pending.popleft()
+                item.done.set()
+                continue
+            try:
+                self._write(item)
+            except Exception as error:  # rule 12: the writer thread must outlive any failure
+                if _retryable(error):
+                    self._failed(item, error)
+                    return
+                self.errors += 1
+                log.error(
+                    "storage_error",
+                    operation=item.operation,
+                    path=str(self.path),
+                    error=str(error) or type(error).__name__,
+                    retrying=False,
+                )
+            else:
+                if self._episode is not None:
+                    self._episode.written += 1
+            self._pending.popleft()
+            self._writes -= 1
+            self._forget(slot)
+            self._take(0.0)  # new work joins the buffer (merged, counted) while it drains
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                return
+        if self._episode is not None:
+            self._recovered()
+
+    def _write(self, item: _Write) -> None:
+        if self._fault is not None:
+            self._fault(item.operation)
+        conn = self._connection()
+        # One statement per write in autocommit mode: each write is its own transaction.
+        if isinstance(item, _Open):
+            _insert_session(conn, item.row)
+            if item.row.ended_at is None:
+                self._journal[item.row.id] = item.row
+        elif isinstance(item, _Setting):
+            _set_setting(conn, item.key, item.value)
+            self._written_settings[item.key] = item.value
+        else:
+            if not _close_session(
+                conn, item.id, item.ended_at, item.actual_s, item.reason, item.dose_j_cm2
+            ):
+                journal = self._journal.get(item.id)
+                if journal is None:
+                    # Its journal row was never written (dropped, or an earlier writer's):
+                    # say so rather than let the history silently miss a session.
+                    raise _GiveUp(f"session {item.id} has no journal row to close")
+                # The row vanished from under us: write the whole session.
+                _insert_session(
+                    conn,
+                    replace(
+                        journal,
+                        ended_at=item.ended_at,
+                        actual_s=item.actual_s,
+                        reason=item.reason,
+                        dose_j_cm2=item.dose_j_cm2,
+                    ),
+                )
+            self._journal.pop(item.id, None)
+
+    def _connection(self) -> sqlite3.Connection:
+        self._check_file()
+        if self._conn is None:
+            conn = _connect(self.path)
+            try:
+                # After a failure, and above all in a new file: the open sessions' journal rows
+                # (rule 8) and the settings must be there again (all idempotent).
+                for row in self._journal.values():
+                    _insert_session(conn, row)
+                for key, value in self._written_settings.items():
+                    _set_setting(conn, key, value)
+                wal, shm = _sidecars(self.path)
+                main = _file_id(self.path)
+                if main is None:
+                    raise StorageError(f"{self.path} vanished while it was opened")
+                self._identity = (main, _file_id(wal), _file_id(shm))
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _check_file(self) -> None:
+        """Notice a database file deleted or replaced under the writer; start a new one.
+
+        SQLite goes on writing into a deleted file without an error, and a replaced one keeps
+        its old WAL file next to it, which SQLite would apply to the new file: so the old
+        connection is closed and its WAL and shared-memory files removed (only while they are
+        still the ones it had open) before the next connection opens whatever is at the path.
+        """
+        if self._identity is None:
+            return
+        main, *sidecars = self._identity
+        found = _file_id(self.path)
+        if found == main:
+            return
+        stale: list[Path] = []
+        if self._conn is not None:  # its open files keep their inodes: a match is ours
+            stale = [
+                side
+                for side, known in zip(_sidecars(self.path), sidecars, strict=True)
+                if known is not None and _file_id(side) == known
+            ]
+        self._disconnect()
+        for side in stale:
+            side.unlink(missing_ok=True)
+        self._identity = None
+        log.error(
+            "storage_replaced",
+            path=str(self.path),
+            found="no file" if found is None else "another file",
+            detail="the rows in the old file are gone from here; writing to a new one",
+            journal_rows=len(self._journal),
+        )
+
+    def _failed(self, item: _Write, error: Exception) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        text = str(error) or type(error).__name__
+        episode = self._begin_episode()
+        episode.attempts += 1
+        episode.backoff_s = min(self._retry_max_s, max(self._retry_min_s, episode.backoff_s * 2))
+        episode.retry_at = now + episode.backoff_s
+        if (
+            episode.attempts == 1
+            or text != episode.error
+            or now - episode.logged_at >= STILL_FAILING_LOG_S
+        ):
+            episode.logged_at = now
             log.error(
                 "storage_error",
-                operation=operation,
+                operation=item.operation,
                 path=str(self.path),
-                error=str(error) or type(error).__name__,
+                error=text,
+                retrying=True,
+                attempts=episode.attempts,
+                pending=self._writes,
+                retry_in_s=round(episode.backoff_s, 3),
             )
-            # Whatever went wrong (lock, full disk, file replaced or corrupted), start from a
-            # fresh connection on the next write.
-            self._disconnect()
+        episode.error = text
+        # A file deleted or replaced is best noticed now, while this connection still holds
+        # its WAL files; then whatever went wrong, start from a fresh connection.
+        with contextlib.suppress(OSError):
+            self._check_file()
+        self._disconnect()
+
+    def _recovered(self) -> None:
+        assert self._episode is not None
+        episode, self._episode = self._episode, None
+        (log.warning if episode.dropped else log.info)(
+            "storage_recovered",
+            path=str(self.path),
+            replayed=episode.written,
+            failed_attempts=episode.attempts,
+            dropped=episode.dropped,
+            after_s=round(time.monotonic() - episode.started, 3),
+        )
+
+    def _stop(self) -> None:
+        if self._writes:
+            lost = self._writes
+            self.dropped += lost
+            log.error(
+                "storage_error",
+                operation="close",
+                path=str(self.path),
+                error=f"{lost} writes could not be written before the writer stopped",
+                lost=lost,
+                overflow_dropped=0 if self._episode is None else self._episode.dropped,
+            )
+        for slot in self._pending:
+            self._forget(slot)
+        self._pending.clear()
+        self._writes = 0
+        self._disconnect()
 
     def _disconnect(self) -> None:
         if self._conn is not None:
@@ -549,7 +976,10 @@ class HistoryWriter:
 
 __all__ = [
     "BUSY_TIMEOUT_S",
+    "CAPACITY",
     "JOURNAL_WAIT_S",
+    "RETRY_MAX_S",
+    "RETRY_MIN_S",
     "SCHEMA_VERSION",
     "History",
     "HistoryWriter",

@@ -36,6 +36,9 @@ shutdown):
 - ``db_unwritable`` x session/shutdown: a directory cannot become unwritable for root while the
   daemon runs; the start-up case drives the same writer-failure path.
 - ``db_corrupt`` x shutdown: the writer's failure path is the locked x shutdown case's.
+- ``db_deleted`` and ``db_write_fails`` x startup/shutdown: before the first write there is
+  nothing to lose (startup is ``db_unwritable``), and at shutdown the writer's retries end at
+  its bounded close (``db_locked`` x shutdown); the session case drives both paths.
 """
 
 from __future__ import annotations
@@ -1165,6 +1168,59 @@ async def db_unwritable_startup(system: System, row: Row) -> None:
     await session_despite_storage(system, "generic", 2, row)
     await daemon.wait_logged("storage_error")
     row.happened = "no database at all; sessions run, OFF on time, storage_error logged"
+    assert_invariant(system)
+
+
+async def written_again(system: System) -> None:
+    """Wait (bounded) until the daemon has created the database again, schema and all."""
+    async with asyncio.timeout(WAIT_S):
+        while True:  # the writer thread creates it on its next write: poll, bounded
+            if system.db.exists():
+                with contextlib.suppress(sqlite3.Error):  # created, not migrated yet
+                    system.history()
+                    return
+            await asyncio.sleep(0.05)
+
+
+@case("db_deleted", "session", "shelly_gen2")
+async def db_deleted_session(system: System, row: Row) -> None:
+    """The database deleted mid-session: the OFF is on time; the next write notices, says so
+    (storage_replaced) and creates a new file, in which the session ends up complete."""
+    daemon = await up(system, ["shelly_gen2"])
+    plug = system.plugs["shelly_gen2"]
+    await start_session(system, "shelly_gen2", 2)
+    system.db.unlink()
+    await until(plug, is_off)
+    replaced = await daemon.wait_logged("storage_replaced")
+    assert (replaced["level"], replaced["path"]) == ("error", str(system.db))
+    await written_again(system)
+    assert await history(system, 1) == ["completed"]
+    row.deadline_to_off_s = late(plug, 2)
+    assert_on_time(row.deadline_to_off_s)
+    assert plug.timer_fired == 0
+    row.happened = "OFF on time; storage_replaced, new file; the session in it, completed"
+    assert_invariant(system)
+
+
+@case("db_write_fails", "session", "esphome")
+async def db_write_fails_session(system: System, row: Row) -> None:
+    """Writes fail mid-session (the database locked past the session's end) and then recover:
+    the OFF is on time, and the close, kept and retried, lands once the lock is gone."""
+    daemon = await up(system, ["esphome"])
+    plug = system.plugs["esphome"]
+    await start_session(system, "esphome", 2)
+    with locked(system):
+        await until(plug, is_off)
+        await daemon.wait_logged("storage_error")
+    recovered = await daemon.wait_logged("storage_recovered")
+    assert recovered["replayed"] >= 1
+    assert await history(system, 1) == ["completed"]
+    row.deadline_to_off_s = late(plug, 2)
+    assert_on_time(row.deadline_to_off_s)
+    assert plug.timer_fired == 0
+    row.happened = (
+        f"OFF on time; close retried, landed after the lock ({recovered['replayed']} replayed)"
+    )
     assert_invariant(system)
 
 

@@ -127,11 +127,68 @@ def test_history_command_with_a_database(
     assert data["panels"]["hip_left"]["sessions"] == 10
 
 
+def config_for(tmp_path: Path, db: Path) -> Path:
+    """A config file whose history database is ``db``."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[storage]\npath = "{db}"\n[panels.hip_left]\n'
+        'plug = { preset = "tasmota", topic = "t" }\n'
+    )
+    return path
+
+
 def test_history_without_a_database_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No database yet: one sentence, exit 1."""
-    path = tmp_path / "config.toml"
-    path.write_text(f'[storage]\npath = "{tmp_path / "none.db"}"\n')
-    assert main(["history", "--config", str(path)]) == 1
-    assert capsys.readouterr().err.startswith("redlight: no history yet: ")
+    """No database yet: one sentence naming the path, exit 0; --json is an empty report."""
+    db = tmp_path / "none.db"
+    config = config_for(tmp_path, db)
+    assert main(["history", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out == f"no history yet: {db} does not exist yet (redlight run creates it)\n"
+    assert not db.exists()  # reading never creates the database
+    assert main(["history", "--config", str(config), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["streak_days"], data["panels"]["hip_left"]["sessions"]) == (0, 0)
+
+
+def test_history_of_an_empty_database_says_no_history_yet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database that exists but holds no session (settings only) is no history yet, exit 0."""
+    db = tmp_path / "history.db"
+    writer = HistoryWriter(db)
+    writer.set_setting("panel.hip_left.default_duration_s", "300")
+    writer.close(timeout=5.0)
+    assert main(["history", "--config", str(config_for(tmp_path, db))]) == 0
+    assert capsys.readouterr().out == f"no history yet: {db} holds no sessions\n"
+
+
+def unreadable(kind: str, db: Path) -> str:
+    """Make ``db`` unreadable in one of a few ways (that stop root too); the reason expected."""
+    if kind == "corrupt":
+        db.write_bytes(b"garbage, not a database " * 200)
+        return "file is not a database"
+    if kind == "directory":
+        db.mkdir()
+        return "unable to open database file"
+    db.parent.rmdir()
+    db.parent.write_text("a file where the directory should be")
+    return "Not a directory"
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "directory", "parent_is_a_file"])
+def test_history_of_an_unavailable_database_is_an_error_not_no_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """A database that is there but cannot be read: one line with the path and why, exit 1."""
+    db = tmp_path / "state" / "history.db"
+    db.parent.mkdir()
+    reason = unreadable(kind, db)
+    assert main(["history", "--config", str(config_for(tmp_path, db))]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith(f"redlight: the history database is unavailable: {db}: ")
+    assert reason in line
+    assert "no history" not in line
