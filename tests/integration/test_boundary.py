@@ -183,7 +183,7 @@ async def test_another_client_with_the_same_client_id_is_named(
         intruder.start(events)
         await events.next(Connected)
         # Each side is taken over within about a second of connecting (paho's reconnect delay).
-        conflict = await daemon.wait_logged("client_id_conflict", within=6 * WAIT_S)
+        conflict = await daemon.wait_logged("client_id_conflict", within=2 * WAIT_S)
     finally:
         await intruder.stop()
         daemon.stop_now()
