@@ -46,8 +46,9 @@ HARD_MAX_ON: Final = timedelta(minutes=15)
 DEFAULT_CONFIG_PATH: Final = Path("/etc/redlight/config.toml")
 #: Ids of panels, routines and schedules: they become MQTT topic levels and entity ids.
 ID_PATTERN: Final = re.compile(r"[a-z0-9_]+")
-#: The longest id: Home Assistant refuses entity ids over 255 characters, and an id appears in
-#: its entities' ids with the domain, the device name and the entity's own words around it.
+#: The longest id: Home Assistant keeps entity ids within 255 characters (cutting longer ones
+#: short, so two long ids could collide), and an id appears in its entities' ids with the
+#: domain and the entity's own words around it.
 MAX_ID_LENGTH: Final = 64
 #: MQTT's limit on a topic name: its length is a two-byte prefix (MQTT 3.1.1 section 1.5.3).
 MAX_TOPIC_BYTES: Final = 65_535
