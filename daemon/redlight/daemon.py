@@ -74,7 +74,9 @@ def tls_options(config: Config) -> TlsOptions | None:
             )
     if mqtt.tls_cert_file is not None:
         try:
-            context.load_cert_chain(mqtt.tls_cert_file, mqtt.tls_key_file)
+            # An empty passphrase, so an encrypted key is an error here rather than OpenSSL
+            # prompting on a terminal that a service does not have.
+            context.load_cert_chain(mqtt.tls_cert_file, mqtt.tls_key_file, password="")
         except ssl.SSLError as error:
             problems.append(
                 f"mqtt.tls_cert_file: {mqtt.tls_cert_file} and its key are not a usable "
