@@ -7,6 +7,7 @@ seen by) anything but its own clients.
 from __future__ import annotations
 
 import getpass
+import json
 import shutil
 import signal
 import socket
@@ -30,6 +31,45 @@ def mosquitto_binary() -> str | None:
         return found
     fallback = Path("/usr/sbin/mosquitto")
     return str(fallback) if fallback.exists() else None
+
+
+def dynsec_plugin() -> str | None:
+    """mosquitto's dynamic security plugin, or ``None`` when it is not installed."""
+    for pattern in (
+        "/usr/lib/*/mosquitto_dynamic_security.so",
+        "/usr/lib/mosquitto_dynamic_security.so",
+    ):
+        for found in sorted(Path("/").glob(pattern.lstrip("/"))):
+            return str(found)
+    return None
+
+
+def deny_subscriptions(path: Path, filters: list[str]) -> Path:
+    """A dynamic-security file: anonymous clients may do anything but subscribe to ``filters``.
+
+    mosquitto's ``acl_file`` never refuses a SUBSCRIBE (it grants it and withholds the
+    messages), so a test that needs a SUBACK failure (0x80) uses the dynamic-security plugin,
+    whose ``subscribePattern`` rules do refuse. The plugin rewrites the file: it must be
+    writable.
+    """
+    acls = [
+        {"acltype": "subscribePattern", "topic": topic, "priority": 0, "allow": False}
+        for topic in filters
+    ]
+    document = {
+        "defaultACLAccess": {
+            "publishClientSend": True,
+            "publishClientReceive": True,
+            "subscribe": True,
+            "unsubscribe": True,
+        },
+        "clients": [],
+        "groups": [{"groupname": "anonymous", "roles": [{"rolename": "denied"}]}],
+        "roles": [{"rolename": "denied", "acls": acls}],
+        "anonymousGroup": "anonymous",
+    }
+    path.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    return path
 
 
 def free_port() -> int:
@@ -104,11 +144,14 @@ class MosquittoBroker:
         password_file: Path | None = None,
         tls: TlsListener | None = None,
         acl_file: Path | None = None,
+        dynsec_file: Path | None = None,
     ) -> None:
         """Prepare (not start) a broker whose config, data and log live in ``directory``.
 
         With ``tls``, a second listener speaks TLS (and wants the password file's users, if
         given), while the first stays plain and anonymous for simulated plugs and observers.
+        ``dynsec_file`` loads the dynamic-security plugin with that file (see
+        :func:`deny_subscriptions`).
         """
         if port == SHARED_PORT:
             raise ValueError("port 1883 belongs to the machine's shared mosquitto")
@@ -117,6 +160,7 @@ class MosquittoBroker:
         self.password_file = password_file
         self.tls = tls
         self.acl_file = acl_file
+        self.dynsec_file = dynsec_file
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -209,6 +253,11 @@ class MosquittoBroker:
             lines.append(f"password_file {self.password_file}")
         if self.acl_file is not None:
             lines.append(f"acl_file {self.acl_file}")
+        if self.dynsec_file is not None:
+            plugin = dynsec_plugin()
+            if plugin is None:
+                raise RuntimeError("mosquitto's dynamic security plugin is not installed")
+            lines += [f"plugin {plugin}", f"plugin_opt_config_file {self.dynsec_file}"]
         lines += [
             "persistence true",
             # mosquitto joins location and file name as strings: the slash is required.
@@ -238,4 +287,10 @@ class MosquittoBroker:
         raise RuntimeError(f"mosquitto did not listen on port {self.port}; log tail:\n{tail}")
 
 
-__all__ = ["MosquittoBroker", "free_port", "mosquitto_binary"]
+__all__ = [
+    "MosquittoBroker",
+    "deny_subscriptions",
+    "dynsec_plugin",
+    "free_port",
+    "mosquitto_binary",
+]

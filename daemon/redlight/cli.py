@@ -226,9 +226,12 @@ def _quiet_logging() -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from redlight.daemon import tls_options
+
     path = config_path(args.config)
     try:
         config = load_config(path)
+        tls_options(config)  # the files 'run' would refuse (exit 78), found here first
     except ConfigError as error:
         for line in error.problems:
             print(line, file=sys.stderr)

@@ -7,10 +7,14 @@ lower (safety rule 1).
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
 import re
+import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import date, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -42,20 +46,143 @@ HARD_MAX_ON: Final = timedelta(minutes=15)
 DEFAULT_CONFIG_PATH: Final = Path("/etc/redlight/config.toml")
 #: Ids of panels, routines and schedules: they become MQTT topic levels and entity ids.
 ID_PATTERN: Final = re.compile(r"[a-z0-9_]+")
+#: The longest id: Home Assistant keeps entity ids within 255 characters (cutting longer ones
+#: short, so two long ids could collide), and an id appears in its entities' ids with the
+#: domain and the entity's own words around it.
+MAX_ID_LENGTH: Final = 64
+#: MQTT's limit on a topic name: its length is a two-byte prefix (MQTT 3.1.1 section 1.5.3).
+MAX_TOPIC_BYTES: Final = 65_535
+#: The longest host name DNS allows (RFC 1035); one label is at most 63 characters.
+MAX_HOST_LENGTH: Final = 253
+#: Characters MQTT forbids (U+0000) or says not to use in a topic, which mosquitto refuses by
+#: closing the connection: control characters, UTF-16 surrogates and non-characters.
+_UNUSABLE_IN_TOPIC: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17))
+    + "]"
+)
+_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_SCHEMES: Final = {"mqtt": (1883, False), "mqtts": (8883, True)}
+#: A key longer than this is cut short in a problem's "where".
+_LONGEST_SHOWN_KEY: Final = 100
 #: A dose needing longer than this is refused outright (and never overflows a timedelta).
 LONGEST_DOSE_S: Final = 24 * 3600.0
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+def topic_problem(topic: str) -> str | None:
+    """Why a broker would refuse ``topic`` as a topic name (to publish on), or ``None``."""
+    found = _UNUSABLE_IN_TOPIC.search(topic)
+    if found is not None:
+        return (
+            f"must not contain the character U+{ord(found.group()):04X} "
+            "(MQTT forbids NUL, control characters and non-characters in topics)"
+        )
+    if "+" in topic or "#" in topic:
+        return "must not contain the MQTT wildcards '+' or '#'"
+    size = len(topic.encode("utf-8"))
+    if size > MAX_TOPIC_BYTES:
+        return f"makes a topic of {size:,} bytes, more than the {MAX_TOPIC_BYTES:,} MQTT allows"
+    return None
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    """``value`` quoted, cut short when long, so an error stays one readable line."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} characters)"
+
+
 def _plain_topic(value: str, what: str) -> str:
     if not value or value.startswith("/") or value.endswith("/"):
         raise ValueError(
-            f"{what} must be a topic without a leading or trailing '/' (got {value!r})"
+            f"{what} must be a topic without a leading or trailing '/' (got {_shown(value)})"
         )
-    if "+" in value or "#" in value:
-        raise ValueError(f"{what} must not contain the MQTT wildcards '+' or '#' (got {value!r})")
+    problem = topic_problem(value)
+    if problem is not None:
+        raise ValueError(f"{what} {problem} (got {_shown(value)})")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where the broker is, from ``mqtt.url``."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Split ``mqtt[s]://host[:port]``; the ``ValueError`` says what is wrong, never the URL.
+
+    The URL is never echoed, and user-info in any form (``user@``, ``user:password@``,
+    ``:password@``, a token, percent-encoded) is refused: a credential written there would end
+    up in logs and in ``redlight status``. Credentials go in ``mqtt.username``/``password``.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() not in _SCHEMES:
+        raise ValueError("must start with mqtt:// or mqtts://, like mqtt://host:1883")
+    if "@" in rest or "%40" in rest.lower():
+        raise ValueError(
+            "must not hold credentials (nothing before an '@'): "
+            "set mqtt.username and mqtt.password instead"
+        )
+    if any(c.isspace() for c in url) or _UNUSABLE_IN_TOPIC.search(url):
+        raise ValueError("must not contain spaces or control characters")
+    if "%" in rest:
+        raise ValueError("must not be percent-encoded: write the host name as it is")
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    if tail not in ("", "/"):
+        raise ValueError("must be only mqtt[s]://host[:port], without a path, query or fragment")
+    host, port_text = _split_host_port(netloc)
+    default_port, tls = _SCHEMES[scheme.lower()]
+    if port_text is None:
+        return BrokerAddress(host, default_port, tls)
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError("has a port that is not a number from 1 to 65535")
+    return BrokerAddress(host, int(port_text), tls)
+
+
+def _split_host_port(netloc: str) -> tuple[str, str | None]:
+    """Host and port text of ``host[:port]`` or ``[ipv6][:port]``; ``ValueError`` if unusable."""
+    if netloc.startswith("["):
+        literal, bracket, after = netloc[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError("has an IPv6 address without its closing ']'")
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            raise ValueError("has an IPv6 address in [...] that is not valid") from None
+        return literal, after[1:] if after else None
+    if netloc.count(":") > 1:
+        raise ValueError("has an IPv6 address that needs brackets, like mqtt://[::1]:1883")
+    host, colon, port = netloc.partition(":")
+    if not host:
+        raise ValueError("has no host name, like mqtt://broker.lan:1883")
+    labels = host.removesuffix(".").split(".")
+    if len(host) > MAX_HOST_LENGTH or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            "has a host name that is not valid (letters, digits, '-' and '.', "
+            f"at most {MAX_HOST_LENGTH} characters)"
+        )
+    return host, port if colon else None
+
+
+def default_client_id(base_topic: str, hostname: str | None = None) -> str:
+    """``redlight-<host>-<hash>``: unique per host and base topic, within MQTT's 23 characters.
+
+    Two instances on one host with different base topics, or on two hosts, never share an id
+    (the hash covers the whole host name and base topic, so cutting the host name short for
+    the 23-character guidance cannot make two ids equal); a second ``redlight run`` of the same
+    instance does, and the broker's take-over is what ``client_id_conflict`` reports.
+    """
+    host = hostname if hostname is not None else socket.gethostname()
+    digest = hashlib.sha256(f"{host}\0{base_topic}".encode("utf-8", "replace")).hexdigest()
+    short_host = re.sub(r"[^a-z0-9]", "", host.split(".")[0].lower())[:7] or "host"
+    return f"redlight-{short_host}-{digest[:6]}"
 
 
 class _Model(BaseModel):
@@ -68,22 +195,26 @@ class MqttConfig(_Model):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: SecretStr | None = None
-    client_id: str = Field(default="redlight", min_length=1, max_length=64)
     base_topic: str = "redlight"
+    #: Default: :func:`default_client_id` of this host and ``base_topic``.
+    client_id: str = Field(min_length=1, max_length=64)
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_insecure: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_client_id(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("client_id") is None:
+            base_topic = data.get("base_topic", "redlight")
+            return {**data, "client_id": default_client_id(str(base_topic))}
+        return data
+
     @field_validator("url")
     @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        if not re.fullmatch(r"mqtts?://[^/:\s]+(:\d{1,5})?/?", value):
-            # A password written into the URL (user:password@host) is never echoed back.
-            shown = "***@" + value.rsplit("@", 1)[1] if "@" in value else value
-            raise ValueError(
-                f"must look like mqtt://host:1883 or mqtts://host:8883 (got {shown!r})"
-            )
+    def _broker_url(cls, value: str) -> str:
+        parse_broker_url(value)
         return value
 
     @field_validator("base_topic")
@@ -91,10 +222,33 @@ class MqttConfig(_Model):
     def _topic(cls, value: str) -> str:
         return _plain_topic(value, "base_topic")
 
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, value: str) -> str:
+        # mosquitto refuses such an id at every CONNECT: the daemon would never get online.
+        if _UNUSABLE_IN_TOPIC.search(value) or "+" in value or "#" in value:
+            raise ValueError("must not contain control characters, '+' or '#'")
+        return value
+
+    @model_validator(mode="after")
+    def _credentials(self) -> MqttConfig:
+        if self.password is not None and self.username is None:
+            raise ValueError(
+                "mqtt.password: needs mqtt.username too (MQTT sends no password without one)"
+            )
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("mqtt.tls_key_file: needs mqtt.tls_cert_file (the certificate)")
+        return self
+
+    @property
+    def address(self) -> BrokerAddress:
+        """Host, port and TLS flag from :attr:`url`."""
+        return parse_broker_url(self.url)
+
     @property
     def tls(self) -> bool:
         """Whether the connection uses TLS."""
-        return self.url.startswith("mqtts://")
+        return self.address.tls
 
 
 class HomeAssistantConfig(_Model):
@@ -280,8 +434,14 @@ class ScheduleConfig(_Model):
 
 
 def _check_id(kind: str, key: str) -> None:
+    where = _where((kind + "s", key))
     if not ID_PATTERN.fullmatch(key):
-        raise ValueError(f"{_where((kind + 's', key))}: a {kind} id must use only a-z, 0-9 and '_'")
+        raise ValueError(f"{where}: a {kind} id must use only a-z, 0-9 and '_'")
+    if len(key) > MAX_ID_LENGTH:
+        raise ValueError(
+            f"{where}: a {kind} id must be at most {MAX_ID_LENGTH} characters (it is {len(key):,}; "
+            "Home Assistant builds its entity ids from it)"
+        )
 
 
 class Config(BaseSettings):
@@ -295,7 +455,7 @@ class Config(BaseSettings):
         case_sensitive=False,
     )
 
-    mqtt: MqttConfig = MqttConfig()
+    mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig.model_validate({}))
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     safety: SafetyConfig = SafetyConfig()
     storage: StorageConfig = StorageConfig()
@@ -369,7 +529,53 @@ class Config(BaseSettings):
                     f"{where}.duration: {format_duration(schedule.duration)} is more than "
                     f"safety.max_on ({format_duration(max_on)})"
                 )
+        for where, topic in self._topics():
+            problem = topic_problem(topic)
+            if problem is not None:
+                raise ValueError(f"{where}: {problem} ({_shown(topic)})")
         return self
+
+    def _topics(self) -> Iterator[tuple[str, str]]:
+        """Every topic redlight publishes or subscribes to, with the setting that shapes it.
+
+        The base topic's own topics come first: when it is what makes a topic too long, the
+        error names ``mqtt.base_topic`` rather than the first panel. A wildcard filter is
+        checked with its '+' as the longest id it stands for.
+        """
+        from redlight.hass import device_id, discovery_topic, panel_device_id
+        from redlight.messages import Topics
+
+        base = self.mqtt.base_topic
+        topics = Topics(base)
+        longest = "x" * MAX_ID_LENGTH
+        for topic in (topics.status, topics.daemon_set, topics.daemon_state, topics.daemon_event):
+            yield "mqtt.base_topic", topic
+        for topic in topics.command_filters():
+            yield "mqtt.base_topic", topic.replace("+", longest)
+        if self.homeassistant.enabled:
+            yield "homeassistant.discovery_prefix", discovery_topic(self, device_id(base))
+            yield "homeassistant.status_topic", self.homeassistant.status_topic
+        for key, panel in self.panels.items():
+            for topic in (
+                topics.panel_state(key),
+                topics.panel_set(key),
+                topics.panel_duration_set(key),
+                topics.panel_event(key),
+            ):
+                yield f"panels.{key}", topic
+            if self.homeassistant.enabled:
+                yield f"panels.{key}", discovery_topic(self, panel_device_id(base, key))
+            plug = build_plug(key, panel.plug, base_topic=base)
+            sent = [plug.command_topic, plug.failsafe_topic or ""]
+            sent += [m.topic for m in (*plug.state_request, *plug.power_request)]
+            for topic in [*sent, *plug.subscriptions]:
+                if topic:
+                    yield f"panels.{key}.plug", topic
+        for key in self.routines:
+            yield f"routines.{key}", topics.routine_set(key)
+        for key in self.schedules:
+            yield f"schedules.{key}", topics.schedule_set(key)
+            yield f"schedules.{key}", topics.schedule_state(key)
 
     def _check_routine(self, key: str, routine: RoutineConfig) -> None:
         """Safety rule 1: a routine may not keep a panel on longer than max_on in total."""
@@ -510,6 +716,9 @@ def _where(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             parts.append(f"[{part + 1}]")
+        elif len(str(part)) > _LONGEST_SHOWN_KEY:
+            # Cut short, so a 70,000-character key still makes one readable line.
+            parts.append(f"[{_shown(str(part))}]")
         elif not str(part).isidentifier() and not ID_PATTERN.fullmatch(str(part)):
             # Quoted, so a key with spaces, dots or a newline stays on one readable line.
             parts.append(f"[{part!r}]")

@@ -14,11 +14,11 @@ import logging
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
 import structlog
@@ -36,12 +36,10 @@ from redlight.broker import (
     Message,
     Received,
 )
+from redlight.config import parse_broker_url as _parse_url
 
 log = structlog.get_logger("redlight.mqtt")
 
-#: Default ports of the two URL schemes.
-MQTT_PORT: Final = 1883
-MQTTS_PORT: Final = 8883
 #: Reconnect backoff, in seconds: paho doubles the delay from the minimum up to the maximum.
 RECONNECT_MIN_DELAY: Final = 1
 RECONNECT_MAX_DELAY: Final = 30
@@ -50,8 +48,11 @@ STOP_TIMEOUT: Final = 2.0
 #: Topic filters per SUBSCRIBE/UNSUBSCRIBE packet, so a large panel set stays well inside
 #: brokers' packet limits.
 FILTERS_PER_PACKET: Final = 100
-
-_SCHEMES: Final = {"mqtt": (MQTT_PORT, False), "mqtts": (MQTTS_PORT, True)}
+#: ``client_id_conflict`` is logged when this many connections in a row were each closed by the
+#: broker within :data:`CONFLICT_WINDOW_S` of being accepted: MQTT 3.1.1 brokers close the older
+#: of two connections with one client id without a word, so the two clients take turns.
+CONFLICT_DROPS: Final = 3
+CONFLICT_WINDOW_S: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,28 +66,50 @@ class TlsOptions:
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """Split ``mqtt://host[:port]`` or ``mqtts://host[:port]`` into host, port and TLS flag."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
-        raise BrokerError("The broker URL must start with mqtt:// or mqtts://.")
-    # The URL is never echoed back: it may hold a password the user put there by mistake.
-    if parts.username is not None or parts.password is not None:
-        raise BrokerError(
-            "The broker URL must not hold credentials: set the MQTT username and password instead."
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise BrokerError("The broker URL must be only mqtt[s]://host[:port], without a path.")
-    if not parts.hostname:
-        raise BrokerError("The broker URL has no host name.")
-    default_port, use_tls = _SCHEMES[scheme]
+    """Split ``mqtt://host[:port]`` or ``mqtts://host[:port]`` into host, port and TLS flag.
+
+    The rules are the config's (:func:`redlight.config.parse_broker_url`), so ``redlight check``
+    refuses exactly what this would; the URL is never echoed (it may hold a credential).
+    """
     try:
-        port = parts.port
-    except ValueError:
-        raise BrokerError("The broker URL's port must be a number from 1 to 65535.") from None
-    if port == 0:
-        raise BrokerError("The broker URL's port must be a number from 1 to 65535.")
-    return parts.hostname, port or default_port, use_tls
+        address = _parse_url(url)
+    except ValueError as err:
+        raise BrokerError(f"The broker URL {err}.") from None
+    return address.host, address.port, address.tls
+
+
+class ShortLivedConnections:
+    """Counts connections the broker closed soon after accepting them (a client id conflict).
+
+    Only paho's thread touches it (from ``on_connect`` and ``on_disconnect``); times are
+    passed in, so the rule is tested without a clock.
+    """
+
+    def __init__(self) -> None:
+        """No connection yet."""
+        self._since: float | None = None
+        self._count = 0
+
+    def connected(self, now: float) -> None:
+        """The broker accepted a connection at ``now``."""
+        self._since = now
+
+    def dropped(self, now: float) -> bool:
+        """The connection dropped; ``True`` when that completes :data:`CONFLICT_DROPS` in a row.
+
+        A connection that lasted longer than :data:`CONFLICT_WINDOW_S` starts the count again;
+        after a report it starts again too, so a lasting conflict is reported every few drops
+        rather than on every one.
+        """
+        since, self._since = self._since, None
+        if since is None or now - since > CONFLICT_WINDOW_S:
+            self._count = 0
+            return False
+        self._count += 1
+        if self._count < CONFLICT_DROPS:
+            return False
+        self._count = 0
+        return True
 
 
 def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -125,6 +148,9 @@ class PahoClient(BrokerClient):
         self._connected = False
         self._stopping = False
         self._stopped: asyncio.Event | None = None
+        self._short_lived = ShortLivedConnections()
+        #: Filters of each SUBSCRIBE waiting for its SUBACK, by packet id (the loop's only).
+        self._pending_subscriptions: dict[int, Sequence[str]] = {}
 
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -156,6 +182,7 @@ class PahoClient(BrokerClient):
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_socket_open = _no_delay
         self._client = client
@@ -203,12 +230,15 @@ class PahoClient(BrokerClient):
             return
         for chunk in _chunks(topics):
             try:
-                rc, _ = self._client.subscribe([(topic, STATE_QOS) for topic in chunk])
+                rc, mid = self._client.subscribe([(topic, STATE_QOS) for topic in chunk])
             except ValueError as err:
                 raise BrokerError(f"Invalid MQTT topic filter ({err}).") from err
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 # The runtime subscribes again on the next Connected.
                 log.warning("mqtt_subscribe_failed", reason=paho.error_string(rc))
+            elif mid is not None:
+                # Stored before the SUBACK can be handled: that happens on this loop, later.
+                self._pending_subscriptions[mid] = chunk
 
     def unsubscribe(self, topics: Sequence[str]) -> None:
         """Drop subscriptions; a no-op while disconnected (the broker forgot them anyway)."""
@@ -265,7 +295,11 @@ class PahoClient(BrokerClient):
         if dropped:
             log.warning("mqtt_stale_messages_dropped", count=dropped)
         self._connected = True
+        self._short_lived.connected(time.monotonic())
         log.info("mqtt_connected", host=self._host, port=self._port)
+        # SUBACKs of the lost connection never come: forget their filters, before Connected
+        # makes the runtime subscribe again.
+        self._call_on_loop(self._pending_subscriptions.clear)
         self._post(Connected())
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
@@ -297,7 +331,28 @@ class PahoClient(BrokerClient):
             # runtime never heard Connected, so there is no connection to lose.
             return
         log.warning("mqtt_disconnected", reason=str(reason_code))
+        if self._short_lived.dropped(time.monotonic()):
+            log.warning(
+                "client_id_conflict",
+                client_id=self._client_id,
+                drops=CONFLICT_DROPS,
+                within_s=CONFLICT_WINDOW_S,
+                hint="the broker keeps closing the connection shortly after it opens; another "
+                "client may be using the same client id (set a unique mqtt.client_id)",
+            )
         self._post(Disconnected(reason=str(reason_code)))
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if self._stopping:
+            return
+        self._call_on_loop(self._subscribed, mid, [code.is_failure for code in reason_codes])
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self._stopping:
@@ -321,6 +376,19 @@ class PahoClient(BrokerClient):
             # The loop closed while paho's thread was still winding down: nobody is left to
             # tell, and raising here would only be swallowed by paho.
             log.debug("mqtt_event_after_loop_closed")
+
+    def _subscribed(self, mid: int, refused: list[bool]) -> None:
+        """On the loop: a SUBACK arrived; name the filters the broker refused (an ACL, say)."""
+        filters = self._pending_subscriptions.pop(mid, None)
+        if filters is None or not any(refused):
+            return
+        names = [topic for topic, failed in zip(filters, refused, strict=False) if failed]
+        log.warning(
+            "mqtt_subscribe_refused",
+            filters=names,
+            hint="the broker refused these subscriptions (an ACL?); redlight sees nothing "
+            "published on them",
+        )
 
     def _set_stopped(self) -> None:
         if self._stopped is not None:

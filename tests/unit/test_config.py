@@ -12,6 +12,9 @@ from redlight.config import ConfigError, load_config
 from redlight.durations import format_duration, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
+#: The id cap and MQTT's topic limit, written out: the tests state the rule, not the code's value.
+MAX_ID_LENGTH = 64
+MAX_TOPIC_BYTES = 65_535
 MINIMAL = """
 [panels.hip_left]
 plug = { preset = "tasmota", topic = "panel_left" }
@@ -153,7 +156,7 @@ def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
         ),
         (
             '[mqtt]\nurl = "http://x"\n',
-            "mqtt.url: must look like mqtt://host:1883 or mqtts://host:8883 (got 'http://x')",
+            "mqtt.url: must start with mqtt:// or mqtts://, like mqtt://host:1883",
         ),
         (
             '[mqtt]\nbase_topic = "red/#"\n',
@@ -182,7 +185,9 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     """REDLIGHT_<SECTION>__<KEY> beats the file."""
     monkeypatch.setenv("REDLIGHT_SAFETY__COOLDOWN", "2m")
     monkeypatch.setenv("REDLIGHT_MQTT__PASSWORD", "from-env")
-    config = load_config(write(tmp_path, '[safety]\ncooldown = "1m"\n' + MINIMAL))
+    config = load_config(
+        write(tmp_path, '[mqtt]\nusername = "u"\n[safety]\ncooldown = "1m"\n' + MINIMAL)
+    )
     assert config.safety.cooldown == timedelta(minutes=2)
     assert config.mqtt.password is not None
     assert config.mqtt.password.get_secret_value() == "from-env"
@@ -202,7 +207,7 @@ def test_password_from_a_credential_file(tmp_path: Path, monkeypatch: pytest.Mon
     credentials.mkdir()
     (credentials / "mqtt__password").write_text("from-credential\n")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
-    config = load_config(write(tmp_path, MINIMAL))
+    config = load_config(write(tmp_path, '[mqtt]\nusername = "u"\n' + MINIMAL))
     assert config.mqtt.password is not None
     assert config.mqtt.password.get_secret_value().strip() == "from-credential"
 
@@ -239,3 +244,246 @@ def test_secret_is_never_echoed_in_a_validation_error(tmp_path: Path) -> None:
     """A wrong-typed password produces a problem line without the value."""
     found = problems(tmp_path, "[mqtt]\npassword = 123456789\n")
     assert found == ["mqtt.password: Input should be a valid string"]
+
+
+# ---------------------------------------------------------------------- credentials at the boundary
+
+TOKEN = "tok3n-Zq81x"  # noqa: S105 - a test value that must never be echoed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"mqtt://{TOKEN}@broker",
+        f"mqtt://{TOKEN}@broker:1883",
+        f"mqtts://redlight:{TOKEN}@broker",
+        f"mqtt://:{TOKEN}@broker",
+        "mqtt://@broker",
+        f"mqtt://{TOKEN}%40broker",
+        f"mqtt://us%65r:{TOKEN}@broker",
+        f"mqtt://[::1]@{TOKEN}",
+        f"MQTT://{TOKEN}@[::1]:1884",
+    ],
+)
+def test_user_info_of_any_form_in_the_url_is_one_line_without_the_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    """user@, user:pass@, :pass@, @host, percent-encoded: `check` refuses it, never echoing it."""
+    path = write(tmp_path, f'[mqtt]\nurl = "{url}"\n' + MINIMAL)
+    assert main(["check", "--config", str(path)]) == 1
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [
+        "mqtt.url: must not hold credentials (nothing before an '@'): "
+        "set mqtt.username and mqtt.password instead"
+    ]
+    assert TOKEN not in out.err + out.out
+    assert "broker" not in out.err
+
+
+def test_user_info_from_the_environment_is_refused_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REDLIGHT_MQTT__URL goes through the same model: a token there is refused the same way."""
+    monkeypatch.setenv("REDLIGHT_MQTT__URL", f"mqtt://{TOKEN}@broker")
+    found = problems(tmp_path, MINIMAL)
+    assert len(found) == 1
+    assert found[0].startswith("mqtt.url: must not hold credentials")
+    assert TOKEN not in found[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("mqtt://broker:0", "mqtt.url: has a port that is not a number from 1 to 65535"),
+        ("mqtt://broker:99999", "mqtt.url: has a port that is not a number from 1 to 65535"),
+        ("mqtt://broker/path", "mqtt.url: must be only mqtt[s]://host[:port], without a path"),
+        ("mqtt://::1", "mqtt.url: has an IPv6 address that needs brackets"),
+        ("mqtt://bro ker", "mqtt.url: must not contain spaces or control characters"),
+        ("mqtt://" + "b" * 300, "mqtt.url: has a host name that is not valid"),
+        ("mqtt://bro%6Ber", "mqtt.url: must not be percent-encoded"),
+    ],
+)
+def test_other_bad_urls_say_what_is_wrong_without_echoing(
+    tmp_path: Path, url: str, complaint: str
+) -> None:
+    """Each URL problem is one line naming what is wrong; the URL itself is never shown."""
+    found = problems(tmp_path, f'[mqtt]\nurl = "{url}"\n' + MINIMAL)
+    assert len(found) == 1
+    assert found[0].startswith(complaint)
+    assert url not in found[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "tls"),
+    [
+        ("mqtt://broker.lan", "broker.lan", 1883, False),
+        ("mqtts://broker.lan:8884/", "broker.lan", 8884, True),
+        ("mqtt://192.168.1.10:1884", "192.168.1.10", 1884, False),
+        ("mqtt://[::1]:1885", "::1", 1885, False),
+        ("mqtt://my_broker", "my_broker", 1883, False),
+    ],
+)
+def test_good_urls_give_host_port_and_tls(
+    tmp_path: Path, url: str, host: str, port: int, tls: bool
+) -> None:
+    """Host names, IPv4 and bracketed IPv6 literals, with or without a port, are accepted."""
+    address = load_config(write(tmp_path, f'[mqtt]\nurl = "{url}"\n' + MINIMAL)).mqtt.address
+    assert (address.host, address.port, address.tls) == (host, port, tls)
+
+
+def test_a_password_without_a_username_is_a_config_error(tmp_path: Path) -> None:
+    """MQTT sends no password without a username: refused by the model, the value not shown."""
+    found = problems(tmp_path, '[mqtt]\npassword = "hunter2"\n' + MINIMAL)
+    assert found == ["mqtt.password: needs mqtt.username too (MQTT sends no password without one)"]
+
+
+# ---------------------------------------------------------------------- limits at the boundary
+
+
+def plug(topic: str) -> str:
+    """A panel table whose Tasmota plug uses ``topic``."""
+    return f'[panels.hip_left]\nplug = {{ preset = "tasmota", topic = "{topic}" }}\n'
+
+
+def test_a_huge_panel_id_is_one_short_line(tmp_path: Path) -> None:
+    """A 70,000-character panel id is refused; the line names it cut short, not in full."""
+    key = "p" * 70_000
+    found = problems(tmp_path, f'[panels.{key}]\nplug = {{ preset = "tasmota", topic = "t" }}\n')
+    assert len(found) == 1
+    assert found[0].startswith("panels['pppp")
+    assert "a panel id must be at most 64 characters (it is 70,000;" in found[0]
+    assert len(found[0]) < 300
+
+
+@pytest.mark.parametrize("kind", ["panel", "routine", "schedule"])
+def test_ids_longer_than_the_cap_are_refused(tmp_path: Path, kind: str) -> None:
+    """Panel, routine and schedule ids: at most MAX_ID_LENGTH characters; exactly that is fine."""
+    ok, too_long = "a" * MAX_ID_LENGTH, "a" * (MAX_ID_LENGTH + 1)
+    tables = {
+        "panel": lambda key: f'[panels.{key}]\nplug = {{ preset = "tasmota", topic = "t" }}\n',
+        "routine": lambda key: (
+            MINIMAL + f'[routines.{key}]\nsteps = [{{ panels = ["hip_left"], duration = "1m" }}]\n'
+        ),
+        "schedule": lambda key: (
+            MINIMAL
+            + f'[schedules.{key}]\ncron = "0 7 * * *"\npanels = ["hip_left"]\nduration = "1m"\n'
+        ),
+    }
+    load_config(write(tmp_path, tables[kind](ok)))
+    found = problems(tmp_path, tables[kind](too_long))
+    assert found == [
+        f"{kind}s.{too_long}: a {kind} id must be at most {MAX_ID_LENGTH} characters (it is 65; "
+        "Home Assistant builds its entity ids from it)"
+    ]
+
+
+def test_a_base_topic_that_makes_topics_too_long_is_refused(tmp_path: Path) -> None:
+    """mqtt.base_topic is checked with the longest topic it starts, and named as the culprit."""
+    base = "b" * (MAX_TOPIC_BYTES - len("/panel/") - MAX_ID_LENGTH - len("/duration/set") + 1)
+    found = problems(tmp_path, f'[mqtt]\nbase_topic = "{base}"\n' + MINIMAL)
+    assert len(found) == 1
+    assert found[0].startswith(
+        "mqtt.base_topic: makes a topic of 65,536 bytes, more than the 65,535"
+    )
+    assert len(found[0]) < 300
+    shorter = base[: -MAX_ID_LENGTH - 20]
+    load_config(write(tmp_path, f'[mqtt]\nbase_topic = "{shorter}"\n' + MINIMAL))
+
+
+def test_a_plug_topic_too_long_for_mqtt_is_refused(tmp_path: Path) -> None:
+    """A plug's topics are checked as built: a 70,000-byte Tasmota topic names the panel's plug."""
+    found = problems(tmp_path, plug("t" * 70_000))
+    assert len(found) == 1
+    assert found[0].startswith("panels.hip_left.plug: makes a topic of 70,")
+    assert len(found[0]) < 300
+
+
+def test_multibyte_characters_count_as_utf8_bytes(tmp_path: Path) -> None:
+    """The limit is in bytes of UTF-8: 30,000 'é' (60,000 bytes) plus the rest is too much."""
+    found = problems(tmp_path, plug("é" * 33_000))
+    assert len(found) == 1
+    assert "bytes, more than the 65,535 MQTT allows" in found[0]
+    load_config(write(tmp_path, plug("é" * 30_000)))
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[mqtt]\nbase_topic = "red\\u0000light"\n' + MINIMAL, "mqtt.base_topic"),
+        ('[mqtt]\nbase_topic = "red\\tlight"\n' + MINIMAL, "mqtt.base_topic"),
+        ('[homeassistant]\ndiscovery_prefix = "ha\\u0000"\n' + MINIMAL, "homeassistant"),
+        ('[homeassistant]\nstatus_topic = "ha/\\u0007"\n' + MINIMAL, "homeassistant"),
+        (
+            '[panels.hip_left]\nplug = { preset = "generic", command_topic = "c\\u001b", '
+            'state_topic = "s" }\n',
+            "panels.hip_left.plug",
+        ),
+        (
+            '[panels.hip_left]\nplug = { preset = "generic", command_topic = "c", '
+            'state_topic = "s\\ufffe" }\n',
+            "panels.hip_left.plug",
+        ),
+    ],
+)
+def test_characters_mqtt_forbids_in_topics_are_refused(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    """NUL, control characters and non-characters in any topic: one line with where."""
+    found = problems(tmp_path, text)
+    assert len(found) == 1
+    assert found[0].startswith(where)
+    assert "must not contain the character U+" in found[0]
+
+
+def test_a_wildcard_in_the_discovery_prefix_is_refused(tmp_path: Path) -> None:
+    """'+' and '#' cannot be published to: a discovery prefix with one is refused."""
+    found = problems(tmp_path, '[homeassistant]\ndiscovery_prefix = "ha/+"\n' + MINIMAL)
+    assert len(found) == 1
+    assert "must not contain the MQTT wildcards" in found[0]
+
+
+# ---------------------------------------------------------------------- the default client id
+
+
+def client_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str, base: str) -> str:
+    """The default client id on host ``host`` with base topic ``base``."""
+    monkeypatch.setattr("socket.gethostname", lambda: host)
+    text = f'[mqtt]\nbase_topic = "{base}"\n' + MINIMAL
+    return load_config(write(tmp_path, text)).mqtt.client_id
+
+
+def test_the_default_client_id_is_unique_per_host_and_base_topic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redlight-<host>-<hash>: within 23 characters, different per host and per base topic."""
+    default = client_id(tmp_path, monkeypatch, "raspberrypi.lan", "redlight")
+    assert default.startswith("redlight-raspber-")
+    # The same instance (same host, same base topic) gets the same id every time.
+    assert client_id(tmp_path, monkeypatch, "raspberrypi.lan", "redlight") == default
+    ids = {
+        client_id(tmp_path, monkeypatch, host, base)
+        for base in ("redlight", "redlight2", "home/redlight")
+        for host in ("raspberrypi", "raspberrypi2", "raspberrypi.lan", "nas", "NAS-2")
+    }
+    assert len(ids) == 15
+    assert all(len(i) <= 23 and i.isascii() for i in ids), ids
+
+
+def test_a_client_id_set_in_the_file_or_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mqtt.client_id, when given, is used as it is."""
+    config = load_config(write(tmp_path, '[mqtt]\nclient_id = "mine"\n' + MINIMAL))
+    assert config.mqtt.client_id == "mine"
+    monkeypatch.setenv("REDLIGHT_MQTT__CLIENT_ID", "from-env")
+    assert load_config(write(tmp_path, MINIMAL)).mqtt.client_id == "from-env"
+
+
+def test_the_environment_base_topic_shapes_the_default_client_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REDLIGHT_MQTT__BASE_TOPIC is merged before the default id is derived from it."""
+    from_file = client_id(tmp_path, monkeypatch, "pi", "second")
+    assert client_id(tmp_path, monkeypatch, "pi", "redlight") != from_file
+    monkeypatch.setenv("REDLIGHT_MQTT__BASE_TOPIC", "second")
+    assert load_config(write(tmp_path, MINIMAL)).mqtt.client_id == from_file

@@ -24,7 +24,7 @@ from redlight.broker import (
     Disconnected,
     Message,
 )
-from redlight.mqtt import PahoClient, TlsOptions, parse_broker_url
+from redlight.mqtt import PahoClient, ShortLivedConnections, TlsOptions, parse_broker_url
 from tests.brokerkit import WAIT_S, Events
 from tests.mosquitto import MosquittoBroker, mosquitto_binary
 
@@ -77,6 +77,10 @@ def test_parse_broker_url_accepts_mqtt_and_mqtts(url: str, expected: tuple[str, 
         ("mqtt://broker:abc", "port"),
         ("mqtt://broker:0", "port"),
         ("mqtt://user:hunter2@broker", "credentials"),
+        ("mqtt://hunter2@broker", "credentials"),
+        ("mqtt://:hunter2@broker", "credentials"),
+        ("mqtt://hunter2%40broker", "credentials"),
+        ("mqtt://broker:1883 ", "spaces"),
         ("mqtt://broker/some/path", "path"),
         ("mqtt://broker?x=1", "path"),
         ("mqtt://broker#frag", "path"),
@@ -300,3 +304,28 @@ async def test_connection_sends_each_packet_at_once(mosquitto: MosquittoBroker) 
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         await client.stop()
+
+
+def test_three_short_lived_connections_in_a_row_are_a_client_id_conflict() -> None:
+    """Dropped within 30 s of connecting, three times in a row: reported, then counted afresh."""
+    seen = ShortLivedConnections()
+    reports = []
+    for start in range(0, 60, 10):  # six connections, each closed 2 s after it opened
+        seen.connected(float(start))
+        reports.append(seen.dropped(start + 2.0))
+    assert reports == [False, False, True, False, False, True]
+
+
+def test_a_connection_that_lasted_starts_the_count_again() -> None:
+    """A drop after more than 30 s is an ordinary outage: the short-lived count starts over."""
+    seen = ShortLivedConnections()
+    timeline = [(0.0, 1.0), (2.0, 3.0), (4.0, 100.0), (101.0, 102.0), (103.0, 104.0)]
+    reports = []
+    for opened, closed in timeline:
+        seen.connected(opened)
+        reports.append(seen.dropped(closed))
+    assert reports == [False, False, False, False, False]
+    seen.connected(105.0)
+    assert seen.dropped(106.0)
+    # A drop with no connection before it (a refused CONNECT) counts for nothing.
+    assert not seen.dropped(107.0)
