@@ -413,7 +413,10 @@ class Core:
         for panel in routed:
             report = panel.plug.read(topic, payload)
             if isinstance(report, PlugState):
-                self._plug_report(panel, report.on, now, fresh=not retain)
+                # A retained state is the plug's last word, perhaps from before a gap; it is
+                # news of now only for a plug that cannot be asked.
+                fresh = not retain or not panel.plug.state_request
+                self._plug_report(panel, report.on, now, fresh=fresh)
             elif isinstance(report, PlugAvailability):
                 self._availability(panel, report, now)
             if panel.min_power_w is not None:

@@ -35,6 +35,7 @@ PANEL_EVENT_TYPES: Final = (
     "ending_soon",
     "schedule_offer",
     "relay_stuck",
+    "off_not_obeyed",
 )
 #: The values of the ``State`` enum sensor.
 PANEL_STATES: Final = ("idle", "running", "cooldown", "fault")
