@@ -277,6 +277,9 @@ class Runtime:
         elif isinstance(item, _Fired):
             log.info("schedule_fired", schedule=item.schedule)
             effects = self.schedules.fire(item.schedule, now)
+            # APScheduler has moved the job on by now: publish its next run.
+            next_run = self.clock_jobs.next_run(item.schedule)
+            effects.append(self.schedules.state_message(item.schedule, next_run))
         elif isinstance(item, _DayTotals):
             effects = self.core.day_totals(item.day, item.seconds_by_session, now)
         elif isinstance(item, Connected):

@@ -321,6 +321,9 @@ async def test_a_forward_step_just_before_a_schedule_still_runs_it(
     next_run = rig.runtime.clock_jobs.next_run("evening")
     assert next_run is not None
     assert next_run.date() == date(2026, 11, 25)
+    retained = rig.broker.retained("redlight/schedule/evening/state")
+    assert retained is not None
+    assert json.loads(retained)["next_run"] == "2026-11-25T19:00:00+01:00"
     await rig.plug.wait_for(lambda plug: not plug.is_on)
     assert rig.plug.on_commands == 1
 
