@@ -12,7 +12,7 @@ import heapq
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Final, Literal
 
 from paho.mqtt.client import topic_matches_sub
@@ -170,6 +170,12 @@ class Restored:
     schedule_enabled: Mapping[str, bool] = field(default_factory=dict)
     #: Per panel, the end of its last exposure and that exposure's on-time in seconds.
     exposure: Mapping[str, tuple[datetime, float]] = field(default_factory=dict)
+    #: The local date (ISO) that ``day_sessions`` was read for. Set, it also says that history
+    #: will answer for every later day (:meth:`Core.day_totals`), so a day not yet answered is
+    #: judged conservatively; ``finished_today_s`` alone counts for the first day seen.
+    day: str | None = None
+    #: Each panel's sessions started on ``day``: session id -> seconds on.
+    day_sessions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -207,6 +213,7 @@ class Panel:
     default_s: float
     day: str = ""
     finished_today_s: float = 0.0
+    carry_s: float = 0.0
     plug_state: Literal["on", "off", "unknown"] = "unknown"
     availability: dict[str, bool] = field(default_factory=dict)
     session: Session | None = None
@@ -287,6 +294,49 @@ class _Timers:
         return due
 
 
+class _DayBook:
+    """Seconds on per local day, panel and session id: what the core saw, and what history said.
+
+    A session is counted on the local date it started (``today_s``: "sessions started today").
+    The two sources are merged by session id, so a session both seen and read counts once and
+    a restart (or a clock step back into a day already lived) loses nothing.
+    """
+
+    #: Days kept per source; a clock that steps back and forth revisits only a few.
+    KEEP: Final = 8
+
+    def __init__(self, expect_history: bool) -> None:
+        self.expect_history = expect_history
+        self.seen: dict[str, dict[str, dict[str, float]]] = {}
+        self.read: dict[str, dict[str, dict[str, float]]] = {}
+
+    def add_seen(self, day: str, panel: str, session: str, seconds: float) -> None:
+        self._day(self.seen, day).setdefault(panel, {})[session] = seconds
+
+    def add_read(self, day: str, rows: Mapping[str, Mapping[str, float]]) -> None:
+        book = self._day(self.read, day)
+        for panel, sessions in rows.items():
+            book.setdefault(panel, {}).update(sessions)
+
+    def known(self, day: str) -> bool:
+        """History has answered for ``day`` (or will never be asked)."""
+        return not self.expect_history or day in self.read
+
+    def total(self, day: str, panel: str) -> float:
+        merged = dict(self.read.get(day, {}).get(panel, {}))
+        merged.update(self.seen.get(day, {}).get(panel, {}))
+        return sum(merged.values())
+
+    def _day(
+        self, book: dict[str, dict[str, dict[str, float]]], day: str
+    ) -> dict[str, dict[str, float]]:
+        entry = book.pop(day, None)
+        book[day] = entry = entry if entry is not None else {}
+        while len(book) > self.KEEP:
+            del book[next(iter(book))]
+        return entry
+
+
 class Core:
     """Owns every panel's state; each public method returns the effects to carry out."""
 
@@ -329,6 +379,12 @@ class Core:
             )
         self._restored_last_end = dict(restored.last_end)
         self._restored_exposure = dict(restored.exposure)
+        self._days = _DayBook(expect_history=restored.day is not None)
+        if restored.day is not None:
+            self._days.add_read(restored.day, restored.day_sessions)
+            for panel in self.panels.values():
+                panel.day = restored.day
+                panel.finished_today_s = self._days.total(restored.day, panel.id)
         self._order = list(self.panels.values())
         self._index = {panel.id: i for i, panel in enumerate(self._order)}
         # Panels whose timers changed since the last flush, and every panel's next due time.
@@ -747,8 +803,7 @@ class Core:
         actual_s = session.elapsed(now)
         ended = session.started_wall + timedelta(seconds=actual_s)
         dose = actual_s * panel.irradiance / 1000 if panel.irradiance is not None else None
-        self._roll_day(panel, now)
-        panel.finished_today_s += actual_s
+        self._count_day(panel, session, actual_s, now)
         panel.exposure_s = self._exposure_before(panel, session.started_mono) + actual_s
         panel.exposure_end = session.started_mono + actual_s
         if self.cooldown_s > 0:
@@ -1161,17 +1216,62 @@ class Core:
             "relay_stuck": panel.relay_stuck,
         }
 
+    def day_totals(
+        self, day: date, seconds_by_session: Mapping[str, Mapping[str, float]], now: Now
+    ) -> list[Effect]:
+        """History's sessions of local ``day`` (panel -> session id -> seconds), read off the loop.
+
+        Merged by session id with the sessions the core saw itself, so rows written before a
+        restart count and nothing counts twice; panels whose ``today_s`` changed are published.
+        """
+        key = day.isoformat()
+        # Every panel is brought to today first, so one that has not noticed the new day yet
+        # (nothing asked since the clock stepped) is compared, and published, too.
+        before = {p.id: round(self._today_s(p, now)) for p in self.panels.values()}
+        self._days.add_read(key, seconds_by_session)
+        for panel in self.panels.values():
+            if panel.day == key:
+                panel.finished_today_s = self._days.total(key, panel.id)
+                if round(self._today_s(panel, now)) != before[panel.id]:
+                    self._publish_state(panel, now)
+        return self._flush(now)
+
     def _today_s(self, panel: Panel, now: Now) -> float:
         self._roll_day(panel, now)
-        running = panel.session.elapsed(now) if panel.session is not None else 0.0
-        return panel.finished_today_s + running
+        session = panel.session
+        running = 0.0
+        if session is not None and session.started_wall.date().isoformat() == panel.day:
+            running = session.elapsed(now)
+        total = panel.finished_today_s + running
+        if not self._days.known(panel.day):
+            # History has not answered for this day yet (milliseconds after the day changed,
+            # or a clock step made it change): the larger of what is known, so a step can never
+            # make room for a session that daily_max would refuse.
+            return max(total, panel.carry_s)
+        return total
 
     def _roll_day(self, panel: Panel, now: Now) -> None:
         today = now.wall.date().isoformat()
-        if panel.day != today:
-            if panel.day:
-                panel.finished_today_s = 0.0
-            panel.day = today
+        if panel.day == today:
+            return
+        if panel.day:
+            known = self._days.known(panel.day)
+            panel.carry_s = (
+                panel.finished_today_s if known else max(panel.finished_today_s, panel.carry_s)
+            )
+        elif panel.finished_today_s:
+            # Totals restored without a date count for the first day seen.
+            self._days.add_read(today, {panel.id: {"": panel.finished_today_s}})
+        panel.day = today
+        panel.finished_today_s = self._days.total(today, panel.id)
+
+    def _count_day(self, panel: Panel, session: Session, actual_s: float, now: Now) -> None:
+        """An ended session counts on the local date it started."""
+        self._roll_day(panel, now)
+        day = session.started_wall.date().isoformat()
+        self._days.add_seen(day, panel.id, session.id, actual_s)
+        if day == panel.day:
+            panel.finished_today_s = self._days.total(day, panel.id)
 
     def _ends_wall(self, session: Session) -> datetime:
         return session.started_wall + timedelta(seconds=session.duration_s)

@@ -13,9 +13,10 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Final, TypeAlias
 
 import structlog
@@ -43,7 +44,7 @@ from redlight.systemd import Notifier
 
 log = structlog.get_logger("redlight")
 
-Item: TypeAlias = "BrokerEvent | _Shutdown | _Announce | _Fired"
+Item: TypeAlias = "BrokerEvent | _Shutdown | _Announce | _Fired | _DayTotals"
 
 #: Safety rule 9: how long shutdown waits for plugs to confirm OFF, at most.
 SHUTDOWN_CONFIRM_S: Final = 5.0
@@ -66,12 +67,23 @@ class _Fired:
     schedule: str
 
 
-#: How often the wall clock is compared with the monotonic one to notice a step (NTP on a
-#: board without a real-time clock): APScheduler then recomputes its next runs.
-CLOCK_CHECK_S: Final = 30.0
+@dataclass(frozen=True, slots=True)
+class _DayTotals:
+    """History's sessions of one local day (panel -> session id -> seconds), read off the loop."""
+
+    day: date
+    seconds_by_session: Mapping[str, Mapping[str, float]]
+
+
+#: How often the wall clock is compared with the monotonic one (NTP steps it on a board without
+#: a real-time clock) and the local date looked at: soon enough that a schedule due just after
+#: a step still runs, and a new day's total is read before a start needs it. One wake-up a
+#: second costs no measurable CPU (README, Performance).
+CLOCK_CHECK_S: Final = 1.0
+#: A change of the wall clock's offset from the monotonic one by more than this is a step.
+CLOCK_STEP_S: Final = 1.0
 #: The most time spent applying already-arrived messages before deadlines are checked.
 BATCH_S: Final = 0.05
-CLOCK_STEP_S: Final = 60.0
 #: Queued items applied back to back before the loop's other callbacks get a turn.
 BACKLOG_TURN: Final = 100
 #: Added to every timed wake-up (see ``Runtime._timeout``): 10 µs, far below epoll's 1 ms.
@@ -110,12 +122,15 @@ def restore(
 
 def _restore(history: History, config: Config, wall: datetime) -> tuple[Restored, list[SessionRow]]:
     interrupted = history.close_interrupted(wall)
-    midnight = wall.replace(hour=0, minute=0, second=0, microsecond=0)
+    # Read by session id, so that the core can merge later reads of the same day (after a clock
+    # step or at midnight: Runtime._check_day) with what it saw itself, counting each once.
+    day = wall.date()
+    sessions = history.day_sessions(day)
     today: dict[str, float] = {}
     last_end: dict[str, datetime] = {}
     defaults: dict[str, float] = {}
     for panel in config.panels:
-        today[panel] = history.seconds_between(panel, midnight, wall + timedelta(seconds=1))
+        today[panel] = sum(sessions.get(panel, {}).values())
         end = history.last_end(panel)
         if end is not None:
             last_end[panel] = end
@@ -131,7 +146,23 @@ def _restore(history: History, config: Config, wall: datetime) -> tuple[Restored
         stored = history.get_setting(setting_key(schedule))
         if stored is not None:
             enabled[schedule] = stored == "1"
-    return Restored(today, last_end, defaults, enabled, exposure), interrupted
+    day_sessions = {panel: sessions.get(panel, {}) for panel in config.panels}
+    restored = Restored(
+        today,
+        last_end,
+        defaults,
+        enabled,
+        exposure=exposure,
+        day=day.isoformat(),
+        day_sessions=day_sessions,
+    )
+    return restored, interrupted
+
+
+def read_day(path: Path, day: date) -> dict[str, dict[str, float]]:
+    """Every panel's sessions of ``day`` from the history (blocking: run it on a thread)."""
+    with History.open(path) as history:
+        return history.day_sessions(day)
 
 
 def _exposures(
@@ -191,6 +222,9 @@ class Runtime:
         )
         self.clock_jobs = ScheduleClock(config, self._fired)
         self._wall_offset: float | None = None
+        # Where later days' totals are read from (off the loop), and the day last asked for.
+        self._history_path = writer.path if writer is not None else None
+        self._day_asked = date.fromisoformat(restored.day) if restored and restored.day else None
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self.connected_once = asyncio.Event()
 
@@ -246,7 +280,8 @@ class Runtime:
 
     def _timeout(self, watchdog: float | None, next_ping: float) -> float | None:
         wakes = [self.core.next_wakeup(), self.routines.next_wakeup(), self.schedules.next_wakeup()]
-        timeouts: list[float] = [CLOCK_CHECK_S] if self.config.schedules else []
+        watch_clock = self.config.schedules or self._history_path is not None
+        timeouts: list[float] = [CLOCK_CHECK_S] if watch_clock else []
         mono = self.now().mono
         timeouts.extend(wake - mono for wake in wakes if wake is not None)
         if watchdog is not None:
@@ -262,7 +297,7 @@ class Runtime:
     def _fired(self, schedule: str) -> None:
         self._queue.put_nowait(_Fired(schedule))
 
-    def _handle(self, item: BrokerEvent | _Announce | _Fired | None) -> None:
+    def _handle(self, item: BrokerEvent | _Announce | _Fired | _DayTotals | None) -> None:
         """Apply one queued item (time is judged afterwards, by :meth:`_tick`)."""
         now = self.now()
         effects: list[Effect] = []
@@ -277,6 +312,11 @@ class Runtime:
         elif isinstance(item, _Fired):
             log.info("schedule_fired", schedule=item.schedule)
             effects = self.schedules.fire(item.schedule, now)
+            # APScheduler has moved the job on by now: publish its next run.
+            next_run = self.clock_jobs.next_run(item.schedule)
+            effects.append(self.schedules.state_message(item.schedule, next_run))
+        elif isinstance(item, _DayTotals):
+            effects = self.core.day_totals(item.day, item.seconds_by_session, now)
         elif isinstance(item, Connected):
             self._on_connected(now)
             return
@@ -306,7 +346,7 @@ class Runtime:
         effects += self.routines.tick(now)
         effects += self.schedules.tick(now)
         self.apply(effects)
-        self._check_wall_clock()
+        self._check_wall_clock(now)
 
     def _from_hass(self, item: Received) -> None:
         if self.hass.is_birth(item.topic, item.payload):
@@ -368,16 +408,49 @@ class Runtime:
             for key in self.config.schedules
         ]
 
-    def _check_wall_clock(self) -> None:
-        """Safety rule 3 keeps sessions on the monotonic clock; schedules need re-arming."""
-        if not self.config.schedules:
-            return
-        offset = time.time() - time.monotonic()
+    def _check_wall_clock(self, now: Now) -> None:
+        """Safety rule 3 keeps sessions on the monotonic clock; schedules and the day do not.
+
+        A step makes APScheduler judge its jobs at once (a run the step skipped over still
+        fires within the misfire grace); a new local date has its total read from history.
+        """
+        offset = now.wall.timestamp() - now.mono
         if self._wall_offset is not None and abs(offset - self._wall_offset) > CLOCK_STEP_S:
-            log.warning("wall_clock_stepped", seconds=round(offset - self._wall_offset))
-            self.clock_jobs.rearm()
-            self.apply(self._schedule_states())
+            stepped = offset - self._wall_offset
+            log.warning("wall_clock_stepped", seconds=round(stepped))
+            if self.config.schedules:
+                self.clock_jobs.clock_stepped(stepped)
+                self.apply(self._schedule_states())
         self._wall_offset = offset
+        self._check_day(now)
+
+    def _check_day(self, now: Now) -> None:
+        """A local date not asked for yet: read its sessions on a thread, answer via the queue."""
+        day = now.wall.date()
+        if self._history_path is None or day == self._day_asked:
+            return
+        self._day_asked = day
+        loop = asyncio.get_running_loop()
+        reading = loop.run_in_executor(None, read_day, self._history_path, day)
+
+        def answer(done: asyncio.Future[dict[str, dict[str, float]]]) -> None:
+            rows: Mapping[str, Mapping[str, float]] = {}
+            if done.cancelled():
+                return
+            error = done.exception()
+            if error is None:
+                rows = done.result()
+            else:
+                # Rule 12: reported; the day counts what the core saw itself.
+                log.error(
+                    "storage_error",
+                    operation="read_day",
+                    path=str(self._history_path),
+                    error=str(error),
+                )
+            self._queue.put_nowait(_DayTotals(day, rows))
+
+        reading.add_done_callback(answer)
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
         topics = self.core.topics

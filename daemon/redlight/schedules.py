@@ -312,13 +312,41 @@ class ScheduleClock:
         job = self.scheduler.get_job(schedule_id)
         return job.next_run_time if job is not None else None
 
-    def rearm(self) -> None:
-        """The wall clock stepped: recompute every job's next run from the new time."""
-        for job in self.scheduler.get_jobs():
-            if job.next_run_time is not None:
-                now = datetime.now(self.zones[job.id])
-                job.modify(next_run_time=job.trigger.get_next_fire_time(None, now))
+    def clock_stepped(self, seconds: float) -> None:
+        """The wall clock stepped by ``seconds``: every job is judged again, at once.
+
+        APScheduler's timer waits on the monotonic clock for a wall time computed before the
+        step. Forward, the runs the step skipped over are due now: the latest one still within
+        :data:`MISFIRE_GRACE_S` fires, once (coalesced), and older ones are skipped and logged.
+        Backward, every job keeps its next run, so nothing fires early, and no run fires twice
+        (a clock that was a day ahead resumes at the first run after the latest time it showed).
+        """
+        if seconds > 0:
+            for job in self.scheduler.get_jobs():
+                self._skip_missed(job)
         self.scheduler.wakeup()
+
+    def _skip_missed(self, job: Any) -> None:
+        due = job.next_run_time
+        if due is None:
+            return  # paused, or past its window
+        now = datetime.now(self.zones[job.id])
+        if due > now:
+            return
+        # The first run inside the grace window, found directly: APScheduler itself would walk
+        # every run since ``due`` (a clock stepped from 1970 to today: millions for */1).
+        first = job.trigger.get_next_fire_time(None, now - timedelta(seconds=MISFIRE_GRACE_S))
+        if first is None or first <= due:
+            # The run it holds is still within grace and fires as it is; or the schedule's
+            # window is over, and APScheduler retires the job as usual.
+            return
+        log.warning(
+            "schedule_missed",
+            schedule=job.id,
+            run_time=iso(due),
+            reason="the wall clock stepped past it by more than the misfire grace",
+        )
+        job.modify(next_run_time=first)
 
     def shutdown(self) -> None:
         """Stop firing."""

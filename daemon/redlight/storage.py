@@ -18,7 +18,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, date, datetime
+from datetime import time as clock_time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Final, Self
@@ -36,6 +37,9 @@ BUSY_TIMEOUT_S: Final = 0.2
 #: after the ON still leaves a row to close as interrupted; short enough that a sick one cannot
 #: hold up the event loop (and with it every OFF) noticeably.
 JOURNAL_WAIT_S: Final = 0.1
+
+#: A day in seconds: a local date lies within a day of the same UTC date (offsets are < 24 h).
+_DAY_S: Final = 86400.0
 
 
 class StorageError(Exception):
@@ -375,6 +379,27 @@ class History:
             (panel, _epoch(start, "start"), _epoch(end, "end")),
         )
         return float(row[0]) if row is not None else 0.0
+
+    def day_sessions(self, day: date) -> dict[str, dict[str, float]]:
+        """Every panel's closed sessions that started on local ``day``: id -> seconds on.
+
+        "Local" is the offset each row was recorded with (the date in ``started_at``), which is
+        how the core dates a session; the epoch bounds only let the index narrow the search.
+        """
+        midnight = datetime.combine(day, clock_time(0), UTC).timestamp()
+        try:
+            raws = self._conn.execute(
+                "SELECT panel, id, actual_s FROM sessions"
+                " WHERE started_epoch >= ? AND started_epoch < ?"
+                " AND substr(started_at, 1, 10) = ? AND actual_s IS NOT NULL",
+                (midnight - _DAY_S, midnight + 2 * _DAY_S, day.isoformat()),
+            ).fetchall()
+        except sqlite3.Error as error:
+            raise StorageError(f"{self.path}: {error}") from error
+        found: dict[str, dict[str, float]] = {}
+        for panel, session_id, actual_s in raws:
+            found.setdefault(str(panel), {})[str(session_id)] = float(actual_s)
+        return found
 
     def last_end(self, panel: str) -> datetime | None:
         """When the latest closed session of ``panel`` ended, or None if it never ran."""

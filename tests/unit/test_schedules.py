@@ -9,8 +9,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from structlog.testing import capture_logs
 
-import redlight.schedules as schedules_module
 from redlight.config import Config, ScheduleConfig
 from redlight.core import ScheduleChanged, SettingChanged
 from redlight.routines import Routines
@@ -22,6 +22,7 @@ from redlight.schedules import (
     crontab_weekdays,
     in_quiet_hours,
 )
+from tests.unit.clockkit import FakeWall, patch_wall
 from tests.unit.corekit import Kit, events, make_config
 
 AMS = ZoneInfo("Europe/Amsterdam")
@@ -221,39 +222,10 @@ def test_schedule_state_carries_next_run_with_offset() -> None:
 # ---------------------------------------------------------------- APScheduler and clock steps
 
 
-class FakeWall:
-    """A wall clock that follows the loop's (virtual) time, and can be stepped."""
-
-    def __init__(self, start: datetime) -> None:
-        """Start at ``start`` now."""
-        self.start = start
-        self.mono0 = asyncio.get_running_loop().time()
-        self.offset = timedelta(0)
-
-    def now(self, tz: tzinfo | None = None) -> datetime:
-        """What ``datetime.now(tz)`` returns."""
-        elapsed = asyncio.get_running_loop().time() - self.mono0
-        moment = self.start + timedelta(seconds=elapsed) + self.offset
-        return moment.astimezone(tz) if tz else moment.replace(tzinfo=None)
-
-
 @pytest.fixture
 def fake_wall(monkeypatch: pytest.MonkeyPatch) -> list[FakeWall]:
     """Patch the wall clock APScheduler and redlight.schedules read."""
-    holder: list[FakeWall] = []
-
-    class FakeDatetime(datetime):
-        @classmethod
-        def now(cls, tz: tzinfo | None = None) -> Any:
-            return holder[0].now(tz)
-
-    import apscheduler.executors.base as executors
-    import apscheduler.schedulers.base as base
-
-    monkeypatch.setattr(base, "datetime", FakeDatetime)
-    monkeypatch.setattr(executors, "datetime", FakeDatetime)
-    monkeypatch.setattr(schedules_module, "datetime", FakeDatetime)
-    return holder
+    return patch_wall(monkeypatch)
 
 
 def clock_config(cron: str) -> Config:
@@ -271,17 +243,17 @@ def clock_config(cron: str) -> Config:
 
 
 @pytest.mark.looptime
-async def test_a_forward_step_of_three_hours_is_rearmed_not_missed(
+async def test_a_forward_step_of_three_hours_is_not_missed(
     fake_wall: list[FakeWall],
 ) -> None:
-    """15:59 becomes 18:59: re-armed, the 19:00 run still happens, once."""
+    """15:59 becomes 18:59: judged again at once, the 19:00 run still happens, once."""
     fake_wall.append(FakeWall(datetime(2026, 11, 24, 15, 59, tzinfo=AMS)))
     fired: list[str] = []
     jobs = ScheduleClock(clock_config("0 19 * * *"), fired.append)
     jobs.start({"s": True})
     await asyncio.sleep(1)
-    fake_wall[0].offset = timedelta(hours=3)
-    jobs.rearm()
+    fake_wall[0].step(3 * 3600)
+    jobs.clock_stepped(3 * 3600)
     await asyncio.sleep(120)
     jobs.shutdown()
     assert fired == ["s"]
@@ -309,8 +281,8 @@ async def test_a_backward_step_of_three_hours_does_not_hang(fake_wall: list[Fake
     fired: list[str] = []
     jobs = ScheduleClock(clock_config("0 19 * * *"), fired.append)
     jobs.start({"s": True})
-    fake_wall[0].offset = -timedelta(hours=3)
-    jobs.rearm()
+    fake_wall[0].step(-3 * 3600)
+    jobs.clock_stepped(-3 * 3600)
     await asyncio.sleep(120)
     assert fired == []
     next_run = jobs.next_run("s")
@@ -319,3 +291,90 @@ async def test_a_backward_step_of_three_hours_does_not_hang(fake_wall: list[Fake
     await asyncio.sleep(3 * 3600)
     jobs.shutdown()
     assert fired == ["s"]
+
+
+def at(hour: int, minute: int, second: int = 0, day: int = 24) -> datetime:
+    """A moment of November 2026 in Amsterdam."""
+    return datetime(2026, 11, day, hour, minute, second, tzinfo=AMS)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize("late_s", [2, 20, 299])
+async def test_a_run_the_forward_step_skipped_over_fires_once_within_grace(
+    fake_wall: list[FakeWall], late_s: int
+) -> None:
+    """18:30 steps to just past 19:00 (the run fell inside the step): it fires at once, once,
+    and the next run is tomorrow's."""
+    fake_wall.append(FakeWall(at(18, 30)))
+    fired: list[str] = []
+    jobs = ScheduleClock(clock_config("0 19 * * *"), fired.append)
+    jobs.start({"s": True})
+    await asyncio.sleep(1)
+    step = (at(19, 0) - at(18, 30, 1)).total_seconds() + late_s
+    fake_wall[0].step(step)
+    jobs.clock_stepped(step)
+    await asyncio.sleep(1)
+    assert fired == ["s"]
+    await asyncio.sleep(3600)
+    jobs.shutdown()
+    assert fired == ["s"]
+    next_run = jobs.next_run("s")
+    assert next_run is not None
+    assert next_run.astimezone(AMS).strftime("%d %H:%M") == "25 19:00"
+
+
+@pytest.mark.looptime
+async def test_a_run_the_step_skipped_by_more_than_the_grace_is_skipped_and_logged(
+    fake_wall: list[FakeWall],
+) -> None:
+    """18:30 steps to 19:06: the 19:00 run is 6 minutes late, past the 5-minute grace; it is
+    not made up for, and the log says so."""
+    fake_wall.append(FakeWall(at(18, 30)))
+    fired: list[str] = []
+    jobs = ScheduleClock(clock_config("0 19 * * *"), fired.append)
+    jobs.start({"s": True})
+    with capture_logs() as logs:
+        jobs.clock_stepped(_step_to(fake_wall[0], at(19, 6)))
+    await asyncio.sleep(3600)
+    jobs.shutdown()
+    assert fired == []
+    [missed] = [line for line in logs if line["event"] == "schedule_missed"]
+    assert (missed["schedule"], missed["run_time"]) == ("s", "2026-11-24T19:00:00+01:00")
+
+
+@pytest.mark.looptime
+async def test_a_backward_step_never_fires_a_run_twice(fake_wall: list[FakeWall]) -> None:
+    """19:00 fired; at 19:01 the clock steps back to 18:56: 19:00 does not fire again."""
+    fake_wall.append(FakeWall(at(18, 59)))
+    fired: list[str] = []
+    jobs = ScheduleClock(clock_config("0 19 * * *"), fired.append)
+    jobs.start({"s": True})
+    await asyncio.sleep(120)
+    assert fired == ["s"]
+    jobs.clock_stepped(_step_to(fake_wall[0], at(18, 56)))
+    await asyncio.sleep(600)
+    jobs.shutdown()
+    assert fired == ["s"]
+
+
+@pytest.mark.looptime
+async def test_a_step_of_decades_is_judged_without_walking_every_run(
+    fake_wall: list[FakeWall],
+) -> None:
+    """A board booting at 1970 steps to 2026 with an every-minute schedule: one run, at once
+    (APScheduler alone would walk 29 million missed runs on the event loop)."""
+    fake_wall.append(FakeWall(datetime(1970, 1, 1, 0, 0, 30, tzinfo=AMS)))
+    fired: list[str] = []
+    jobs = ScheduleClock(clock_config("* * * * *"), fired.append)
+    jobs.start({"s": True})
+    jobs.clock_stepped(_step_to(fake_wall[0], at(12, 0, 10)))
+    await asyncio.sleep(1)
+    assert fired == ["s"]
+    jobs.shutdown()
+
+
+def _step_to(wall: FakeWall, target: datetime) -> float:
+    """Step ``wall`` so that it reads ``target`` now; the step in seconds."""
+    seconds = (target - wall.now(AMS)).total_seconds()
+    wall.step(seconds)
+    return seconds
