@@ -626,6 +626,8 @@ class Core:
             return
         rejection = self._refusal(panel, request, now)
         if isinstance(rejection, cmd.Rejection):
+            if rejection.reason == "plug_state_unknown":
+                self._learn_state(panel, now)
             self._reject(panel, rejection, now)
             return
         duration_s = rejection
@@ -688,6 +690,14 @@ class Core:
             return cmd.Rejection(
                 "plug_unresponsive",
                 f"the plug of {panel.name} has not confirmed it is off; check it first",
+                rid,
+            )
+        if panel.session is None and not panel.watching:
+            # After a gap in its view the relay may be on unseen: an ON now would add to that.
+            return cmd.Rejection(
+                "plug_state_unknown",
+                f"redlight has not heard from the plug of {panel.name} since it was out of "
+                "sight, so it may be on already; it has been asked: try again in a moment",
                 rid,
             )
         if panel.session is not None:
@@ -1030,6 +1040,15 @@ class Core:
         if self.connected:
             self._plug(panel.plug.turn_off())
             self._plug(panel.plug.ask_state())
+
+    def _learn_state(self, panel: Panel, now: Now) -> None:
+        """Make the plug report now: ask it, or, if it cannot be asked, switch it off (it is
+        idle, so "off" is what redlight holds it to) and have the OFF confirmed."""
+        asks = panel.plug.ask_state()
+        if asks:
+            self._plug(asks)
+        elif not panel.off_pending:
+            self._send_off(panel, now)
 
     def _poll(self, panel: Panel, now: Now) -> None:
         """Ask the plug its state on a fixed interval: an ON whose report was lost is found."""

@@ -68,6 +68,11 @@ class Kit:
     mono: float = 1000.0
     wall: datetime = START_WALL
     effects: list[Effect] = field(default_factory=list)
+    #: The Tasmota plug answers the core's polls (a question with no switching command beside
+    #: it) with the relay as the last ON or OFF it was sent left it, as a plug does; ``False``
+    #: makes it a plug that stays silent.
+    answers_polls: bool = True
+    relay_on: bool = False
 
     @classmethod
     def create(cls, config: Config | None = None, restored: Restored | None = None) -> Kit:
@@ -110,11 +115,19 @@ class Kit:
             step = max(wake, self.mono) - self.mono
             self.mono += step
             self.wall += timedelta(seconds=step)
-            got += self.take(self.core.tick(self.now))
+            got += self._answer_poll(self.take(self.core.tick(self.now)))
         self.wall += timedelta(seconds=target - self.mono + wall_jump)
         self.mono = target
-        got += self.take(self.core.tick(self.now))
+        got += self._answer_poll(self.take(self.core.tick(self.now)))
         return got
+
+    def _answer_poll(self, effects: list[Effect]) -> list[Effect]:
+        sent = payloads(effects, LEFT_POWER)
+        if "ON" in sent or "OFF" in sent:
+            self.relay_on = sent[-1 if sent[-1] else -2] == "ON"
+        elif sent == [""] and self.answers_polls:
+            return effects + self.report("hip_left", on=self.relay_on)
+        return effects
 
     def send(self, topic: str, payload: str | bytes, *, retain: bool = False) -> list[Effect]:
         """A message arrives."""
@@ -133,6 +146,7 @@ class Kit:
     def report(self, panel: str, *, on: bool) -> list[Effect]:
         """The panel's plug reports its state the way its firmware does."""
         if panel == "hip_left":
+            self.relay_on = on
             return self.send("stat/panel_left/POWER", "ON" if on else "OFF")
         return self.send("sauna/panel/state", "ON" if on else "OFF")
 

@@ -52,6 +52,7 @@ def test_an_on_found_after_a_gap_counts_from_the_last_off_report() -> None:
     """An ON found after the plug re-announced itself runs only what is left of max_on,
     counted from the plug's last OFF report."""
     kit = Kit.create().ready()
+    kit.answers_polls = False
     kit.advance(30)
     kit.report("hip_left", on=False)  # the last OFF redlight heard, at 30 s
     kit.advance(100)
@@ -66,6 +67,7 @@ def test_an_on_found_after_a_gap_counts_from_the_last_off_report() -> None:
 def test_an_on_seen_while_watching_counts_from_when_it_is_seen() -> None:
     """Watched without a gap since its OFF report, a hand-switched ON gets the full max_on."""
     kit = Kit.create().ready()
+    kit.answers_polls = False
     kit.advance(50)
     kit.report("hip_left", on=False)  # answers the poll at 30 s (late, but it answers)
     kit.advance(5)
@@ -81,6 +83,7 @@ def test_every_plug_is_polled_on_the_interval_spread_over_it() -> None:
     """After the connect's own question, each plug is asked again every poll_interval, the
     panels' first polls spread over one interval so that many plugs never answer at once."""
     kit = Kit.create(make_config(safety={"poll_interval": "60s"})).ready()
+    kit.answers_polls = False
     asks: list[float] = []
     for _ in range(200):
         if payloads(kit.advance(1), LEFT_POWER) == [""]:
@@ -98,6 +101,7 @@ def test_an_on_whose_report_was_lost_is_found_by_the_next_poll() -> None:
     """A lost ON report (nothing else seen) is found by the next poll: at most max_on plus
     poll_interval in all."""
     kit = Kit.create(make_config(safety={"poll_interval": "60s"})).ready()
+    kit.answers_polls = False
     kit.advance(29)
     assert payloads(kit.advance(1), LEFT_POWER) == [""]
     got = kit.report("hip_left", on=True)
@@ -108,6 +112,7 @@ def test_an_on_whose_report_was_lost_is_found_by_the_next_poll() -> None:
 def test_an_unanswered_poll_is_a_gap() -> None:
     """A plug that does not answer a poll may be away: its next ON counts from its last OFF."""
     kit = Kit.create(make_config(safety={"poll_interval": "60s"})).ready()
+    kit.answers_polls = False
     kit.advance(31)
     kit.report("hip_left", on=False)  # answers the first poll (last OFF heard: 31 s)
     kit.advance(65)  # the poll at 90 s goes unanswered
@@ -179,6 +184,7 @@ def test_an_on_from_a_plug_that_ignores_off_raises_an_event_every_time() -> None
     """With OFF unconfirmed (the broker refuses redlight's commands, say), every ON the plug
     reports is an ``off_not_obeyed`` event, and the panel shows as a fault."""
     kit = Kit.create().ready()
+    kit.answers_polls = False
     kit.start("hip_left", 60)
     kit.report("hip_left", on=True)
     kit.advance(60 + 5)  # OFF sent at 60 s, not confirmed
@@ -189,3 +195,34 @@ def test_an_on_from_a_plug_that_ignores_off_raises_an_event_every_time() -> None
         [warning] = events(got, "off_not_obeyed")
         assert "switch it off at the plug" in warning.fields["message"]
     assert warning.fields["off_pending_s"] == 95
+
+
+# ---------------------------------------------------------------- no ON on a plug out of sight
+
+
+def test_no_session_starts_on_a_plug_not_heard_from_since_a_gap() -> None:
+    """After a gap the relay may be on unseen, and a session's max_on would add to that: the
+    start is refused as ``plug_state_unknown`` and the plug asked; once it answers, it starts."""
+    kit = Kit.create(make_config(safety={"poll_interval": "60s"})).ready()
+    kit.answers_polls = False
+    kit.advance(40)  # the poll at 30 s goes unanswered
+    got = kit.start("hip_left", 60)
+    [rejected] = events(got, "command_rejected")
+    assert rejected.fields["reason"] == "plug_state_unknown"
+    assert payloads(got, LEFT_POWER) == [""]  # asked, nothing switched
+    kit.report("hip_left", on=False)
+    assert switched(kit.start("hip_left", 60), LEFT_POWER) == ["ON"]
+
+
+def test_a_plug_that_cannot_be_asked_is_switched_off_to_learn_its_state() -> None:
+    """The generic plug has no query and no retained state: after a reconnect, a start is
+    refused and OFF sent (it is idle, so off is what it should be); its OFF report lets the
+    next start through."""
+    kit = Kit.create().ready()
+    kit.take(kit.core.disconnect(kit.now))
+    kit.connect()
+    got = kit.start("sauna", 60)
+    assert events(got, "command_rejected")[0].fields["reason"] == "plug_state_unknown"
+    assert switched(got, "sauna/panel/set") == ["OFF"]
+    kit.report("sauna", on=False)
+    assert switched(kit.start("sauna", 60), "sauna/panel/set") == ["ON"]

@@ -224,10 +224,6 @@ class SimPlug:
     away: bool = False
     #: It came back from being away while on and announced nothing: only a poll finds it.
     unannounced: bool = False
-    #: redlight switched it on (a session) while its relay was already on unseen. KNOWN HOLE,
-    #: not yet closed: redlight starts sessions on a plug it has not heard from since a gap,
-    #: so the session's max_on adds to the unseen time (bounded since controllable, below).
-    started_blind: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,7 +486,6 @@ class CoreMachine(RuleBasedStateMachine):
         elif not on:
             plug.on_since = None
             plug.unannounced = False
-            plug.started_blind = False
         plug.on = on
 
     def _plug_receives(self, plug: SimPlug, topic: str, payload: bytes) -> None:
@@ -527,8 +522,6 @@ class CoreMachine(RuleBasedStateMachine):
             if isinstance(effect, SessionOpened) and effect.source != "external":
                 # Safety rule 6: a session starts only while connected.
                 assert self.connected, "a session opened while disconnected"
-                if self.plugs[effect.panel].on and not self.core.panels[effect.panel].watching:
-                    self.plugs[effect.panel].started_blind = True
                 opened.setdefault(effect.panel, []).append(effect.id)
                 self.on_commands[effect.id] = 0
             if isinstance(effect, Event):
@@ -586,7 +579,7 @@ class CoreMachine(RuleBasedStateMachine):
                 f"{plug.panel} on for {self.mono - since:.3f}s > {bound}s "
                 f"(on since {plug.on_since}, controllable since {plug.controllable_since})"
             )
-            if plug.unannounced or plug.started_blind:
+            if plug.unannounced:
                 continue
             on_for = self.mono - plug.on_since
             back_for = self.mono - plug.controllable_since

@@ -195,6 +195,7 @@ def test_rule3_wall_clock_step_neither_shortens_nor_lengthens(jump_hours: int) -
 def test_rule4_off_is_resent_until_confirmed_at_least_every_ten_seconds() -> None:
     """An unconfirmed OFF is re-sent at least every 10 s; unresponsive, then recovered."""
     kit = Kit.create().ready()
+    kit.answers_polls = False  # a plug that has gone silent
     kit.start("hip_left", 60)
     kit.report("hip_left", on=True)
     kit.advance(60)
