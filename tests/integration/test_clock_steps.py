@@ -107,7 +107,8 @@ async def test_restart_a_day_behind_then_the_clock_syncs_keeps_daily_max(
     after a power cut); the clock syncs: today_s reads 5 again and a 6 s session is refused."""
     noon = DAY.replace(hour=12)
     clock.set(noon)
-    daemon = await system.up(["tasmota"], safety='max_on = "6s"\ndaily_max = "10s"')
+    # max_on 15 s: the 5 s and the 6 s fit in one exposure, so daily_max is what refuses.
+    daemon = await system.up(["tasmota"], safety='max_on = "15s"\ndaily_max = "10s"')
     mark = system.command("tasmota", {"action": "start", "duration": 5})
     started = await system.observer.event("session_started", since=mark, panel="tasmota")
     assert at(started).date() == DAY.date()  # libfaketime is in effect

@@ -224,6 +224,13 @@ class SimPlug:
     away: bool = False
     #: It came back from being away while on and announced nothing: only a poll finds it.
     unannounced: bool = False
+    #: The exposure: ON intervals with less than ``MIN_OFF_S`` of OFF between. Its finished
+    #: on-time, how many intervals, when the last ended, and whether redlight could control
+    #: the relay throughout (the bound holds only then).
+    exposure_s: float = 0.0
+    exposure_count: int = 0
+    exposure_end: float = -math.inf
+    exposure_clean: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +250,7 @@ def machine_config(max_on: int, cooldown: int, daily_max: int | None, confirm: f
         "cooldown": f"{cooldown}s",
         "confirm_timeout": f"{confirm}s",
         "failsafe_margin": "5s",
-        "min_off": "1m",
+        "min_off": f"{MIN_OFF_S:g}s",
         "poll_interval": f"{POLL_S}s",
     }
     if daily_max is not None:
@@ -338,6 +345,8 @@ ADVANCES: Final = st.one_of(
     st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 9.9, 10.0, 30.0, 60.0, 90.0]),
     st.floats(min_value=0.0, max_value=120.0),
 )
+#: ``safety.min_off``: ON time with less OFF than this between is one exposure.
+MIN_OFF_S: Final = 60.0
 #: ``safety.poll_interval`` in the machine: short, so polls interleave with everything else.
 POLL_S: Final = 10.0
 #: Guard against a core that asks to be woken at the same instant forever.
@@ -363,6 +372,7 @@ class CoreMachine(RuleBasedStateMachine):
         #: When redlight last published OFF to each panel's plug.
         self.last_off: dict[str, float] = {}
         self.bound = 0.0
+        self.max_on = 0.0
         self.found = 0.0
         #: The longest relay window seen, as a fraction of the bound (hypothesis pushes it up).
         self.worst = 0.0
@@ -394,6 +404,7 @@ class CoreMachine(RuleBasedStateMachine):
         # confirm_timeout. A pending OFF retry waits at most MAX_OFF_RETRY_S, within max_on.
         assert max_on >= MAX_OFF_RETRY_S
         self.bound = max_on + self.latency
+        self.max_on = float(max_on)
         # An ON found after an outage is off within a round trip of the plug's return (its
         # announcement, the question it prompts, the answer), at the next poll if it announced
         # nothing but had been seen to go, or at the next OFF retry if it ignored OFFs.
@@ -483,7 +494,17 @@ class CoreMachine(RuleBasedStateMachine):
     def _set_relay(self, plug: SimPlug, on: bool) -> None:
         if on and not plug.on:
             plug.on_since = self.mono
-        elif not on:
+            # redlight's gaps are measured between its own ends and starts, which lag the
+            # relay's by up to the latency each: a shorter gap here is the same exposure there.
+            if self.mono - plug.exposure_end >= MIN_OFF_S - self.latency:
+                plug.exposure_s, plug.exposure_count, plug.exposure_clean = 0.0, 0, True
+            plug.exposure_count += 1
+            if plug.controllable_since is None:
+                plug.exposure_clean = False
+        elif not on and plug.on and plug.on_since is not None:
+            plug.exposure_s += self.mono - plug.on_since
+            plug.exposure_end = self.mono
+        if not on:
             plug.on_since = None
             plug.unannounced = False
         plug.on = on
@@ -581,12 +602,28 @@ class CoreMachine(RuleBasedStateMachine):
             )
             if plug.unannounced:
                 continue
+            self.check_exposure(plug)
             on_for = self.mono - plug.on_since
             back_for = self.mono - plug.controllable_since
             assert on_for <= self.bound + 1e-9 or back_for <= self.found + 1e-9, (
                 f"{plug.panel} on for {on_for:.3f}s > {self.bound}s, and reachable again "
                 f"for {back_for:.3f}s > {self.found}s"
             )
+
+    def check_exposure(self, plug: SimPlug) -> None:
+        """Safety rule 1 on light: an exposure lasts at most max_on, plus the latency by which
+        each of its ON intervals can precede what redlight counts (a report on its way)."""
+        assert plug.on_since is not None
+        if plug.controllable_since is None or plug.controllable_since > plug.on_since:
+            plug.exposure_clean = False
+        if not plug.exposure_clean:
+            return
+        total = plug.exposure_s + self.mono - plug.on_since
+        bound = self.max_on + plug.exposure_count * self.latency
+        assert total <= bound + 1e-9, (
+            f"{plug.panel}: an exposure of {total:.3f}s in {plug.exposure_count} ON intervals "
+            f"> {bound:.3f}s"
+        )
 
     @invariant()
     def check_off_retries(self) -> None:
@@ -648,6 +685,23 @@ class CoreMachine(RuleBasedStateMachine):
         else:
             self._apply(self.core.start(panel, cmd.Start(duration_s=seconds), source, self.now))
         self._tick()
+
+    @rule(
+        panel=st.sampled_from(PANELS),
+        seconds=st.sampled_from([5.0, 10.0, 15.0]),
+        times=st.integers(min_value=2, max_value=4),
+        hand=st.booleans(),
+    )
+    def back_to_back(self, panel: str, seconds: float, times: int, hand: bool) -> None:
+        """Sessions one right after another, or the plug's button right after one: with no
+        OFF time between, it is all one exposure (the ceiling is on light, not sessions)."""
+        for _ in range(times):
+            if hand:
+                self.hand_switch(panel, on=True)
+            else:
+                self._apply(self.core.start(panel, cmd.Start(duration_s=seconds), "cli", self.now))
+                self._tick()
+            self.advance(seconds + 2 * self.latency, 0, ticks_first=False)
 
     @rule(
         topic=st.sampled_from(
