@@ -53,7 +53,7 @@ from typing import Any, Final
 
 import pytest
 
-from redlight.mqtt import RECONNECT_MIN_DELAY
+from redlight.mqtt import RECONNECT_MIN_DELAY, PahoClient
 from redlight.simplug import SimulatedPlug
 from redlight.storage import History
 from tests.integration.harness import WAIT_S, Daemon, Observer, System, is_off, is_on, until
@@ -93,6 +93,15 @@ journal row, so an OFF exactly on time reads a few hundredths negative); it is n
 the session was stopped early, about +{MARGIN_S:g} s where the plug's own timer ended it, and
 "-" where no session had a deadline. For ONs redlight did not start, the deadline is max_on
 after redlight could first see the ON.
+
+**The bound on what redlight cannot see** (README, "What redlight cannot see"): an ON redlight
+did not cause counts from the plug's last OFF report once there was a gap in redlight's view
+(an outage, an availability message, an unanswered poll), so an ON hidden longer than `max_on`
+is switched off within a round trip of the plug saying `online` again, or at the next
+`poll_interval` if it says nothing; `max_on` + `poll_interval` where a report was lost without
+any gap. The `broker_restart`/idle case with three plugs below shows it on a real broker, with
+each firmware publishing on its return what its real firmware does (Tasmota and Shelly Gen2
+only `online`, the generic plug nothing).
 """
 
 
@@ -578,6 +587,39 @@ async def broker_restart_on_unseen(system: System, row: Row) -> None:
     for name in presets:
         await system.observer.event("cutoff_enforced", since=mark, panel=name)
     assert await history(system, 3) == ["cutoff"] * 3
+
+
+# -- another client with redlight's client id (a second `redlight run`, a copied config)
+
+
+@case("client_id_fight", "session", "tasmota")
+async def client_id_fight_session(system: System, row: Row) -> None:
+    """Another client keeps taking redlight's connection mid-session: the log names the
+    conflict, and the OFF still goes out at the deadline (or the plug's PulseTime ends it)."""
+    daemon = await up(system, ["tasmota"])
+    plug = system.plugs["tasmota"]
+    await start_session(system, "tasmota", 4)
+    intruder = PahoClient(
+        host="127.0.0.1",
+        port=system.broker.port,
+        client_id="redlight-under-test",  # the daemon's, from config_text
+        will=None,
+        username=None,
+        password=None,
+        tls=None,
+    )
+    intruder.start(lambda event: None)
+    try:
+        conflict = await daemon.wait_logged("client_id_conflict", within=2 * WAIT_S)
+        await until(plug, is_off, within=WAIT_S)
+    finally:
+        await intruder.stop()
+    assert conflict["client_id"] == "redlight-under-test"
+    row.deadline_to_off_s = late(plug, 4)
+    by = "its PulseTime" if plug.timer_fired else "redlight's OFF"
+    row.happened = f"client_id_conflict logged; switched off by {by} despite the fight"
+    assert_invariant(system, {("tasmota", 0): (4 + MARGIN_S + GRACE_S, "plug failsafe")})
+    assert await history(system, 1) == ["completed"]
 
 
 # -- the broker down when the daemon starts
