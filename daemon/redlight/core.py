@@ -603,8 +603,11 @@ class Core:
         self._send_off(panel, now)
         last_end = self._restored_last_end.get(panel.id)
         if last_end is not None and self.cooldown_s > 0:
-            remaining = self.cooldown_s - (now.wall - last_end).total_seconds()
-            if 0 < remaining <= self.cooldown_s:
+            # A clock behind the last end (no real-time clock after a power cut) means the
+            # session may have ended just now: the whole cooldown, never none.
+            since_end = max(0.0, (now.wall - last_end).total_seconds())
+            remaining = self.cooldown_s - since_end
+            if remaining > 0:
                 panel.cooldown_until = now.mono + remaining
                 panel.cooldown_wall = now.wall + timedelta(seconds=remaining)
         exposure = self._restored_exposure.get(panel.id)

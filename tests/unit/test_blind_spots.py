@@ -226,3 +226,12 @@ def test_a_plug_that_cannot_be_asked_is_switched_off_to_learn_its_state() -> Non
     assert switched(got, "sauna/panel/set") == ["OFF"]
     kit.report("sauna", on=False)
     assert switched(kit.start("sauna", 60), "sauna/panel/set") == ["ON"]
+
+
+def test_a_cooldown_survives_a_restart_with_the_clock_behind() -> None:
+    """The last session ended after what the clock says now (a board without a real-time
+    clock): the whole cooldown applies, rather than none."""
+    restored = Restored(last_end={"hip_left": START_WALL + timedelta(hours=20)})
+    kit = Kit.create(make_config(safety={"cooldown": "1h"}), restored=restored).ready()
+    [rejected] = events(kit.start("hip_left", 60), "command_rejected")
+    assert rejected.fields["reason"] == "cooldown"
