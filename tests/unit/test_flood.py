@@ -10,6 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from redlight.broker import UNWRITTEN_LIMIT, Message, Received
+from redlight.membroker import MemoryClient
 from redlight.messages import Event
 from redlight.runtime import BIRTH_DELAY_S, BIRTH_JITTER_S, INBOUND_COMMANDS
 from redlight.shedding import RejectionGate, ShedCounter
@@ -119,6 +120,7 @@ async def test_births_while_a_rediscovery_is_pending_add_nothing() -> None:
 
 async def test_the_inbound_queue_is_bounded_and_plug_reports_all_get_through(rig: Rig) -> None:
     """Commands past the bound are dropped (counted, logged); no plug report ever is."""
+    assert isinstance(rig.runtime.broker, MemoryClient)
     sink = rig.runtime.broker._dispatch  # the memory client's hand-off, as paho's thread does
     assert rig.runtime._queue.empty()
     with capture_logs() as logs:
