@@ -421,6 +421,18 @@ class Runtime:
             self.apply(self._schedule_states())
         self._wall_offset = offset
 
+    def _rejection_key(self, event: Event) -> str | None:
+        """A configured routine or schedule has rejections of its own: ``redlight routine``
+        waits for its routine's refusal, which carries no request_id. Unknown names share one
+        key, so a flood of made-up ones is coalesced all the same."""
+        routine = event.fields.get("routine")
+        if routine in self.config.routines:
+            return f"routine/{routine}"
+        schedule = event.fields.get("schedule")
+        if schedule in self.config.schedules:
+            return f"schedule/{schedule}"
+        return None
+
     def _publish_event(self, event: Event) -> None:
         for message in event_messages(self.core.topics, event):
             self.broker.publish(message)
@@ -432,7 +444,7 @@ class Runtime:
                 self.broker.publish(effect)
             elif isinstance(effect, Event):
                 if effect.event_type == "command_rejected" and not self._rejections.admit(
-                    effect, self.now().mono
+                    effect, self.now().mono, self._rejection_key(effect)
                 ):
                     continue  # counted: the summary follows within a second
                 self._publish_event(effect)

@@ -8,7 +8,7 @@ caller (monotonic seconds), like the core, so it is tested in virtual time.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Final, TypeAlias
 
 from redlight.messages import Event
 
@@ -16,6 +16,10 @@ from redlight.messages import Event
 REJECTION_SUMMARY_S: Final = 1.0
 #: At most one summary of shed commands in this many seconds.
 SHED_REPORT_S: Final = 1.0
+
+#: What rejections are coalesced by: the panel (``None``: the daemon-wide topic), and the
+#: routine or schedule refused, so a refusal ``redlight routine`` waits for stays its own.
+GateKey: TypeAlias = tuple[str | None, str | None]
 
 
 @dataclass(slots=True)
@@ -30,6 +34,8 @@ class _Window:
 class RejectionGate:
     """``command_rejected`` events, coalesced per topic (panel, or the daemon-wide one).
 
+    A caller may split a topic further with the ``key`` of :meth:`admit` (by routine, say).
+
     The first rejection goes out at once. Further ones within :data:`REJECTION_SUMMARY_S` are
     held back; when that second is over, the latest of them goes out with ``suppressed``: how
     many rejections had no event of their own, itself included. A rejection that carries a
@@ -39,15 +45,16 @@ class RejectionGate:
     def __init__(self, interval: float = REJECTION_SUMMARY_S) -> None:
         """No rejection seen yet."""
         self._interval = interval
-        self._windows: dict[str | None, _Window] = {}
+        self._windows: dict[GateKey, _Window] = {}
 
-    def admit(self, event: Event, mono: float) -> bool:
+    def admit(self, event: Event, mono: float, key: str | None = None) -> bool:
         """Whether to publish (and log) this rejection now; if not, it is counted."""
         if "request_id" in event.fields:
             return True
-        window = self._windows.get(event.panel)
+        gate_key = (event.panel, key)
+        window = self._windows.get(gate_key)
         if window is None or (mono >= window.until and not window.suppressed):
-            self._windows[event.panel] = _Window(mono + self._interval)
+            self._windows[gate_key] = _Window(mono + self._interval)
             return True
         window.suppressed += 1
         window.latest = event
@@ -56,15 +63,15 @@ class RejectionGate:
     def due(self, mono: float) -> list[Event]:
         """The summaries whose second is over (each starts a new second for its topic)."""
         out: list[Event] = []
-        for panel, window in list(self._windows.items()):
+        for key, window in list(self._windows.items()):
             if mono < window.until:
                 continue
             if window.latest is None:
-                del self._windows[panel]  # a quiet second: the next rejection goes out at once
+                del self._windows[key]  # a quiet second: the next rejection goes out at once
                 continue
             fields = dict(window.latest.fields) | {"suppressed": window.suppressed}
             out.append(replace(window.latest, fields=fields))
-            self._windows[panel] = _Window(mono + self._interval)
+            self._windows[key] = _Window(mono + self._interval)
         return out
 
     def next_wakeup(self) -> float | None:

@@ -182,3 +182,13 @@ async def test_plug_commands_are_urgent_and_nothing_else_is(rig: Rig) -> None:
         assert message.urgent
     assert not Message("redlight/event", json.dumps({})).urgent
     assert UNWRITTEN_LIMIT >= 1
+
+
+def test_a_configured_routine_has_rejections_of_its_own() -> None:
+    """A routine's refusal (which `redlight routine` waits for) is not hidden by other junk."""
+    gate = RejectionGate()
+    junk = Event("command_rejected", None, START_WALL, {"reason": "invalid"})
+    refused = Event("command_rejected", None, START_WALL, {"routine": "after_run"})
+    assert gate.admit(junk, 0.0)
+    assert not gate.admit(junk, 0.1)
+    assert gate.admit(refused, 0.2, "routine/after_run")
