@@ -46,6 +46,9 @@ class RejectionGate:
         """No rejection seen yet."""
         self._interval = interval
         self._windows: dict[GateKey, _Window] = {}
+        # The earliest window end: due() runs after every message, and returns at once
+        # until then.
+        self._earliest = float("inf")
 
     def admit(self, event: Event, mono: float, key: str | None = None) -> bool:
         """Whether to publish (and log) this rejection now; if not, it is counted."""
@@ -54,7 +57,7 @@ class RejectionGate:
         gate_key = (event.panel, key)
         window = self._windows.get(gate_key)
         if window is None or (mono >= window.until and not window.suppressed):
-            self._windows[gate_key] = _Window(mono + self._interval)
+            self._open(gate_key, mono)
             return True
         window.suppressed += 1
         window.latest = event
@@ -62,6 +65,8 @@ class RejectionGate:
 
     def due(self, mono: float) -> list[Event]:
         """The summaries whose second is over (each starts a new second for its topic)."""
+        if mono < self._earliest:
+            return []
         out: list[Event] = []
         for key, window in list(self._windows.items()):
             if mono < window.until:
@@ -72,7 +77,12 @@ class RejectionGate:
             fields = dict(window.latest.fields) | {"suppressed": window.suppressed}
             out.append(replace(window.latest, fields=fields))
             self._windows[key] = _Window(mono + self._interval)
+        self._earliest = min((w.until for w in self._windows.values()), default=float("inf"))
         return out
+
+    def _open(self, key: GateKey, mono: float) -> None:
+        self._windows[key] = _Window(mono + self._interval)
+        self._earliest = min(self._earliest, mono + self._interval)
 
     def next_wakeup(self) -> float | None:
         """When the next summary is due, if one is pending."""
