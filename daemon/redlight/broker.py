@@ -67,10 +67,12 @@ COMMAND_QOS: Final = 0
 STATE_QOS: Final = 1
 #: Normal messages an adapter has on their way at once (handed to the connection and not yet
 #: written out, or for QoS 1 not yet acknowledged): an urgent message waits behind at most
-#: this many, whatever else is queued.
-UNWRITTEN_LIMIT: Final = 10
+#: this many, whatever else is queued. paho itself keeps at most 20 QoS 1 messages in flight.
+UNWRITTEN_LIMIT: Final = 20
 #: Events (messages not retained) an outbox holds at most; a flood beyond is dropped, counted.
-OUTBOX_EVENTS: Final = 1000
+#: Far above a burst's worth (1,000 sessions ending at once are 2,000 event messages), and
+#: about 10 MB at most.
+OUTBOX_EVENTS: Final = 20_000
 #: Retained topics an outbox holds at most (one message each: the last published).
 OUTBOX_RETAINED: Final = 10_000
 
