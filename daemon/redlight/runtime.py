@@ -235,9 +235,10 @@ class Runtime:
     def _arrive(self, event: BrokerEvent) -> None:
         """The broker's sink: queue the event, unless it is a command past the bound.
 
-        Dropping a command no one could have waited for is safe: it never reached the core,
-        so it changed nothing, and a flood of INBOUND_COMMANDS pending commands is junk or a
-        runaway client. Plug reports and availability are never dropped (safety rule 4).
+        Dropping a command is safe: it never reached the core, so it changed nothing; a
+        dropped stop leaves the session to end at its deadline, which the core enforces
+        whatever arrives (never beyond ``max_on``). INBOUND_COMMANDS waiting commands are junk
+        or a runaway client. Plug reports and availability are never dropped (rule 4).
         """
         if isinstance(event, Received) and self._is_command(event.topic):
             if self._commands_waiting >= INBOUND_COMMANDS:
