@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"failed: {error} (logs in {work})")
             return 1
         sys.stdout.write("\n".join(flood_report(flood, source())) + "\n")
-        if not args.keep:
+        if args.keep:
+            progress(f"working directory kept: {work}")
+        else:
             shutil.rmtree(work)
         return 0
     try:
