@@ -15,9 +15,10 @@ from pathlib import Path
 
 from bench.broker import BrokerError
 from bench.clients import BenchError
+from bench.daemon import source
 from bench.profile import summarise
-from bench.report import figures, json_line, table
-from bench.scenarios import FULL, QUICK, progress, run
+from bench.report import figures, flood_report, json_line, table
+from bench.scenarios import FULL, QUICK, progress, run, run_flood
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run mosquitto with set_tcp_nodelay true (its default is false)",
     )
     parser.add_argument(
+        "--flood-only",
+        action="store_true",
+        help="run only the flood phase (junk flood during a cutoff, then a birth storm)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the working directory (logs, configs)"
     )
     args = parser.parse_args(argv)
@@ -47,6 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     work = tempfile.mkdtemp(prefix="redlight-bench-")
+    if args.flood_only:
+        try:
+            flood = run_flood(Path(work))
+        except (BenchError, BrokerError) as error:
+            progress(f"failed: {error} (logs in {work})")
+            return 1
+        sys.stdout.write("\n".join(flood_report(flood, source())) + "\n")
+        if args.keep:
+            progress(f"working directory kept: {work}")
+        else:
+            shutil.rmtree(work)
+        return 0
     try:
         results = run(plan, Path(work), args.profile, nodelay=args.broker_nodelay)
     except (BenchError, BrokerError) as error:

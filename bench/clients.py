@@ -120,6 +120,8 @@ class Record:
         self.status: list[tuple[float, bytes]] = []
         self.discovery_topics: set[str] = set()
         self.discovery_last = 0.0
+        #: Every non-empty discovery config seen, repeats included.
+        self.discovery_count = 0
         self.floor: dict[bytes, float] = {}
         self.finished: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
@@ -160,6 +162,7 @@ class Record:
                 if payload:
                     self.discovery_topics.add(topic)
                     self.discovery_last = at
+                    self.discovery_count += 1
             elif topic == FLOOR_STATE:
                 self.floor[payload] = at
             self._cond.notify_all()

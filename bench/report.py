@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from bench.flood import FLOOD_RATE, FloodResult
 from bench.scenarios import Latencies, Results, Startup
 
 #: The issue's goals: figure, the most it may be.
@@ -18,6 +19,8 @@ GOALS: Final = (
     ("rss_mb_1000_panels", 80.0),
     ("startup_s_1000_panels", 2.0),
     ("idle_cpu_pct_1000_panels", 1.0),
+    ("flood_off_late_ms", 1000.0),
+    ("flood_rss_growth_mb", 30.0),
 )
 
 
@@ -97,6 +100,8 @@ def figures(results: Results, load: tuple[float, float]) -> dict[str, Any]:
     out[f"rss_peak_mb{large}"] = round(results.rss_peak_mb, 1)
     out[f"idle_cpu_pct{large}"] = round(results.idle_cpu_pct, 3)
     out[f"shutdown_s{large}"] = round(results.shutdown_s, 3)
+    if results.flood is not None:
+        out |= flood_figures(results.flood)
     out["rounds"] = plan.rounds
     out["rounds_large"] = plan.rounds_large
     out["session_s"] = plan.session_s
@@ -198,6 +203,8 @@ def table(results: Results, figs: dict[str, Any]) -> list[str]:
         if key == f"rss_idle_mb{large}":
             value += f" / {_fmt(figs[f'rss_peak_mb{large}'], unit)}"
         rows.append((label, value, "", verdict(key)))
+    if results.flood is not None:
+        rows += flood_rows(results.flood, verdict)
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     source = results.source
     code = source.get("redlight", "?")
@@ -213,6 +220,72 @@ def table(results: Results, figs: dict[str, Any]) -> list[str]:
         f"{a.ljust(widths[0])}  {b.ljust(widths[1])}  {c.ljust(widths[2])}  {d}".rstrip()
         for a, b, c, d in rows
     ]
+    return lines
+
+
+def flood_figures(flood: FloodResult) -> dict[str, Any]:
+    """The flood phase's figures."""
+    return {
+        "flood_off_late_ms": round(flood.off_late_ms, 1),
+        "flood_rss_growth_mb": round(flood.rss_peak_mb - flood.rss_before_mb, 1),
+        "flood_rss_before_mb": round(flood.rss_before_mb, 1),
+        "flood_rss_peak_mb": round(flood.rss_peak_mb, 1),
+        "flood_sent": flood.flood_sent,
+        "flood_rate_per_s": round(flood.flood_rate),
+        "flood_rate_asked_per_s": FLOOD_RATE,
+        "flood_settled_s": round(flood.settled_after_flood_s, 2),
+        "births": flood.births,
+        "births_rss_before_mb": round(flood.birth_rss_before_mb, 1),
+        "births_rss_peak_mb": round(flood.birth_rss_peak_mb, 1),
+        "births_discovery_messages": flood.birth_discovery_messages,
+    }
+
+
+def flood_rows(
+    flood: FloodResult, verdict: Callable[[str], str]
+) -> list[tuple[str, str, str, str]]:
+    """The flood phase's rows of the table."""
+    figs = flood_figures(flood)
+    return [
+        (
+            f"cutoff during a junk flood ({figs['flood_rate_per_s']:,}/s reached)",
+            f"OFF {figs['flood_off_late_ms']:.1f} ms late",
+            f"{figs['flood_sent']:,} junk commands",
+            verdict("flood_off_late_ms"),
+        ),
+        (
+            "  resident memory growth during the flood",
+            f"{figs['flood_rss_growth_mb']:.1f} MiB",
+            f"{figs['flood_rss_before_mb']:.1f} -> {figs['flood_rss_peak_mb']:.1f} MiB",
+            verdict("flood_rss_growth_mb") + f"  (idle {figs['flood_settled_s']:.1f} s after)",
+        ),
+        (
+            f"{figs['births']:,} Home Assistant births: peak memory",
+            f"{figs['births_rss_peak_mb']:.1f} MiB",
+            f"from {figs['births_rss_before_mb']:.1f} MiB",
+            f"{figs['births_discovery_messages']:,} discovery configs sent after",
+        ),
+    ]
+
+
+def flood_report(flood: FloodResult, source: dict[str, str]) -> list[str]:
+    """``--flood-only``: the flood rows and a JSON line."""
+    figs = flood_figures(flood)
+    limits = dict(GOALS)
+
+    def verdict(name: str) -> str:
+        if name not in limits:
+            return ""
+        return f"<= {limits[name]:g}  {'met' if figs[name] <= limits[name] else 'MISSED'}"
+
+    rows = flood_rows(flood, verdict)
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [f"redlight flood phase: {os.cpu_count()} CPUs; daemon from {source}"]
+    lines += [
+        f"{a.ljust(widths[0])}  {b.ljust(widths[1])}  {c.ljust(widths[2])}  {d}".rstrip()
+        for a, b, c, d in rows
+    ]
+    lines.append(json.dumps(figs | {"redlight": source}, separators=(", ", ": ")))
     return lines
 
 

@@ -24,6 +24,19 @@ from bench import procfs
 from bench.broker import Mosquitto
 from bench.clients import FLOOR_CMD, BenchError, Observer, PanelView, Record, Responder, Wave
 from bench.daemon import Daemon, config_text, panel_ids, source
+from bench.flood import (
+    BIRTH_WATCH_S,
+    BIRTHS,
+    FLOOD_RATE,
+    FLOOD_S,
+    FLOOD_START_S,
+    SESSION_S,
+    FloodResult,
+    PeakRss,
+    births,
+    flood,
+)
+from bench.flood import body as flood_body
 from bench.profile import Recording, py_spy
 
 #: Pause before each measured operation: commands and reports come now and then, so each one
@@ -134,6 +147,7 @@ class Results:
     source: dict[str, str] = field(default_factory=dict)
     broker_nodelay: bool = False
     profiles: list[Path] = field(default_factory=list)
+    flood: FloodResult | None = None
 
 
 def progress(text: str) -> None:
@@ -479,4 +493,68 @@ def run(plan: Plan, root: Path, profile_dir: Path | None, *, nodelay: bool = Fal
             spying.stop()
         results.rss_peak_mb = procfs.status_mb(pid, "VmHWM")
         results.shutdown_s = large.daemon.stop()
+    results.flood = run_flood(root)
     return results
+
+
+def flood_phase(setup: Rig) -> tuple[float, int, float, float, float, float]:
+    """A cutoff during a junk flood (see :mod:`bench.flood`).
+
+    The OFF's lateness in ms, the messages sent and the rate reached, resident memory before
+    and at its peak, and how long after the flood the daemon went idle.
+    """
+    rec = setup.record
+    panel = setup.panels[0]
+    pid = setup.daemon.pid
+    wave = rec.start_wave([panel])
+    rss_before = procfs.status_mb(pid)
+    peak = PeakRss(pid)
+    setup.observer.publish(f"redlight/panel/{panel}/set", flood_body(SESSION_S))
+    rec.wait(lambda: panel in wave.on, WAIT_S, "the session's ON")
+    time.sleep(max(0.0, wave.on[panel] + FLOOD_START_S - time.perf_counter()))
+    sent, rate = flood(setup.broker.port, f"redlight/panel/{panel}/set", FLOOD_RATE, FLOOD_S)
+    flood_end = time.perf_counter()
+    rec.wait(lambda: panel in wave.off, 300, "the session's OFF")
+    off_late = (wave.off[panel] - wave.on[panel] - SESSION_S) * 1000
+    rec.end_wave()
+    settled = wait_quiet(pid, 300) - flood_end
+    return off_late, sent, rate, rss_before, peak.stop(), settled
+
+
+def birth_storm(setup: Rig) -> tuple[float, float, int]:
+    """:data:`BIRTHS` births at once: memory before and at its peak, discovery configs after."""
+    rec = setup.record
+    pid = setup.daemon.pid
+    before = procfs.status_mb(pid)
+    discovery_before = rec.discovery_count
+    peak = PeakRss(pid)
+    births(setup.broker.port, BIRTHS)
+    time.sleep(BIRTH_WATCH_S)
+    wait_quiet(pid, 300)
+    return before, peak.stop(), rec.discovery_count - discovery_before
+
+
+def run_flood(root: Path) -> FloodResult:
+    """The flood phase, each part on a fresh rig of one panel."""
+    progress(f"phase 3: a {SESSION_S} s cutoff during a junk flood of {FLOOD_RATE:,}/s")
+    with rig(root, "flood", 1) as setup:
+        setup.start_daemon()
+        late, sent, rate, rss_before, rss_peak, settled = flood_phase(setup)
+        setup.daemon.stop()
+    progress(f"phase 3: {BIRTHS:,} Home Assistant births at once")
+    with rig(root, "births", 1) as setup:
+        setup.start_daemon()
+        birth_before, birth_peak, configs = birth_storm(setup)
+        setup.daemon.stop()
+    return FloodResult(
+        off_late_ms=late,
+        flood_sent=sent,
+        flood_rate=rate,
+        rss_before_mb=rss_before,
+        rss_peak_mb=rss_peak,
+        births=BIRTHS,
+        birth_rss_before_mb=birth_before,
+        birth_rss_peak_mb=birth_peak,
+        birth_discovery_messages=configs,
+        settled_after_flood_s=settled,
+    )

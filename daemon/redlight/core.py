@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Final, Literal
 
@@ -1186,7 +1186,11 @@ class Core:
     def _clear_retained_command(self, topic: str, payload: bytes) -> None:
         if not payload:
             return  # our own clearing, echoed back
-        self._other(clear_retained(topic))
+        if topic in self._plug_command_topics:
+            # A plug obeys a retained ON each time it reconnects: its removal goes out first.
+            self._plug_out.append(replace(clear_retained(topic), urgent=True))
+        else:
+            self._other(clear_retained(topic))
         self._out.append(
             LogLine(
                 "warning",

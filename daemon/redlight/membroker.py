@@ -2,9 +2,13 @@
 
 It behaves like a persistent mosquitto with clean sessions: retained messages survive a broker
 outage, subscriptions do not survive a reconnect, a dropped client's last will is published, and
-a clean stop sends no will. Every event reaches a client's sink through ``loop.call_soon``, never
-synchronously, so ordering is that of the loop and no caller is re-entered. No threads and no
-sleeps: it runs as well under virtual time (``looptime``) as under real time.
+a clean stop sends no will. Like the paho adapter, a client sends an urgent message at once and
+normal ones through an :class:`~redlight.broker.Outbox`, :data:`~redlight.broker.UNWRITTEN_LIMIT`
+of them per loop iteration (the model of a connection that writes that many packets at a time),
+so an urgent message overtakes normal ones still waiting. Every event reaches a client's sink
+through ``loop.call_soon``, never synchronously, so ordering is that of the loop and no caller
+is re-entered. No threads and no sleeps: it runs as well under virtual time (``looptime``) as
+under real time.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from dataclasses import dataclass
 from paho.mqtt.client import topic_matches_sub
 
 from redlight.broker import (
+    UNWRITTEN_LIMIT,
     BrokerClient,
     BrokerEvent,
     Connected,
     Disconnected,
     EventSink,
     Message,
+    Outbox,
     Received,
 )
 
@@ -173,6 +179,10 @@ class MemoryClient(BrokerClient):
         self._connected = False
         self._stopped = False
         self._subscriptions: set[str] = set()
+        self._outbox = Outbox()
+        self._writing = False
+        #: Normal messages dropped at the outbox's bound, in all.
+        self.dropped = 0
 
     def start(self, sink: EventSink) -> None:
         """Connect; ``Connected`` arrives on a later loop iteration, never during this call."""
@@ -183,11 +193,38 @@ class MemoryClient(BrokerClient):
         self._schedule_connect()
 
     def publish(self, message: Message) -> bool:
-        """Publish now; ``False`` and the message is gone when not connected."""
+        """Publish; ``False`` and the message is gone when not connected (or dropped).
+
+        An urgent message reaches the broker during this call; a normal one waits in the
+        outbox for a later loop iteration.
+        """
         if not self.connected:
             return False
-        self._broker._accept(self.client_id, message)
+        if message.urgent:
+            self._broker._accept(self.client_id, message)
+            return True
+        if not self._outbox.put(message):
+            self.dropped += self._outbox.take_dropped()
+            return False
+        if not self._writing and self._loop is not None:
+            self._writing = True
+            self._loop.call_soon(self._write)
         return True
+
+    def _write(self) -> None:
+        """Send up to :data:`UNWRITTEN_LIMIT` waiting messages; the rest on the next iteration."""
+        self._writing = False
+        if not self.connected:
+            self._outbox.clear()
+            return
+        for _ in range(UNWRITTEN_LIMIT):
+            message = self._outbox.pop()
+            if message is None:
+                return
+            self._broker._accept(self.client_id, message)
+        if len(self._outbox) and self._loop is not None:
+            self._writing = True
+            self._loop.call_soon(self._write)
 
     def subscribe(self, topics: Sequence[str]) -> None:
         """Subscribe; matching retained messages follow with ``retain=True``."""
@@ -213,7 +250,10 @@ class MemoryClient(BrokerClient):
         return frozenset(self._subscriptions)
 
     async def stop(self) -> None:
-        """Disconnect cleanly: no will, no further events, no reconnecting."""
+        """Disconnect cleanly (what still waits is sent first): no will, no more events."""
+        if self.connected:
+            while (message := self._outbox.pop()) is not None:
+                self._broker._accept(self.client_id, message)
         self._stopped = True
         self._connected = False
         self._subscriptions.clear()
@@ -249,6 +289,7 @@ class MemoryClient(BrokerClient):
 
     def _lose_connection(self, reason: str) -> None:
         self._connected = False
+        self._outbox.clear()  # safety rule 6: nothing waits for the next connection
         self._subscriptions.clear()
         self._deliver(Disconnected(reason=reason))
 

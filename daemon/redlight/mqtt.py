@@ -28,12 +28,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from redlight.broker import (
     STATE_QOS,
+    UNWRITTEN_LIMIT,
     BrokerClient,
     BrokerError,
     Connected,
     Disconnected,
     EventSink,
     Message,
+    Outbox,
     Received,
 )
 from redlight.config import parse_broker_url as _parse_url
@@ -45,6 +47,8 @@ RECONNECT_MIN_DELAY: Final = 1
 RECONNECT_MAX_DELAY: Final = 30
 #: How long ``stop()`` waits for the broker to see the clean DISCONNECT.
 STOP_TIMEOUT: Final = 2.0
+#: At most one ``mqtt_messages_dropped`` summary in this many seconds.
+DROP_REPORT_S: Final = 1.0
 #: Topic filters per SUBSCRIBE/UNSUBSCRIBE packet, so a large panel set stays well inside
 #: brokers' packet limits.
 FILTERS_PER_PACKET: Final = 100
@@ -151,6 +155,11 @@ class PahoClient(BrokerClient):
         self._short_lived = ShortLivedConnections()
         #: Filters of each SUBSCRIBE waiting for its SUBACK, by packet id (the loop's only).
         self._pending_subscriptions: dict[int, Sequence[str]] = {}
+        # Loop-owned: normal messages not yet handed to paho, and the mids of those handed
+        # to it and not yet written (see publish).
+        self._outbox = Outbox()
+        self._unwritten: set[int] = set()
+        self._drop_report: asyncio.TimerHandle | None = None
 
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -184,6 +193,7 @@ class PahoClient(BrokerClient):
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         client.on_socket_open = _no_delay
         self._client = client
 
@@ -202,10 +212,28 @@ class PahoClient(BrokerClient):
         self._client.loop_start()
 
     def publish(self, message: Message) -> bool:
-        """Publish now; ``False`` and nothing queued when not connected (safety rule 6)."""
+        """Publish; ``False`` and nothing queued when not connected (safety rule 6).
+
+        Safety rule 12: paho writes its packets in the order it was handed them, so a plug
+        command handed to it behind thousands of events would wait for all of them. Only
+        urgent messages go to paho at once; normal ones wait in an :class:`Outbox` and are
+        handed over while fewer than :data:`UNWRITTEN_LIMIT` are still unwritten (paho calls
+        ``on_publish`` when a QoS 0 packet is written to the socket, and for QoS 1 on its
+        PUBACK), so an OFF has at most that many packets ahead of it.
+        """
         if not self.connected:
             log.debug("mqtt_publish_dropped", topic=message.topic, reason="not connected")
             return False
+        if message.urgent:
+            return self._send(message) is not None
+        if not self._outbox.put(message):
+            self._dropped()
+            return False
+        self._drain()
+        return True
+
+    def _send(self, message: Message) -> int | None:
+        """Hand one message to paho; its mid, or ``None`` when it was not taken."""
         try:
             info = self._client.publish(
                 message.topic, message.payload_bytes(), message.qos, message.retain
@@ -213,7 +241,7 @@ class PahoClient(BrokerClient):
         except ValueError as err:
             # A bad topic is a bug upstream, but it must not take the event loop down with it.
             log.error("mqtt_publish_invalid", topic=message.topic, error=str(err))
-            return False
+            return None
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             # The connection dropped between the check above and paho's send. For QoS > 0 paho
             # keeps the message to re-send after the reconnect; forget it here (safety rule 6).
@@ -221,8 +249,52 @@ class PahoClient(BrokerClient):
             log.debug(
                 "mqtt_publish_dropped", topic=message.topic, reason=paho.error_string(info.rc)
             )
-            return False
-        return True
+            return None
+        return info.mid
+
+    def _drain(self) -> None:
+        """Hand waiting normal messages to paho while fewer than the limit are unwritten."""
+        if not self.connected:
+            # Safety rule 6: nothing waits for the next connection.
+            self._unwritten.clear()
+            dropped = self._outbox.clear()
+            if dropped:
+                log.debug("mqtt_publish_dropped", count=dropped, reason="not connected")
+            return
+        while len(self._unwritten) < UNWRITTEN_LIMIT:
+            message = self._outbox.pop()
+            if message is None:
+                return
+            mid = self._send(message)
+            if mid is not None:
+                self._unwritten.add(mid)
+
+    def _written(self, mid: int) -> None:
+        """paho wrote (QoS 0) or the broker acknowledged (QoS 1) message ``mid``."""
+        self._unwritten.discard(mid)
+        self._drain()
+
+    def _restart_outbox(self) -> None:
+        """A new connection: what waited for the old one is stale (safety rule 6)."""
+        self._unwritten.clear()
+        dropped = self._outbox.clear()
+        if dropped:
+            log.debug("mqtt_publish_dropped", count=dropped, reason="connection lost")
+
+    def _dropped(self) -> None:
+        """An event was dropped at the outbox's bound: one warning, then a summary a second."""
+        if self._drop_report is not None or self._loop is None:
+            return
+        self._report_drops()
+
+    def _report_drops(self) -> None:
+        count = self._outbox.take_dropped()
+        if not count:
+            self._drop_report = None
+            return
+        log.warning("mqtt_messages_dropped", count=count, reason="outgoing queue full")
+        assert self._loop is not None
+        self._drop_report = self._loop.call_later(DROP_REPORT_S, self._report_drops)
 
     def subscribe(self, topics: Sequence[str]) -> None:
         """Subscribe to the filters at QoS 1; a no-op while disconnected."""
@@ -261,6 +333,14 @@ class PahoClient(BrokerClient):
         """Send a clean DISCONNECT (so no last will), wait briefly, and end paho's thread."""
         if self._loop is None or self._stopping:
             return
+        # A clean stop sends what still waits (the final ``offline`` among it) before the
+        # DISCONNECT, which paho writes after every packet it already holds.
+        if self.connected:
+            while (message := self._outbox.pop()) is not None:
+                self._send(message)
+        if self._drop_report is not None:
+            self._drop_report.cancel()
+            self._drop_report = None
         self._stopping = True
         was_connected = self._connected
         self._connected = False
@@ -354,6 +434,16 @@ class PahoClient(BrokerClient):
             return
         self._call_on_loop(self._subscribed, mid, [code.is_failure for code in reason_codes])
 
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        self._call_on_loop(self._written, mid)
+
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if self._stopping:
             return
@@ -410,6 +500,8 @@ class PahoClient(BrokerClient):
             count = len(self._client._out_messages)
             self._client._out_messages.clear()
             self._client._inflight_messages = 0
+        # Our own outbox is the loop's: it is emptied there, before Connected is delivered.
+        self._call_on_loop(self._restart_outbox)
         return count
 
     def _forget_outgoing(self, mid: int) -> None:

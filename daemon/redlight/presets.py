@@ -265,7 +265,8 @@ _MODELS: Final[Mapping[str, str]] = {
 
 def _command(topic: str, payload: str) -> Message:
     # Safety rules 6 and 7: never retained, QoS 0 (paho neither queues nor re-sends it).
-    return Message(topic, payload, retain=False, qos=COMMAND_QOS)
+    # Rule 12: urgent, so it goes out ahead of every event and state still waiting.
+    return Message(topic, payload, retain=False, qos=COMMAND_QOS, urgent=True)
 
 
 def _whole_seconds(seconds: float) -> int:

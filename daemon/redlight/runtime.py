@@ -39,6 +39,7 @@ from redlight.hass import HassBridge
 from redlight.messages import Event, event_messages, status_message
 from redlight.routines import Routines
 from redlight.schedules import ScheduleClock, Schedules, setting_key
+from redlight.shedding import RejectionGate, ShedCounter
 from redlight.storage import History, HistoryWriter, SessionRow, StorageError
 from redlight.systemd import Notifier
 
@@ -86,6 +87,10 @@ CLOCK_STEP_S: Final = 1.0
 BATCH_S: Final = 0.05
 #: Queued items applied back to back before the loop's other callbacks get a turn.
 BACKLOG_TURN: Final = 100
+#: Commands (messages on redlight's own ``.../set`` topics) waiting in the queue at most: a
+#: flood beyond is dropped, counted and logged, so it cannot grow memory without limit.
+#: Plug reports, Home Assistant's birth and everything else always get through.
+INBOUND_COMMANDS: Final = 1000
 #: Added to every timed wake-up (see ``Runtime._timeout``): 10 µs, far below epoll's 1 ms.
 TIMER_SLACK_S: Final = 1e-5
 
@@ -227,6 +232,14 @@ class Runtime:
         self._day_asked = date.fromisoformat(restored.day) if restored and restored.day else None
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self.connected_once = asyncio.Event()
+        self._announce_pending = False
+        self._rejections = RejectionGate()
+        self._commands_waiting = 0
+        self._shed = ShedCounter()
+        self._command_prefix = f"{self.core.topics.base}/"
+        commands = set(self.core.topics.command_filters())
+        # Plug topics could lie under the base topic too: they are never shed.
+        self._plug_topics = frozenset(set(self.core.subscriptions()) - commands)
 
     def now(self) -> Now:
         """The current time on both clocks."""
@@ -244,7 +257,7 @@ class Runtime:
 
     async def run(self) -> int:
         """Serve until a shutdown request; return the process exit code."""
-        self.broker.start(self._queue.put_nowait)
+        self.broker.start(self._arrive)
         self.clock_jobs.start(self.schedules.enabled)
         self.notifier.ready()
         self.notifier.status("waiting for the broker")
@@ -258,12 +271,14 @@ class Runtime:
                 # A backlog is taken without a timer per item; deadlines are judged after
                 # each one all the same (_tick), and the loop gets a turn every so often.
                 backlog += 1
-                item = self._queue.get_nowait()
+                item = self._taken(self._queue.get_nowait())
             else:
                 backlog = 0
                 try:
-                    item = await asyncio.wait_for(
-                        self._queue.get(), self._timeout(watchdog, next_ping)
+                    item = self._taken(
+                        await asyncio.wait_for(
+                            self._queue.get(), self._timeout(watchdog, next_ping)
+                        )
                     )
                 except TimeoutError:
                     item = None
@@ -278,8 +293,54 @@ class Runtime:
         await self._shutdown()
         return 0
 
+    def _arrive(self, event: BrokerEvent) -> None:
+        """The broker's sink: queue the event, unless it is a command past the bound.
+
+        Dropping a command is safe: it never reached the core, so it changed nothing; a
+        dropped stop leaves the session to end at its deadline, which the core enforces
+        whatever arrives (never beyond ``max_on``). INBOUND_COMMANDS waiting commands are junk
+        or a runaway client. Plug reports and availability are never dropped (rule 4).
+        """
+        if isinstance(event, Received) and self._is_command(event.topic):
+            if self._commands_waiting >= INBOUND_COMMANDS:
+                count = self._shed.shed(self.now().mono)
+                if count:
+                    self._log_shed(count)
+                return
+            self._commands_waiting += 1
+        self._queue.put_nowait(event)
+
+    def _taken(self, item: Item) -> Item:
+        """An item just taken from the queue (counted out if it is a command)."""
+        if isinstance(item, Received) and self._is_command(item.topic):
+            self._commands_waiting -= 1
+        return item
+
+    def _is_command(self, topic: str) -> bool:
+        # Every command filter is ``<base>/.../set``; checked on each message, so kept cheap.
+        return (
+            topic.endswith("/set")
+            and topic.startswith(self._command_prefix)
+            and topic not in self._plug_topics
+        )
+
+    def _log_shed(self, count: int) -> None:
+        log.warning(
+            "commands_dropped",
+            count=count,
+            waiting=self._commands_waiting,
+            total=self._shed.total,
+            reason="too many commands waiting",
+        )
+
     def _timeout(self, watchdog: float | None, next_ping: float) -> float | None:
-        wakes = [self.core.next_wakeup(), self.routines.next_wakeup(), self.schedules.next_wakeup()]
+        wakes = [
+            self.core.next_wakeup(),
+            self.routines.next_wakeup(),
+            self.schedules.next_wakeup(),
+            self._rejections.next_wakeup(),
+            self._shed.next_wakeup(),
+        ]
         watch_clock = self.config.schedules or self._history_path is not None
         timeouts: list[float] = [CLOCK_CHECK_S] if watch_clock else []
         mono = self.now().mono
@@ -306,6 +367,7 @@ class Runtime:
         elif isinstance(item, Received):
             effects = self.core.receive(item.topic, item.payload, item.retain, now)
         elif isinstance(item, _Announce):
+            self._announce_pending = False
             if self.broker.connected:
                 self.apply(self.hass.announce())
                 effects = self.core.states(now) + self._schedule_states()
@@ -336,7 +398,7 @@ class Runtime:
             loop = asyncio.get_running_loop()
             batch_end = loop.time() + BATCH_S
             while not self._queue.empty() and loop.time() < batch_end:
-                item = self._queue.get_nowait()
+                item = self._taken(self._queue.get_nowait())
                 if isinstance(item, _Shutdown):
                     self._queue.put_nowait(item)
                     break
@@ -346,10 +408,18 @@ class Runtime:
         effects += self.routines.tick(now)
         effects += self.schedules.tick(now)
         self.apply(effects)
+        for summary in self._rejections.due(now.mono):
+            self._publish_event(summary)
+        shed = self._shed.due(now.mono)
+        if shed:
+            self._log_shed(shed)
         self._check_wall_clock(now)
 
     def _from_hass(self, item: Received) -> None:
         if self.hass.is_birth(item.topic, item.payload):
+            if self._announce_pending:
+                return  # one rediscovery is already on its way: it covers this birth too
+            self._announce_pending = True
             delay = BIRTH_DELAY_S + random.uniform(0, BIRTH_JITTER_S)  # noqa: S311 - jitter only
             log.info("homeassistant_online", rediscovery_in_s=round(delay, 1))
             asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, _Announce())
@@ -452,15 +522,33 @@ class Runtime:
 
         reading.add_done_callback(answer)
 
+    def _rejection_key(self, event: Event) -> str | None:
+        """A configured routine or schedule has rejections of its own: ``redlight routine``
+        waits for its routine's refusal, which carries no request_id. Unknown names share one
+        key, so a flood of made-up ones is coalesced all the same."""
+        routine = event.fields.get("routine")
+        if routine in self.config.routines:
+            return f"routine/{routine}"
+        schedule = event.fields.get("schedule")
+        if schedule in self.config.schedules:
+            return f"schedule/{schedule}"
+        return None
+
+    def _publish_event(self, event: Event) -> None:
+        for message in event_messages(self.core.topics, event):
+            self.broker.publish(message)
+        log.info(event.event_type, panel=event.panel, **event.fields)
+
     def _carry_out(self, effects: Iterable[Effect]) -> None:
-        topics = self.core.topics
         for effect in effects:
             if isinstance(effect, Message):
                 self.broker.publish(effect)
             elif isinstance(effect, Event):
-                for message in event_messages(topics, effect):
-                    self.broker.publish(message)
-                log.info(effect.event_type, panel=effect.panel, **effect.fields)
+                if effect.event_type == "command_rejected" and not self._rejections.admit(
+                    effect, self.now().mono, self._rejection_key(effect)
+                ):
+                    continue  # counted: the summary follows within a second
+                self._publish_event(effect)
             elif isinstance(effect, SessionOpened):
                 if self.writer is not None:
                     self.writer.session_opened(
@@ -512,7 +600,7 @@ class Runtime:
             wait = remaining if wake is None else min(remaining, max(0.0, wake - self.now().mono))
             item: Item | None
             try:
-                item = await asyncio.wait_for(self._queue.get(), wait)
+                item = self._taken(await asyncio.wait_for(self._queue.get(), wait))
             except TimeoutError:
                 item = None
             if isinstance(item, Received):

@@ -17,6 +17,7 @@ import pytest
 
 from redlight.broker import (
     STATE_QOS,
+    UNWRITTEN_LIMIT,
     BrokerClient,
     Connected,
     Disconnected,
@@ -337,3 +338,43 @@ async def test_client_reconnects_after_broker_restart_and_resubscribes(adapter: 
         Received("t/kept", b"retained", retain=True),
         Received("t/x", b"after"),
     ]
+
+
+async def test_an_urgent_message_overtakes_normal_ones_still_waiting(adapter: Adapter) -> None:
+    """Safety rule 12: an urgent message has at most UNWRITTEN_LIMIT earlier ones ahead of it.
+
+    Normal messages still all arrive, in the order they were published.
+    """
+    alice = await adapter.connected_peer("alice")
+    bob = await adapter.connected_peer("bob")
+    await alice.subscribe(["t/#"])
+
+    for n in range(400):
+        assert bob.client.publish(Message("t/event", str(n), qos=STATE_QOS))
+    assert bob.client.publish(Message("t/plug", "OFF", urgent=True))
+    await bob.barrier(alice)
+
+    topics = [e.topic for e in alice.events.received()]
+    assert topics.index("t/plug") <= UNWRITTEN_LIMIT
+    events = [e.payload for e in alice.events.received() if e.topic == "t/event"]
+    assert events == [str(n).encode() for n in range(400)]
+
+
+async def test_only_the_last_waiting_retained_message_on_a_topic_is_guaranteed(
+    adapter: Adapter,
+) -> None:
+    """Retained messages still waiting on one topic may be coalesced; the last always arrives."""
+    alice = await adapter.connected_peer("alice")
+    bob = await adapter.connected_peer("bob")
+    await alice.subscribe(["t/#"])
+
+    for n in range(300):
+        assert bob.client.publish(Message("t/state", str(n), retain=True, qos=STATE_QOS))
+    await bob.barrier(alice)
+
+    seen = [int(e.payload) for e in alice.events.received() if e.topic == "t/state"]
+    assert seen == sorted(set(seen))  # in order, none twice
+    assert seen[-1] == 299
+    carol = await adapter.connected_peer("carol")
+    await carol.subscribe(["t/state"])
+    assert carol.events.received() == [Received("t/state", b"299", retain=True)]

@@ -878,9 +878,12 @@ def check_plug_commands_first(effects: list[Effect]) -> None:
     """Plug commands (and the journal entry of an ON) come before anything else."""
     seen_other: Effect | None = None
     for effect in effects:
-        plug_command = (
+        to_plug = (
             isinstance(effect, Message) and not effect.retain and not effect.topic.startswith(BASE)
         )
+        # Priority is the message's own property: everything sent to a plug is urgent.
+        assert not to_plug or (isinstance(effect, Message) and effect.urgent), effect
+        plug_command = isinstance(effect, Message) and effect.urgent
         if plug_command:
             assert seen_other is None, f"{effect} comes after {seen_other}"
         elif not isinstance(effect, SessionOpened):

@@ -37,6 +37,7 @@ async def test_connected_arrives_on_a_later_loop_iteration() -> None:
     await asyncio.sleep(0)
     assert events == [Connected()]
     assert client.publish(Message("t/late", "x"))
+    await settle()
     assert [m.topic for _, m in broker.published] == ["t/late"]
 
 
@@ -49,6 +50,7 @@ async def test_published_log_keeps_client_ids_order_and_bytes() -> None:
 
     alice.publish(Message("t/a", "text", retain=True, qos=1))
     bob.publish(Message("t/b", b"\x00raw"))
+    await settle()
 
     assert broker.published == [
         ("alice", Message("t/a", b"text", retain=True, qos=1)),
@@ -67,10 +69,12 @@ async def test_retained_store_sets_replaces_and_deletes() -> None:
     alice.publish(Message("t/r", "one", retain=True))
     alice.publish(Message("t/r", "two", retain=True))
     alice.publish(Message("t/other", "live only"))
+    await settle()
     assert broker.retained == {"t/r": b"two"}
     assert broker.retained("t/r") == b"two"
 
     alice.publish(Message("t/r", "", retain=True))
+    await settle()
     assert broker.retained == {}
     assert broker.retained("t/r") is None
 
@@ -120,6 +124,7 @@ async def test_broker_outage_drops_wills_keeps_retained_and_reconnects_on_start(
     bob, bob_events = started(broker, "bob")
     await settle()
     bob.publish(Message("t/kept", "yes", retain=True))
+    await settle()  # out of bob's outbox before the broker goes down
     alice.subscribe(["t/#"])
 
     broker.stop()

@@ -9,16 +9,24 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.client import MQTTMessageInfo
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from structlog.testing import capture_logs
 from structlog.typing import EventDict, Processor
 
 from redlight.broker import (
+    OUTBOX_EVENTS,
     STATE_QOS,
+    UNWRITTEN_LIMIT,
     BrokerError,
     Connected,
     Disconnected,
@@ -329,3 +337,109 @@ def test_a_connection_that_lasted_starts_the_count_again() -> None:
     assert seen.dropped(106.0)
     # A drop with no connection before it (a refused CONNECT) counts for nothing.
     assert not seen.dropped(107.0)
+
+
+class FakePaho:
+    """Stands in for ``paho.Client`` behind a :class:`PahoClient`: records what it is handed."""
+
+    def __init__(self) -> None:
+        """Connected, nothing handed yet."""
+        self.handed: list[tuple[int, str, bytes]] = []
+        self._out_message_mutex = threading.RLock()
+        self._out_messages: dict[int, object] = {}
+
+    def is_connected(self) -> bool:
+        """Always connected."""
+        return True
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> MQTTMessageInfo:
+        """Take the message as paho would: queued for its network thread to write."""
+        info = MQTTMessageInfo(len(self.handed) + 1)
+        info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        self.handed.append((info.mid, topic, payload))
+        return info
+
+
+def fake_connected_client() -> tuple[PahoClient, FakePaho]:
+    """A :class:`PahoClient` on the running loop, connected to a :class:`FakePaho`."""
+    client = paho_client(1884, "fake")
+    fake = FakePaho()
+    client._client = fake  # type: ignore[assignment]
+    client._loop = asyncio.get_running_loop()
+    client._connected = True
+    return client, fake
+
+
+def written(client: PahoClient, mid: int) -> None:
+    """paho's thread reports message ``mid`` written (QoS 0) or acknowledged (QoS 1)."""
+    client._on_publish(
+        None,  # type: ignore[arg-type]
+        None,
+        mid,
+        ReasonCode(PacketTypes.PUBACK),
+        Properties(PacketTypes.PUBACK),  # type: ignore[no-untyped-call]
+    )
+
+
+async def test_an_urgent_message_waits_behind_at_most_the_unwritten_limit() -> None:
+    """Safety rule 12: paho holds at most UNWRITTEN_LIMIT events when an OFF is handed to it."""
+    client, fake = fake_connected_client()
+    for n in range(500):
+        assert client.publish(Message("t/event", f"{n}", qos=STATE_QOS))
+    assert len(fake.handed) == UNWRITTEN_LIMIT
+    assert client.publish(Message("t/plug/set", "OFF", urgent=True))
+    assert fake.handed[-1][1:] == ("t/plug/set", b"OFF")
+    assert len(fake.handed) == UNWRITTEN_LIMIT + 1
+
+    # As paho writes them, the waiting events follow, in order, never more on their way.
+    for mid in range(1, UNWRITTEN_LIMIT + 1):
+        written(client, mid)
+    written(client, UNWRITTEN_LIMIT + 1)  # the OFF's own: not an event, frees nothing
+    await asyncio.sleep(0)
+    events = [payload for _, topic, payload in fake.handed if topic == "t/event"]
+    assert events == [str(n).encode() for n in range(2 * UNWRITTEN_LIMIT)]
+
+
+async def test_a_waiting_retained_state_is_replaced_by_the_next_on_its_topic() -> None:
+    """Only the last retained message per topic goes out; events keep their order."""
+    client, fake = fake_connected_client()
+    for n in range(UNWRITTEN_LIMIT):
+        client.publish(Message("t/filler", f"{n}"))
+    client.publish(Message("t/state", "one", retain=True, qos=STATE_QOS))
+    client.publish(Message("t/event", "between"))
+    client.publish(Message("t/state", "two", retain=True, qos=STATE_QOS))
+    for mid in range(1, UNWRITTEN_LIMIT + 1):
+        written(client, mid)
+    await asyncio.sleep(0)
+    assert [(t, p) for _, t, p in fake.handed[UNWRITTEN_LIMIT:]] == [
+        ("t/event", b"between"),
+        ("t/state", b"two"),
+    ]
+
+
+async def test_waiting_messages_never_go_out_on_the_next_connection() -> None:
+    """Safety rule 6: what still waited when the link dropped is forgotten on reconnect."""
+    client, fake = fake_connected_client()
+    for n in range(3 * UNWRITTEN_LIMIT):
+        client.publish(Message("t/event", f"{n}"))
+    assert client._drop_unsent() == 0  # paho's on_connect after a reconnect
+    await asyncio.sleep(0)
+    for mid in range(1, UNWRITTEN_LIMIT + 1):
+        written(client, mid)  # late reports from the old connection
+    await asyncio.sleep(0)
+    assert len(fake.handed) == UNWRITTEN_LIMIT
+
+
+async def test_events_past_the_outbox_bound_are_dropped_and_reported_once() -> None:
+    """A flood of events cannot grow memory: past the bound they are dropped and counted."""
+    client, fake = fake_connected_client()
+    with capture_logs() as logs:
+        total = OUTBOX_EVENTS + UNWRITTEN_LIMIT + 500
+        results = [client.publish(Message("t/event", f"{n}")) for n in range(total)]
+        assert client.publish(Message("t/plug/set", "OFF", urgent=True))
+    assert results.count(False) == 500
+    assert fake.handed[-1][1] == "t/plug/set"  # a plug command is never dropped
+    drops = [line for line in logs if line["event"] == "mqtt_messages_dropped"]
+    assert [line["count"] for line in drops] == [1]
+    assert client._drop_report is not None  # the next summary, a second later
+    client._drop_report.cancel()
