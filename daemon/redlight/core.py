@@ -244,6 +244,9 @@ class Panel:
     #: and when its last ON ended.
     exposure_s: float = 0.0
     exposure_end: float = float("-inf")
+    #: The plug reported ON while an OFF was pending (a press racing the OFF, a stale report):
+    #: lit from then on until the OFF is confirmed, as far as the exposure is concerned.
+    stray_on_at: float | None = None
 
     @property
     def online(self) -> bool:
@@ -642,6 +645,7 @@ class Core:
             duration_s=duration_s,
             request_id=request.request_id,
         )
+        self._close_stray(panel, now)
         panel.session = session
         self._touch(panel)
         # The journal comes before the ON, so a crash leaves a record to reconcile; it goes
@@ -791,7 +795,22 @@ class Core:
 
     def _exposure_before(self, panel: Panel, at: float) -> float:
         """On-time of the exposure that an ON at ``at`` continues (0 after ``min_off`` OFF)."""
-        return panel.exposure_s if at - panel.exposure_end < self.min_off_s else 0.0
+        stray = panel.stray_on_at
+        last = panel.exposure_end if stray is None else stray
+        chained = panel.exposure_s if last - panel.exposure_end < self.min_off_s else 0.0
+        if stray is not None:
+            return chained + max(0.0, at - stray)
+        return chained if at - panel.exposure_end < self.min_off_s else 0.0
+
+    def _close_stray(self, panel: Panel, now: Now) -> None:
+        """The ON reported during a pending OFF ended (or a session takes over): it joins the
+        exposure."""
+        stray = panel.stray_on_at
+        if stray is None:
+            return
+        panel.stray_on_at = None
+        panel.exposure_s = self._exposure_before(panel, stray) + (now.mono - stray)
+        panel.exposure_end = now.mono
 
     def _deadline_reason(self, panel: Panel) -> str:
         assert panel.session is not None
@@ -817,8 +836,11 @@ class Core:
         ended = session.started_wall + timedelta(seconds=actual_s)
         dose = actual_s * panel.irradiance / 1000 if panel.irradiance is not None else None
         self._count_day(panel, session, actual_s, now)
-        panel.exposure_s = self._exposure_before(panel, session.started_mono) + actual_s
-        panel.exposure_end = session.started_mono + actual_s
+        # The exposure counts the light until the OFF goes out, past the deadline too (a
+        # deadline that passed while the broker was away): it is the panel's, not the plan's.
+        lit_s = max(actual_s, now.mono - session.started_mono)
+        panel.exposure_s = self._exposure_before(panel, session.started_mono) + lit_s
+        panel.exposure_end = session.started_mono + lit_s
         if self.cooldown_s > 0:
             panel.cooldown_until = session.started_mono + actual_s + self.cooldown_s
             panel.cooldown_wall = ended + timedelta(seconds=self.cooldown_s)
@@ -887,6 +909,8 @@ class Core:
             elif panel.off_pending:
                 # An OFF is on its way and re-sent until confirmed; this report may be stale.
                 # Once the plug is known not to obey, each ON it reports is news to a person.
+                if panel.stray_on_at is None:
+                    panel.stray_on_at = now.mono
                 if panel.unresponsive:
                     self._off_not_obeyed(panel, now)
             else:
@@ -895,6 +919,7 @@ class Core:
             if panel.off_pending:
                 panel.off_pending = False
                 panel.off_attempts = 0
+                self._close_stray(panel, now)
                 self._recovered(panel, now)
             if session is not None and session.confirmed:
                 # Switched off by hand, by its own failsafe or by a power cut; OFF is still sent

@@ -231,6 +231,8 @@ class SimPlug:
     exposure_count: int = 0
     exposure_end: float = -math.inf
     exposure_clean: bool = True
+    #: redlight knew of the current ON interval (a session, or an OFF pending) at some step.
+    interval_seen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,11 +501,18 @@ class CoreMachine(RuleBasedStateMachine):
             if self.mono - plug.exposure_end >= MIN_OFF_S - self.latency:
                 plug.exposure_s, plug.exposure_count, plug.exposure_clean = 0.0, 0, True
             plug.exposure_count += 1
+            plug.interval_seen = False
             if plug.controllable_since is None:
                 plug.exposure_clean = False
         elif not on and plug.on and plug.on_since is not None:
             plug.exposure_s += self.mono - plug.on_since
             plug.exposure_end = self.mono
+            if plug.controllable_since is None or plug.controllable_since > plug.on_since:
+                plug.exposure_clean = False  # out of redlight's reach for part of it
+            if not plug.interval_seen:
+                # A blip whose reports were lost (or an instant between two steps): redlight
+                # cannot count light it never heard of; the single-ON bounds cover it.
+                plug.exposure_clean = False
         if not on:
             plug.on_since = None
             plug.unannounced = False
@@ -614,6 +623,9 @@ class CoreMachine(RuleBasedStateMachine):
         """Safety rule 1 on light: an exposure lasts at most max_on, plus the latency by which
         each of its ON intervals can precede what redlight counts (a report on its way)."""
         assert plug.on_since is not None
+        panel = self.core.panels[plug.panel]
+        if panel.session is not None or panel.stray_on_at is not None:
+            plug.interval_seen = True
         if plug.controllable_since is None or plug.controllable_since > plug.on_since:
             plug.exposure_clean = False
         if not plug.exposure_clean:
