@@ -538,7 +538,7 @@ class Core:
             if panel.off_pending and self.connected and now.mono >= panel.off_next_at:
                 self._retry_off(panel, now)
             if panel.poll_answer_by is not None and now.mono >= panel.poll_answer_by:
-                self._poll_unanswered(panel)
+                self._poll_unanswered(panel, now)
             if panel.poll_at is not None and now.mono >= panel.poll_at:
                 self._poll(panel, now)
             if panel.cooldown_wall is not None and now.mono >= panel.cooldown_until:
@@ -884,7 +884,7 @@ class Core:
         """The plug says its relay is on or off; ``fresh`` unless the broker kept it retained
         (then it is the plug's last word, perhaps from before a gap, not news of now)."""
         self._touch(panel)
-        before = (panel.plug_state, panel.unresponsive)
+        before = (self._plug_view(panel), panel.unresponsive)
         panel.poll_answer_by = None
         if on:
             panel.off_since = None
@@ -926,7 +926,7 @@ class Core:
                 # (and confirmed), since a stale report must not leave a panel on unwatched.
                 self._end_session(panel, now, "external_off")
                 return
-        if (panel.plug_state, panel.unresponsive) != before:
+        if (self._plug_view(panel), panel.unresponsive) != before:
             self._publish_state(panel, now)
 
     def _external_on(self, panel: Panel, now: Now) -> None:
@@ -984,6 +984,7 @@ class Core:
 
     def _availability(self, panel: Panel, report: PlugAvailability, now: Now) -> None:
         was_online = panel.online
+        seen_before = self._plug_view(panel)
         panel.availability[report.topic] = report.online
         # Any availability message means the plug (or its bridge) went away or came back: what
         # it did meanwhile was not seen, even when redlight never saw it go (a dying broker
@@ -995,7 +996,7 @@ class Core:
             self._plug(panel.plug.ask_state())
             if panel.off_pending:
                 self._send_off(panel, now)
-        if panel.online != was_online:
+        if panel.online != was_online or self._plug_view(panel) != seen_before:
             self._publish_state(panel, now)
 
     # ------------------------------------------------------------------ power
@@ -1094,13 +1095,21 @@ class Core:
         if panel.poll_answer_by is None:
             panel.poll_answer_by = now.mono + self.confirm_s
 
-    def _poll_unanswered(self, panel: Panel) -> None:
+    def _poll_unanswered(self, panel: Panel, now: Now) -> None:
         """A poll went unanswered: the plug may be away, so its next ON may be an old one."""
         self._touch(panel)
         panel.poll_answer_by = None
         if panel.watching:
             panel.watching = False
             self._out.append(LogLine("info", "plug_silent", {"panel": panel.id}))
+            self._publish_state(panel, now)
+
+    def _plug_view(self, panel: Panel) -> str:
+        """The relay as redlight knows it now: ``unknown`` after a gap until the plug reports
+        again (no session starts then: ``plug_state_unknown``)."""
+        if panel.session is None and not panel.watching:
+            return "unknown"
+        return panel.plug_state
 
     def _retry_interval(self, attempts: int) -> float:
         return min(MAX_OFF_RETRY_S, self.confirm_s * 2.0 ** min(attempts, 8))
@@ -1259,7 +1268,7 @@ class Core:
             }
         return {
             "state": state,
-            "plug": panel.plug_state,
+            "plug": self._plug_view(panel),
             "plug_online": panel.online,
             "session": session_view,
             "default_duration_s": _num(panel.default_s),

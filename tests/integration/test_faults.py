@@ -132,9 +132,27 @@ async def up(system: System, presets: list[str], **options: Any) -> Daemon:
 
 
 async def start_session(system: System, name: str, seconds: float) -> float:
-    """Start a session and wait until the plug confirmed ON; when the relay went on."""
+    """Start a session and wait until the plug confirmed ON; when the relay went on.
+
+    Right after an outage the start may be refused as ``plug_state_unknown`` (redlight has not
+    heard from the plug since): then, as the refusal says, again once the plug has answered.
+    """
     mark = system.command(name, {"action": "start", "duration": seconds})
-    await system.observer.event("session_started", since=mark, panel=name)
+    answer = await system.observer.wait(
+        "redlight/event",
+        lambda m: (
+            m.json().get("panel") == name
+            and m.json().get("event_type") in ("session_started", "command_rejected")
+        ),
+        since=mark,
+    )
+    if answer.json()["event_type"] == "command_rejected":
+        assert answer.json()["reason"] == "plug_state_unknown", answer.json()
+        await system.observer.wait(
+            f"redlight/panel/{name}/state", lambda m: m.json()["plug"] == "off", since=mark
+        )
+        mark = system.command(name, {"action": "start", "duration": seconds})
+        await system.observer.event("session_started", since=mark, panel=name)
     await system.observer.wait(
         f"redlight/panel/{name}/state",
         lambda m: m.json()["plug"] == "on" and m.json()["state"] == "running",
