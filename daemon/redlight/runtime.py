@@ -77,7 +77,7 @@ class _DayTotals:
 #: How often the wall clock is compared with the monotonic one (NTP steps it on a board without
 #: a real-time clock) and the local date looked at: soon enough that a schedule due just after
 #: a step still runs, and a new day's total is read before a start needs it. One wake-up a
-#: second costs no measurable CPU (README, Performance).
+#: second: 0.06 % of one core for an idle daemon, against 0.02 % without (README).
 CLOCK_CHECK_S: Final = 1.0
 #: A change of the wall clock's offset from the monotonic one by more than this is a step.
 CLOCK_STEP_S: Final = 1.0
