@@ -392,9 +392,13 @@ class Runtime:
     def _check_day(self, now: Now) -> None:
         """A local date not asked for yet: read its sessions on a thread, answer via the queue."""
         day = now.wall.date()
-        if self._history_path is None or day == self._day_asked:
+        if day == self._day_asked:
             return
         self._day_asked = day
+        if self._history_path is None:
+            # Nothing to read: the day counts what the core sees (it must not wait for history).
+            self._queue.put_nowait(_DayTotals(day, {}))
+            return
         loop = asyncio.get_running_loop()
         reading = loop.run_in_executor(None, read_day, self._history_path, day)
 
