@@ -145,7 +145,14 @@ def _restore(history: History, config: Config, wall: datetime) -> tuple[Restored
         if stored is not None:
             enabled[schedule] = stored == "1"
     day_sessions = {panel: sessions.get(panel, {}) for panel in config.panels}
-    restored = Restored(today, last_end, defaults, enabled, day.isoformat(), day_sessions)
+    restored = Restored(
+        finished_today_s=today,
+        last_end=last_end,
+        default_duration_s=defaults,
+        schedule_enabled=enabled,
+        day=day.isoformat(),
+        day_sessions=day_sessions,
+    )
     return restored, interrupted
 
 
