@@ -53,8 +53,11 @@ class FakeClock:
 
 
 @pytest.fixture
-def clock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """libfaketime for every process started from here on (the daemon), in UTC."""
+def clock(system: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """libfaketime for every process started from here on (the daemon), in UTC.
+
+    It needs ``system``, so that mosquitto is already running on the real clock.
+    """
     found = sorted(glob.glob(LIBFAKETIME_GLOB))
     if not found:
         pytest.skip("libfaketime is not installed (apt-get install faketime; .ci/run does)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from redlight.broker import Message
 from redlight.config import Config
@@ -279,6 +280,35 @@ async def test_runtime_publishes_today_s_zero_after_midnight(
     async with asyncio.timeout(10 + 5 * CLOCK_CHECK_S):
         await reset
     assert rig.wall.now(ZONE).date() == date(2026, 11, 25)
+
+
+@pytest.mark.looptime
+async def test_an_unreadable_history_is_reported_and_the_day_counts_what_was_seen(
+    tmp_path: Path, cleanup: list[Stepped]
+) -> None:
+    """Rule 12: the new day's read fails (here: the database path is a directory): it is
+    logged as storage_error, and the day is not held at the previous day's total for ever."""
+    config = left_with(safety={"daily_max": "10m"})
+    broken = tmp_path / "not-a-database"
+    broken.mkdir()
+    yesterday = Restored(day=YESTERDAY.isoformat(), day_sessions={"hip_left": {"y": 500.0}})
+    with capture_logs() as logs:
+        rig = await stepped_rig(
+            config, START_WALL, writer=HistoryWriter(broken), restored=yesterday
+        )
+        cleanup.append(rig)
+        # The failed read's answer publishes today_s 0; it may have come already (retained).
+        retained = rig.broker.retained("redlight/panel/hip_left/state")
+        assert retained is not None
+        if json.loads(retained)["today_s"] != 0:
+            async with asyncio.timeout(5 * CLOCK_CHECK_S):
+                await rig.state(lambda body: body["today_s"] == 0)
+    assert [line["operation"] for line in logs if line["event"] == "storage_error"] == ["read_day"]
+    started = rig.event("session_started", panel="hip_left")
+    assert rig.user.publish(
+        Message("redlight/panel/hip_left/set", json.dumps({"action": "start", "duration": 200}))
+    )
+    assert json.loads((await started).payload)["duration_s"] == 200
 
 
 def evening(mode: str = "start") -> Config:
