@@ -27,7 +27,7 @@ from redlight.simplug import SimulatedPlug
 from redlight.storage import History, HistoryWriter, SessionRow
 from tests.unit.clockkit import FakeWall, patch_wall
 from tests.unit.corekit import START_WALL, ZONE, Kit, events, make_config, state
-from tests.unit.test_runtime import RecordingNotifier
+from tests.unit.test_runtime import RecordingNotifier, next_event
 
 TODAY = START_WALL.date()  # 2026-11-24, the Kit's clock reads 07:30
 YESTERDAY = TODAY - timedelta(days=1)
@@ -150,15 +150,7 @@ class Stepped:
 
     def event(self, event_type: str, **fields: Any) -> asyncio.Future[Message]:
         """The next event of a type (with the given fields) on ``<b>/event``."""
-
-        def wanted(message: Message) -> bool:
-            body = json.loads(message.payload)
-            return bool(
-                body["event_type"] == event_type
-                and all(body.get(k) == v for k, v in fields.items())
-            )
-
-        return self.broker.next("redlight/event", wanted)
+        return next_event(self.broker, event_type, **fields)
 
     def state(self, predicate: Callable[[dict[str, Any]], bool]) -> asyncio.Future[Message]:
         """The next state of ``hip_left`` that satisfies ``predicate``."""

@@ -70,6 +70,18 @@ def left_only() -> Config:
     return make_config(panels={"hip_left": left})
 
 
+def next_event(broker: MemoryBroker, event_type: str, **fields: Any) -> asyncio.Future[Message]:
+    """A future for the next event of a type (with the given fields) on ``<b>/event``."""
+
+    def wanted(message: Message) -> bool:
+        body = json.loads(message.payload)
+        return bool(
+            body["event_type"] == event_type and all(body.get(k) == v for k, v in fields.items())
+        )
+
+    return broker.next("redlight/event", wanted)
+
+
 @dataclass
 class Rig:
     """A runtime, a memory broker, a simulated Tasmota plug, and a user's client."""
@@ -83,15 +95,7 @@ class Rig:
 
     def event(self, event_type: str, **fields: Any) -> asyncio.Future[Message]:
         """A future for the next event of a type (with the given fields) on ``<b>/event``."""
-
-        def wanted(message: Message) -> bool:
-            body = json.loads(message.payload)
-            return bool(
-                body["event_type"] == event_type
-                and all(body.get(k) == v for k, v in fields.items())
-            )
-
-        return self.broker.next("redlight/event", wanted)
+        return next_event(self.broker, event_type, **fields)
 
     def command(self, panel: str, payload: str | dict[str, Any]) -> None:
         """Publish a panel command as a user would."""
