@@ -4,36 +4,62 @@ Pure logic with an injected clock. It takes what happened (a command, a plug rep
 broker connecting, time passing) and returns effects to carry out, plug commands first, so a
 full 15-minute session is tested in microseconds. Deadlines are on the monotonic clock
 (safety rule 3); the wall clock only labels events and finds the local day.
+
+Where things are: each panel's relay machine in :mod:`redlight.panel`, the plug side of it
+(OFF until confirmed, polls, gaps) in :mod:`redlight.relay`, whether a session may start in
+:mod:`redlight.limits`, the published state in :mod:`redlight.view`, the timers in
+:mod:`redlight.timers`. This module holds the sessions and routes every input to them.
 """
 
 from __future__ import annotations
 
-import heapq
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from paho.mqtt.client import topic_matches_sub
 
 from redlight import commands as cmd
 from redlight.broker import STATE_QOS, Message
-from redlight.config import Config, dose_to_duration
-from redlight.durations import format_duration
-from redlight.messages import (
-    Event,
-    Topics,
-    clear_retained,
-    dumps,
-    event_messages,
-    iso,
-    panel_state_message,
+from redlight.config import Config
+from redlight.days import DayBook
+from redlight.effects import Effect as AdapterEffect
+from redlight.effects import (
+    LogLine,
+    Now,
+    Outbox,
+    Resubscribe,
+    SessionClosed,
+    SessionOpened,
+    SettingChanged,
+    event_effects,
+    urgent,
 )
-from redlight.presets import Plug, PlugAvailability, PlugState, build_plug
+from redlight.limits import Limits, Moment, admit
+from redlight.messages import Topics, clear_retained, dumps, iso, panel_state_message
+from redlight.panel import Exposure, Panel, Power, Relay, Session, Source
+from redlight.presets import PlugAvailability, PlugState, build_plug
+from redlight.relay import MAX_OFF_RETRY_S, RelayControl
+from redlight.timers import TimerKind, Timers
+from redlight.view import ends_wall, num, panel_state
 
-#: Safety rule 4: an unconfirmed OFF is re-sent at least this often.
-MAX_OFF_RETRY_S: Final = 10.0
+__all__ = [
+    "MAX_OFF_RETRY_S",
+    "Core",
+    "Effect",
+    "LogLine",
+    "Now",
+    "Restored",
+    "Resubscribe",
+    "SessionClosed",
+    "SessionOpened",
+    "SettingChanged",
+    "Source",
+    "event_effects",
+]
+
 #: ``ending_soon`` is announced this long before a session ends.
 ENDING_SOON_S: Final = 30.0
 #: Power verification: ask the plug for its power this long after it confirmed ON, and judge
@@ -45,68 +71,11 @@ STUCK_AFTER_S: Final = 5.0
 #: ``<b>/state`` (the running panels) is published at most this often: when a thousand
 #: sessions end within a second, one update with the outcome instead of a thousand lists.
 DAEMON_STATE_EVERY_S: Final = 1.0
-
-Source = Literal["homeassistant", "cli", "schedule", "routine", "external"]
-
-
-@dataclass(frozen=True, slots=True)
-class Now:
-    """One reading of both clocks: ``mono`` times deadlines, ``wall`` (aware) labels them."""
-
-    mono: float
-    wall: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class SessionOpened:
-    """Journal a session before its plug is switched on."""
-
-    id: str
-    panel: str
-    area: str | None
-    source: str
-    started_at: datetime
-    planned_s: float
-    irradiance_mw_cm2: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class SessionClosed:
-    """A session ended: move it from the journal to the history."""
-
-    id: str
-    ended_at: datetime
-    actual_s: float
-    reason: str
-    dose_j_cm2: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class SettingChanged:
-    """Persist a small setting (a panel's default length)."""
-
-    key: str
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class Resubscribe:
-    """Subscribe to these filters again: the broker re-sends what is retained on them.
-
-    How a plug that retains its state and takes no query (ESPHome, a generic plug without
-    ``state_request_topic``) is polled.
-    """
-
-    topics: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class LogLine:
-    """Something to log that is not an event (a cleared retained command, ...)."""
-
-    level: Literal["info", "warning", "error"]
-    event: str
-    fields: Mapping[str, Any] = field(default_factory=dict)
+#: Safety rule 8 vs. rule 12: how long a session's ON waits for its journal row to be
+#: acknowledged. Long enough for a healthy disk (a crash after the ON then leaves a row to
+#: close as interrupted); short enough that a sick one delays only that ON, and nothing else:
+#: the core goes on meanwhile, and the ON goes out when the wait is over (``storage_slow``).
+JOURNAL_WAIT_S: Final = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,16 +117,7 @@ class ScheduleChanged:
 
 
 Request = RoutineRequest | StopAllRequested | ScheduleToggle | OfferAccepted | ScheduleChanged
-Effect = (
-    Message
-    | Event
-    | SessionOpened
-    | SessionClosed
-    | SettingChanged
-    | LogLine
-    | Resubscribe
-    | Request
-)
+Effect = AdapterEffect | Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,168 +138,6 @@ class Restored:
     day_sessions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class Session:
-    """A period in which redlight holds a panel on, or watches an ON it did not start."""
-
-    id: str
-    source: Source
-    started_mono: float
-    started_wall: datetime
-    duration_s: float
-    request_id: str | None = None
-    confirmed: bool = False
-    ending_soon_sent: bool = False
-
-    @property
-    def deadline(self) -> float:
-        """When the panel must be off, on the monotonic clock."""
-        return self.started_mono + self.duration_s
-
-    def elapsed(self, now: Now) -> float:
-        """Seconds on so far."""
-        return max(0.0, min(now.mono, self.deadline) - self.started_mono)
-
-
-@dataclass(slots=True)
-class Panel:
-    """Everything the core knows about one panel; only the core mutates it."""
-
-    id: str
-    name: str
-    area: str | None
-    plug: Plug
-    irradiance: float | None
-    default_s: float
-    day: str = ""
-    finished_today_s: float = 0.0
-    carry_s: float = 0.0
-    plug_state: Literal["on", "off", "unknown"] = "unknown"
-    availability: dict[str, bool] = field(default_factory=dict)
-    session: Session | None = None
-    on_confirm_by: float | None = None
-    off_pending: bool = False
-    off_next_at: float = 0.0
-    off_attempts: int = 0
-    unresponsive: bool = False
-    cooldown_until: float = float("-inf")
-    cooldown_wall: datetime | None = None
-    min_power_w: float | None = None
-    power_w: float | None = None
-    power_at: float = float("-inf")
-    power_ask_at: float | None = None
-    power_check_at: float | None = None
-    off_since: float | None = None
-    relay_stuck: bool = False
-    #: When the OFF now pending was first sent (``off_not_obeyed`` says how long ago).
-    off_requested_at: float = 0.0
-    # Blind spots: the last OFF the plug reported, and whether redlight has watched it without
-    # a gap since (connected throughout, the plug not re-announced, every poll answered). An ON
-    # found after a gap may have been on since that OFF report.
-    off_seen_at: float = float("-inf")
-    watching: bool = False
-    poll_at: float | None = None
-    poll_answer_by: float | None = None
-    #: The exposure (ON time with less than ``min_off`` of OFF between): its on-time so far,
-    #: and when its last ON ended.
-    exposure_s: float = 0.0
-    exposure_end: float = float("-inf")
-    #: The plug reported ON while an OFF was pending (a press racing the OFF, a stale report):
-    #: lit from then on until the OFF is confirmed, as far as the exposure is concerned.
-    stray_on_at: float | None = None
-
-    @property
-    def online(self) -> bool:
-        """The plug (and its bridge) are not known to be offline."""
-        return all(self.availability.values())
-
-
-class _Timers:
-    """The earliest due time of each panel, in a heap with lazy removal.
-
-    With a thousand panels, scanning all of them after every message would delay the OFFs
-    that are due (SPEC §8): setting a time and finding the earliest are O(log n) instead.
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int]] = []
-        self._at: dict[int, float] = {}
-
-    def set(self, index: int, when: float | None) -> None:
-        """Panel ``index`` is next due at ``when`` (``None``: nothing to do)."""
-        if when is None:
-            self._at.pop(index, None)
-        elif self._at.get(index) != when:
-            self._at[index] = when
-            heapq.heappush(self._heap, (when, index))
-            if len(self._heap) > 4 * len(self._at) + 64:
-                # Superseded entries are dropped lazily; rebuild before they pile up.
-                self._heap = [(at, i) for i, at in self._at.items()]
-                heapq.heapify(self._heap)
-
-    def earliest(self) -> float | None:
-        """The earliest time any panel is due."""
-        heap = self._heap
-        while heap:
-            when, index = heap[0]
-            if self._at.get(index) == when:
-                return when
-            heapq.heappop(heap)
-        return None
-
-    def pop_due(self, now: float) -> list[int]:
-        """Remove and return the panels due at ``now``, earliest first (config order on ties)."""
-        due: list[int] = []
-        while (first := self.earliest()) is not None and first <= now:
-            _, index = heapq.heappop(self._heap)
-            del self._at[index]
-            due.append(index)
-        return due
-
-
-class _DayBook:
-    """Seconds on per local day, panel and session id: what the core saw, and what history said.
-
-    A session is counted on the local date it started (``today_s``: "sessions started today").
-    The two sources are merged by session id, so a session both seen and read counts once and
-    a restart (or a clock step back into a day already lived) loses nothing.
-    """
-
-    #: Days kept per source; a clock that steps back and forth revisits only a few.
-    KEEP: Final = 8
-
-    def __init__(self, expect_history: bool) -> None:
-        self.expect_history = expect_history
-        self.seen: dict[str, dict[str, dict[str, float]]] = {}
-        self.read: dict[str, dict[str, dict[str, float]]] = {}
-
-    def add_seen(self, day: str, panel: str, session: str, seconds: float) -> None:
-        self._day(self.seen, day).setdefault(panel, {})[session] = seconds
-
-    def add_read(self, day: str, rows: Mapping[str, Mapping[str, float]]) -> None:
-        book = self._day(self.read, day)
-        for panel, sessions in rows.items():
-            book.setdefault(panel, {}).update(sessions)
-
-    def known(self, day: str) -> bool:
-        """History has answered for ``day`` (or will never be asked)."""
-        return not self.expect_history or day in self.read
-
-    def total(self, day: str, panel: str) -> float:
-        merged = dict(self.read.get(day, {}).get(panel, {}))
-        merged.update(self.seen.get(day, {}).get(panel, {}))
-        return sum(merged.values())
-
-    def _day(
-        self, book: dict[str, dict[str, dict[str, float]]], day: str
-    ) -> dict[str, dict[str, float]]:
-        entry = book.pop(day, None)
-        book[day] = entry = entry if entry is not None else {}
-        while len(book) > self.KEEP:
-            del book[next(iter(book))]
-        return entry
-
-
 class Core:
     """Owns every panel's state; each public method returns the effects to carry out."""
 
@@ -349,78 +147,114 @@ class Core:
         *,
         restored: Restored | None = None,
         new_id: Callable[[], str] | None = None,
+        journal_wait_s: float = JOURNAL_WAIT_S,
     ) -> None:
-        """Build the panels from config; ``restored`` brings totals and settings from storage."""
+        """Build the panels from config; ``restored`` brings totals and settings from storage.
+
+        A session's ON waits for :meth:`journaled`, at most ``journal_wait_s``.
+        """
         self.config = config
         self.topics = Topics(config.mqtt.base_topic)
-        self.max_on_s = config.safety.max_on.total_seconds()
-        self.cooldown_s = config.safety.cooldown.total_seconds()
-        self.confirm_s = config.safety.confirm_timeout.total_seconds()
-        self.margin_s = config.safety.failsafe_margin.total_seconds()
-        self.min_off_s = config.safety.min_off.total_seconds()
-        self.poll_s = config.safety.poll_interval.total_seconds()
-        self.daily_max_s = (
-            config.safety.daily_max.total_seconds() if config.safety.daily_max else None
+        safety = config.safety
+        self.max_on_s = safety.max_on.total_seconds()
+        self.limits = Limits(
+            max_on_s=self.max_on_s,
+            cooldown_s=safety.cooldown.total_seconds(),
+            min_off_s=safety.min_off.total_seconds(),
+            daily_max_s=safety.daily_max.total_seconds() if safety.daily_max else None,
         )
+        self.confirm_s = safety.confirm_timeout.total_seconds()
+        self.margin_s = safety.failsafe_margin.total_seconds()
+        self.poll_s = safety.poll_interval.total_seconds()
+        self.journal_wait_s = journal_wait_s
         self._new_id = new_id or (lambda: uuid.uuid4().hex[:12])
+        self.out = Outbox()
+        self.timers = Timers()
+        self.relays = RelayControl(self.out, self.timers, self.confirm_s, self.poll_s)
         restored = restored or Restored()
-        self.panels: dict[str, Panel] = {}
-        for key, settings in config.panels.items():
-            plug = build_plug(key, settings.plug, base_topic=config.mqtt.base_topic)
-            self.panels[key] = Panel(
+        self.panels = self._build_panels(restored)
+        self._order = list(self.panels.values())
+        self._restored_last_end = dict(restored.last_end)
+        self._restored_exposure = dict(restored.exposure)
+        self._days = DayBook(expect_history=restored.day is not None)
+        if restored.day is not None:
+            self._days.add_read(restored.day, restored.day_sessions)
+            for panel in self._order:
+                panel.day = restored.day
+                panel.finished_today_s = self._days.total(restored.day, panel.id)
+        self._routes()
+        self.ready = False
+        self.stopping = False
+        #: Sessions whose ON waits for the journal: session id -> panel.
+        self._journaling: dict[str, Panel] = {}
+        self._running: set[int] = set()
+        self._running_changed = True
+        self._published_running: list[str] | None = None
+        self._daemon_state_at = float("-inf")
+        self._daemon_state_due: float | None = None
+        #: Panels whose state may have changed in this step, and what each published last.
+        self._dirty: set[int] = set()
+        self._published: dict[int, dict[str, Any]] = {}
+        self._requests: list[Request] = []
+        #: The one table from a due timer to what it means.
+        self._handlers: dict[TimerKind, Callable[[Panel, Now], None]] = {
+            TimerKind.DEADLINE: self._deadline,
+            TimerKind.CONFIRM_ON: self._on_unconfirmed,
+            TimerKind.OFF_RETRY: self.relays.retry_off,
+            TimerKind.JOURNAL: self._journal_slow,
+            TimerKind.ENDING_SOON: self._ending_soon,
+            TimerKind.POWER_ASK: self._ask_power,
+            TimerKind.POWER_CHECK: self._check_power,
+            TimerKind.POLL_ANSWER: self.relays.poll_unanswered,
+            TimerKind.POLL: self.relays.poll,
+            TimerKind.COOLDOWN_END: self._cooldown_over,
+        }
+
+    def _build_panels(self, restored: Restored) -> dict[str, Panel]:
+        panels: dict[str, Panel] = {}
+        base = self.config.mqtt.base_topic
+        for index, (key, settings) in enumerate(self.config.panels.items()):
+            plug = build_plug(key, settings.plug, base_topic=base)
+            default_s = self.config.default_duration(key).total_seconds()
+            panels[key] = Panel(
                 id=key,
-                name=config.panel_name(key),
+                index=index,
+                name=self.config.panel_name(key),
                 area=settings.area,
                 plug=plug,
                 irradiance=settings.irradiance_mw_cm2,
-                default_s=restored.default_duration_s.get(
-                    key, config.default_duration(key).total_seconds()
-                ),
+                default_s=restored.default_duration_s.get(key, default_s),
+                exposure=Exposure(self.limits.min_off_s),
+                power=Power(settings.min_power_w),
                 finished_today_s=restored.finished_today_s.get(key, 0.0),
                 availability=dict.fromkeys(plug.availability_topics, True),
-                min_power_w=settings.min_power_w,
             )
-        self._restored_last_end = dict(restored.last_end)
-        self._restored_exposure = dict(restored.exposure)
-        self._days = _DayBook(expect_history=restored.day is not None)
-        if restored.day is not None:
-            self._days.add_read(restored.day, restored.day_sessions)
-            for panel in self.panels.values():
-                panel.day = restored.day
-                panel.finished_today_s = self._days.total(restored.day, panel.id)
-        self._order = list(self.panels.values())
-        self._index = {panel.id: i for i, panel in enumerate(self._order)}
-        # Panels whose timers changed since the last flush, and every panel's next due time.
-        self._touched: set[int] = set(range(len(self._order)))
-        self._wakes = _Timers()
-        self._confirms = _Timers()
-        self._running: set[int] = set()
+        return panels
+
+    def _routes(self) -> None:
+        """Which panels a plug topic concerns: exact topics by lookup, wildcards by match."""
         self._exact_routes: dict[str, list[Panel]] = {}
         self._wild_routes: list[tuple[str, Panel]] = []
         self._plug_command_topics: dict[str, Panel] = {}
-        for panel in self.panels.values():
+        for panel in self._order:
             for topic in panel.plug.subscriptions:
                 if "+" in topic or "#" in topic:
                     self._wild_routes.append((topic, panel))
                 else:
                     self._exact_routes.setdefault(topic, []).append(panel)
             self._plug_command_topics[panel.plug.command_topic] = panel
-        self.connected = False
-        self.ready = False
-        self.stopping = False
-        self._published_running: list[str] | None = None
-        self._running_changed = True
-        self._daemon_state_at = float("-inf")
-        self._daemon_state_due: float | None = None
-        self._plug_out: list[Effect] = []  # plug commands, and the journal entry before an ON
-        self._out: list[Effect] = []
+
+    @property
+    def connected(self) -> bool:
+        """The broker connection is up (nothing is sent to a plug while it is down)."""
+        return self.relays.connected
 
     # ------------------------------------------------------------------ inputs
 
     def subscriptions(self) -> list[str]:
         """Every topic filter to subscribe to after each connect."""
         topics = list(self.topics.command_filters())
-        for panel in self.panels.values():
+        for panel in self._order:
             topics.extend(panel.plug.subscriptions)
         # Safety rule 7: watch plug command topics for retained commands to clear.
         topics.extend(self._plug_command_topics)
@@ -428,36 +262,39 @@ class Core:
 
     def connect(self, now: Now) -> list[Effect]:
         """The broker connection is (re)established: rules 8 and 10."""
-        self.connected = True
-        self._touch_all()  # a pending OFF is timed again once it can be sent
-        # Whatever was published while disconnected was dropped: send the running set again.
+        self.relays.connected = True
+        # Whatever was published while disconnected was dropped: send every state again.
+        self._published.clear()
         self._published_running = None
         self._running_changed = True
         self._daemon_state_at = float("-inf")
         count = len(self._order)
-        for index, panel in enumerate(self._order):
-            self._plug(panel.plug.ask_state())
+        for panel in self._order:
+            self.relays.send(panel.plug.ask_state())
             # Polls spread over the interval, so a thousand plugs never answer at once.
-            panel.poll_at = now.mono + self.poll_s * (index + 1) / count
+            poll_at = now.mono + self.poll_s * (panel.index + 1) / count
+            self.timers.arm(panel.index, TimerKind.POLL, poll_at)
             if not self.ready:
                 self._start_safe(panel, now)
             elif panel.session is not None and now.mono >= panel.session.deadline:
                 # Safety rule 10: a deadline that passed while disconnected is enforced now.
-                self._end_session(panel, now, self._deadline_reason(panel))
+                self._end_session(panel, now, self._deadline_reason(panel.session))
             elif panel.off_pending:
-                self._send_off(panel, now)
-            self._publish_state(panel, now)
+                self.relays.send_off(panel, now)
+            self._dirty.add(panel.index)
         self.ready = True
         return self._flush(now)
 
     def disconnect(self, now: Now) -> list[Effect]:
         """The broker connection is lost; deadlines keep running on the monotonic clock."""
-        self.connected = False
-        self._touch_all()
+        self.relays.connected = False
         for panel in self._order:
             # Whatever a plug reports from now on is lost until redlight is back.
-            panel.watching = False
-            panel.poll_answer_by = None
+            self.relays.lose_sight(panel)
+            self.timers.disarm(panel.index, TimerKind.POLL_ANSWER)
+            if panel.relay is Relay.JOURNALING:
+                # Its ON can no longer go out in time (rule 6): the session is over unlit.
+                self._end_session(panel, now, "disconnected")
         return self._flush(now)
 
     def receive(self, topic: str, payload: bytes, retain: bool, now: Now) -> list[Effect]:
@@ -478,7 +315,7 @@ class Core:
                 self._plug_report(panel, report.on, now, fresh=fresh)
             elif isinstance(report, PlugAvailability):
                 self._availability(panel, report, now)
-            if panel.min_power_w is not None:
+            if panel.power.min_w is not None:
                 watts = panel.plug.power(topic, payload)
                 if watts is not None:
                     self._power_report(panel, watts, now)
@@ -504,346 +341,239 @@ class Core:
             self._stop(panel, now, "stopped")
         return self._flush(now)
 
-    def tick(self, now: Now) -> list[Effect]:
-        """Time passed: enforce deadlines, confirmations and retries that are due."""
-        for index in self._wakes.pop_due(now.mono):
-            panel = self._order[index]
-            self._touched.add(index)
-            session = panel.session
-            if session is not None:
-                if now.mono >= session.deadline:
-                    self._end_session(panel, now, self._deadline_reason(panel))
-                elif (
-                    not session.ending_soon_sent
-                    and session.duration_s > ENDING_SOON_S
-                    and now.mono >= session.deadline - ENDING_SOON_S
-                ):
-                    session.ending_soon_sent = True
-                    self._event(
-                        "ending_soon",
-                        panel,
-                        now,
-                        session=session.id,
-                        ends_at=iso(self._ends_wall(session)),
-                        remaining_s=_num(session.deadline - now.mono),
-                    )
-            if panel.on_confirm_by is not None and now.mono >= panel.on_confirm_by:
-                self._on_unconfirmed(panel, now)
-            if panel.power_ask_at is not None and now.mono >= panel.power_ask_at:
-                panel.power_ask_at = None
-                if self.connected:
-                    self._plug(panel.plug.ask_power())
-            if panel.power_check_at is not None and now.mono >= panel.power_check_at:
-                self._check_power(panel, now)
-            if panel.off_pending and self.connected and now.mono >= panel.off_next_at:
-                self._retry_off(panel, now)
-            if panel.poll_answer_by is not None and now.mono >= panel.poll_answer_by:
-                self._poll_unanswered(panel, now)
-            if panel.poll_at is not None and now.mono >= panel.poll_at:
-                self._poll(panel, now)
-            if panel.cooldown_wall is not None and now.mono >= panel.cooldown_until:
-                panel.cooldown_wall = None
-                self._publish_state(panel, now)
+    def journaled(self, session_id: str, now: Now) -> list[Effect]:
+        """The history has the session's journal row (or gave up on it): its ON goes out."""
+        panel = self._journaling.get(session_id)
+        if panel is not None:
+            self._switch_on(panel, now)
         return self._flush(now)
 
-    def confirmation_due(self, now: Now) -> bool:
-        """A plug's confirmation is overdue: the next tick would call the plug silent."""
-        first = self._confirms.earliest()
-        return first is not None and now.mono >= first
-
-    def next_wakeup(self) -> float | None:
-        """The earliest monotonic time at which :meth:`tick` has something to do."""
-        times = [self._wakes.earliest(), self._daemon_state_due]
-        return min((t for t in times if t is not None), default=None)
-
-    def wakeup(self, panel: Panel) -> float | None:
-        """The earliest monotonic time at which :meth:`tick` has something to do for ``panel``."""
-        times: list[float] = []
-        session = panel.session
-        if session is not None:
-            times.append(session.deadline)
-            if not session.ending_soon_sent and session.duration_s > ENDING_SOON_S:
-                times.append(session.deadline - ENDING_SOON_S)
-        if panel.on_confirm_by is not None:
-            times.append(panel.on_confirm_by)
-        for moment in (panel.power_ask_at, panel.power_check_at):
-            if moment is not None:
-                times.append(moment)
-        if panel.off_pending and self.connected:
-            # While disconnected nothing can be sent; connect() sends OFF at once.
-            times.append(panel.off_next_at)
-        if panel.cooldown_wall is not None:
-            times.append(panel.cooldown_until)
-        for moment in (panel.poll_answer_by, panel.poll_at):
-            if moment is not None:
-                times.append(moment)
-        return min(times, default=None)
+    def tick(self, now: Now) -> list[Effect]:
+        """Time passed: whatever timer is due is handled, earliest first."""
+        for index, kind in self.timers.pop_due(now.mono):
+            panel = self._order[index]
+            self._handlers[kind](panel, now)
+            self._dirty.add(index)
+        return self._flush(now)
 
     def shutdown(self, now: Now) -> list[Effect]:
         """Safety rule 9: end every session and switch every panel off."""
         self.stopping = True
-        for panel in self.panels.values():
-            if panel.session is not None:
-                self._end_session(panel, now, "shutdown")
-            else:
-                self._send_off(panel, now)
-                self._publish_state(panel, now)
+        for panel in self._order:
+            self._stop(panel, now, "shutdown")
         return self._flush(now)
+
+    def states(self, now: Now) -> list[Effect]:
+        """Every retained state again (after Home Assistant restarts and rediscovers)."""
+        self._published.clear()
+        self._dirty.update(range(len(self._order)))
+        self._publish_daemon_state(now, force=True)
+        return self._flush(now)
+
+    def day_totals(
+        self, day: date, seconds_by_session: Mapping[str, Mapping[str, float]], now: Now
+    ) -> list[Effect]:
+        """History's sessions of local ``day`` (panel -> session id -> seconds), read off the loop.
+
+        Merged by session id with the sessions the core saw itself, so rows written before a
+        restart count and nothing counts twice; panels whose ``today_s`` changed are published.
+        """
+        key = day.isoformat()
+        # Every panel is brought to today first, so one that has not noticed the new day yet
+        # (nothing asked since the clock stepped) is compared, and published, too.
+        for panel in self._order:
+            self._days.roll(panel, now.wall)
+            self._dirty.add(panel.index)
+        self._days.add_read(key, seconds_by_session)
+        for panel in self._order:
+            if panel.day == key:
+                panel.finished_today_s = self._days.total(key, panel.id)
+        return self._flush(now)
+
+    # ------------------------------------------------------------------ queries
+
+    def confirmation_due(self, now: Now) -> bool:
+        """A plug's confirmation is overdue: the next tick would call the plug silent."""
+        return self.timers.any_due(now.mono, TimerKind.CONFIRM_ON)
+
+    def next_wakeup(self) -> float | None:
+        """The earliest monotonic time at which :meth:`tick` has something to do."""
+        times = [self.timers.earliest(), self._daemon_state_due]
+        return min((t for t in times if t is not None), default=None)
+
+    def armed(self, panel_id: str) -> dict[TimerKind, float]:
+        """The timers armed for a panel, by kind."""
+        return self.timers.armed(self.panels[panel_id].index)
 
     def all_off_confirmed(self) -> bool:
         """Every OFF sent has been confirmed by its plug."""
-        return not any(panel.off_pending for panel in self.panels.values())
+        return not any(panel.off_pending for panel in self._order)
 
     def running(self) -> list[str]:
         """Panels with a session, in config order."""
         return [self._order[i].id for i in sorted(self._running)]
 
-    # ------------------------------------------------------------------ start/stop
+    def panel_state(self, panel_id: str, now: Now) -> dict[str, Any]:
+        """A panel's state object (SPEC §4)."""
+        panel = self.panels[panel_id]
+        return panel_state(panel, now.mono, self._days.today_s(panel, now.mono, now.wall))
+
+    # ------------------------------------------------------------------ sessions
 
     def _start_safe(self, panel: Panel, now: Now) -> None:
         """Safety rule 8: every panel is switched off before commands are accepted."""
-        self._touch(panel)
-        self._send_off(panel, now)
+        self.relays.send_off(panel, now)
         last_end = self._restored_last_end.get(panel.id)
-        if last_end is not None and self.cooldown_s > 0:
+        cooldown_s = self.limits.cooldown_s
+        if last_end is not None and cooldown_s > 0:
             # A clock behind the last end (no real-time clock after a power cut) means the
             # session may have ended just now: the whole cooldown, never none.
-            since_end = max(0.0, (now.wall - last_end).total_seconds())
-            remaining = self.cooldown_s - since_end
+            remaining = cooldown_s - max(0.0, (now.wall - last_end).total_seconds())
             if remaining > 0:
-                panel.cooldown_until = now.mono + remaining
-                panel.cooldown_wall = now.wall + timedelta(seconds=remaining)
+                self._cool(panel, now.mono + remaining, now.wall + timedelta(seconds=remaining))
         exposure = self._restored_exposure.get(panel.id)
         if exposure is not None:
             ended, on_s = exposure
-            panel.exposure_end = now.mono - max(0.0, (now.wall - ended).total_seconds())
-            panel.exposure_s = on_s
+            panel.exposure.end = now.mono - max(0.0, (now.wall - ended).total_seconds())
+            panel.exposure.on_s = on_s
 
     def _start(self, panel_id: str, request: cmd.Start, source: Source, now: Now) -> None:
+        """A session is asked for: admitted by the limits, journaled, then switched on."""
         panel = self.panels.get(panel_id)
         if panel is None:
-            self._reject(
-                None,
-                cmd.Rejection(
-                    "unknown_panel", f"there is no panel {panel_id!r}", request.request_id
-                ),
-                now,
-            )
+            message = f"there is no panel {panel_id!r}"
+            self._reject(None, cmd.Rejection("unknown_panel", message, request.request_id), now)
             return
-        rejection = self._refusal(panel, request, now)
-        if isinstance(rejection, cmd.Rejection):
-            if rejection.reason == "plug_state_unknown":
-                self._learn_state(panel, now)
-            self._reject(panel, rejection, now)
+        answer = admit(self.limits, panel, request, self._moment(panel, now))
+        if isinstance(answer, cmd.Rejection):
+            if answer.reason == "plug_state_unknown":
+                self.relays.learn_state(panel, now)
+            self._reject(panel, answer, now)
             return
-        duration_s = rejection
-        session = Session(
-            id=self._new_id(),
-            source=source,
-            started_mono=now.mono,
-            started_wall=now.wall,
-            duration_s=duration_s,
-            request_id=request.request_id,
-        )
-        self._close_stray(panel, now)
+        session = Session(self._new_id(), source, now.mono, now.wall, answer, request.request_id)
+        panel.exposure.close_stray(now.mono)
+        self.timers.disarm(panel.index, TimerKind.OFF_RETRY)  # a pending OFF is overtaken
+        panel.go(Relay.JOURNALING)
+        self._open(panel, session, now)
+        # Safety rule 12 with rule 8: the journal row first; the ON on its acknowledgement.
+        self._journaling[session.id] = panel
+        self.timers.arm(panel.index, TimerKind.JOURNAL, now.mono + self.journal_wait_s)
+        fields: dict[str, Any] = {
+            "session": session.id,
+            "source": source,
+            "duration_s": num(answer),
+            "ends_at": iso(ends_wall(session)),
+        }
+        if request.dose_j_cm2 is not None:
+            fields["dose_j_cm2"] = request.dose_j_cm2
+        if panel.plug.has_failsafe:
+            fields["failsafe_s"] = num(min(answer, self.max_on_s) + self.margin_s)
+        if request.request_id is not None:
+            fields["request_id"] = request.request_id
+        self._event("session_started", panel, now, **fields)
+
+    def _moment(self, panel: Panel, now: Now) -> Moment:
+        today_s = 0.0
+        if self.limits.daily_max_s is not None:
+            today_s = self._days.today_s(panel, now.mono, now.wall)
+        return Moment(now.mono, now.wall, self.connected, self.stopping, today_s)
+
+    def _open(self, panel: Panel, session: Session, now: Now) -> None:
+        """``session`` begins on ``panel``: journaled, timed, listed as running."""
         panel.session = session
-        self._touch(panel)
-        # The journal comes before the ON, so a crash leaves a record to reconcile; it goes
-        # to the storage thread's queue, which never blocks.
-        self._plug_out.append(
+        self._running.add(panel.index)
+        self._running_changed = True
+        self.out.add(
             SessionOpened(
                 id=session.id,
                 panel=panel.id,
                 area=panel.area,
-                source=source,
-                started_at=now.wall,
-                planned_s=duration_s,
+                source=session.source,
+                started_at=session.started_wall,
+                planned_s=session.duration_s,
                 irradiance_mw_cm2=panel.irradiance,
             )
         )
-        panel.off_pending = False
-        panel.off_attempts = 0
-        failsafe = (
-            min(duration_s, self.max_on_s) + self.margin_s if panel.plug.has_failsafe else None
-        )
-        # Safety rules 5 and 6: the plug's own timer is armed with the one and only ON.
-        self._plug(panel.plug.turn_on(failsafe))
-        panel.on_confirm_by = now.mono + self.confirm_s
-        fields: dict[str, Any] = {
-            "session": session.id,
-            "source": source,
-            "duration_s": _num(duration_s),
-            "ends_at": iso(self._ends_wall(session)),
-        }
-        if request.dose_j_cm2 is not None:
-            fields["dose_j_cm2"] = request.dose_j_cm2
-        if failsafe is not None:
-            fields["failsafe_s"] = _num(failsafe)
-        if request.request_id is not None:
-            fields["request_id"] = request.request_id
-        self._event("session_started", panel, now, **fields)
-        self._publish_state(panel, now)
+        self._dirty.add(panel.index)
+        self.timers.arm(panel.index, TimerKind.DEADLINE, session.deadline)
+        if session.duration_s > ENDING_SOON_S:
+            self.timers.arm(panel.index, TimerKind.ENDING_SOON, session.deadline - ENDING_SOON_S)
 
-    def _refusal(self, panel: Panel, request: cmd.Start, now: Now) -> float | cmd.Rejection:
-        """The session length to use, or why the session may not start."""
-        rid = request.request_id
-        if not self.connected:
-            return cmd.Rejection("disconnected", "redlight is not connected to the broker", rid)
-        if self.stopping:
-            return cmd.Rejection("shutting_down", "redlight is shutting down", rid)
-        if not panel.online:
-            return cmd.Rejection("plug_offline", f"the plug of {panel.name} is offline", rid)
-        if panel.unresponsive:
-            return cmd.Rejection(
-                "plug_unresponsive",
-                f"the plug of {panel.name} has not confirmed it is off; check it first",
-                rid,
-            )
-        if panel.session is None and not panel.watching:
-            # After a gap in its view the relay may be on unseen: an ON now would add to that.
-            return cmd.Rejection(
-                "plug_state_unknown",
-                f"redlight has not heard from the plug of {panel.name} since it was out of "
-                "sight, so it may be on already; it has been asked: try again in a moment",
-                rid,
-            )
-        if panel.session is not None:
-            what = (
-                "is switched on outside redlight"
-                if panel.session.source == "external"
-                else ("already has a session")
-            )
-            return cmd.Rejection("already_running", f"{panel.name} {what}; stop it first", rid)
-        max_on = format_duration(self.max_on_s)
-        if request.dose_j_cm2 is not None:
-            if panel.irradiance is None:
-                return cmd.Rejection(
-                    "no_irradiance",
-                    f"{panel.name} has no irradiance_mw_cm2 configured, so a dose cannot "
-                    "become a duration",
-                    rid,
-                )
-            try:
-                duration_s = dose_to_duration(request.dose_j_cm2, panel.irradiance).total_seconds()
-            except ValueError as error:  # a dose so large it would overflow a timedelta
-                return cmd.Rejection(
-                    "over_max_on", f"{error}, more than safety.max_on ({max_on})", rid
-                )
-            if duration_s > self.max_on_s:
-                return cmd.Rejection(
-                    "over_max_on",
-                    f"{request.dose_j_cm2:g} J/cm² at {panel.irradiance:g} mW/cm² needs "
-                    f"{format_duration(duration_s)}, more than safety.max_on ({max_on})",
-                    rid,
-                )
-        else:
-            duration_s = request.duration_s if request.duration_s is not None else panel.default_s
-            if duration_s > self.max_on_s:
-                return cmd.Rejection(
-                    "over_max_on",
-                    f"{format_duration(duration_s)} is more than safety.max_on ({max_on})",
-                    rid,
-                )
-        if duration_s < 1:
-            return cmd.Rejection("invalid_duration", "a session lasts at least 1 second", rid)
-        if now.mono < panel.cooldown_until and panel.cooldown_wall is not None:
-            return cmd.Rejection(
-                "cooldown",
-                f"{panel.name} is cooling down until {panel.cooldown_wall:%H:%M:%S} "
-                f"(safety.cooldown {format_duration(self.cooldown_s)})",
-                rid,
-                allowed_at=iso(panel.cooldown_wall),
-            )
-        prior = self._exposure_before(panel, now.mono)
-        if prior + duration_s > self.max_on_s:
-            allowed_wall = now.wall + timedelta(
-                seconds=panel.exposure_end + self.min_off_s - now.mono
-            )
-            return cmd.Rejection(
-                "exposure",
-                f"{panel.name} was on for {format_duration(prior)} with less than "
-                f"{format_duration(self.min_off_s)} off since, and an exposure may last "
-                f"{max_on} (safety.max_on); {format_duration(self.max_on_s - prior)} is left "
-                f"until it has been off for {format_duration(self.min_off_s)}, at "
-                f"{allowed_wall:%H:%M:%S} (safety.min_off)",
-                rid,
-                allowed_at=iso(allowed_wall),
-            )
-        if self.daily_max_s is not None:
-            used = self._today_s(panel, now)
-            if used + duration_s > self.daily_max_s:
-                left = max(0.0, self.daily_max_s - used)
-                midnight = _next_midnight(now.wall)
-                return cmd.Rejection(
-                    "daily_max",
-                    f"{panel.name} has {format_duration(left)} left today "
-                    f"(safety.daily_max {format_duration(self.daily_max_s)}); a "
-                    f"{format_duration(duration_s)} session is allowed again from "
-                    f"{midnight:%Y-%m-%d %H:%M}",
-                    rid,
-                    allowed_at=iso(midnight),
-                )
-        return duration_s
+    def _switch_on(self, panel: Panel, now: Now) -> None:
+        """Safety rules 5 and 6: the one ON, with the plug's own timer armed for what is left."""
+        session = panel.session
+        assert session is not None
+        del self._journaling[session.id]
+        self.timers.disarm(panel.index, TimerKind.JOURNAL)
+        panel.go(Relay.ON_REQUESTED)
+        left_s = min(session.deadline - now.mono, self.max_on_s)
+        failsafe = left_s + self.margin_s if panel.plug.has_failsafe else None
+        self.relays.send(panel.plug.turn_on(failsafe))
+        self.timers.arm(panel.index, TimerKind.CONFIRM_ON, now.mono + self.confirm_s)
+
+    def _journal_slow(self, panel: Panel, now: Now) -> None:
+        """The journal row was not acknowledged in time: the ON does not wait any longer."""
+        assert panel.session is not None
+        self.out.log(
+            "warning",
+            "storage_slow",
+            operation="session_opened",
+            waited_s=self.journal_wait_s,
+            session=panel.session.id,
+        )
+        self._switch_on(panel, now)
 
     def _stop(self, panel: Panel, now: Now, reason: str, request_id: str | None = None) -> None:
         if panel.session is not None:
             self._end_session(panel, now, reason, request_id=request_id)
         else:
             # Nothing redlight knows of is running, but "off" must always mean off.
-            self._send_off(panel, now)
-            self._publish_state(panel, now)
+            self.relays.send_off(panel, now)
+            self._dirty.add(panel.index)
 
-    def _exposure_before(self, panel: Panel, at: float) -> float:
-        """On-time of the exposure that an ON at ``at`` continues (0 after ``min_off`` OFF)."""
-        stray = panel.stray_on_at
-        last = panel.exposure_end if stray is None else stray
-        chained = panel.exposure_s if last - panel.exposure_end < self.min_off_s else 0.0
-        if stray is not None:
-            return chained + max(0.0, at - stray)
-        return chained if at - panel.exposure_end < self.min_off_s else 0.0
-
-    def _close_stray(self, panel: Panel, now: Now) -> None:
-        """The ON reported during a pending OFF ended (or a session takes over): it joins the
-        exposure."""
-        stray = panel.stray_on_at
-        if stray is None:
-            return
-        panel.stray_on_at = None
-        panel.exposure_s = self._exposure_before(panel, stray) + (now.mono - stray)
-        panel.exposure_end = now.mono
-
-    def _deadline_reason(self, panel: Panel) -> str:
-        assert panel.session is not None
-        return "cutoff" if panel.session.source == "external" else "completed"
+    def _deadline_reason(self, session: Session) -> str:
+        return "cutoff" if session.source == "external" else "completed"
 
     def _end_session(
-        self,
-        panel: Panel,
-        now: Now,
-        reason: str,
-        *,
-        send_off: bool = True,
-        request_id: str | None = None,
+        self, panel: Panel, now: Now, reason: str, *, request_id: str | None = None
     ) -> None:
+        """The session is over: OFF first, then its record, the cooldown and the exposure."""
         session = panel.session
         assert session is not None
-        self._touch(panel)
-        panel.power_ask_at = panel.power_check_at = None
-        if send_off:
-            self._send_off(panel, now)
+        self.relays.send_off(panel, now)
+        for kind in (TimerKind.DEADLINE, TimerKind.ENDING_SOON, TimerKind.JOURNAL):
+            self.timers.disarm(panel.index, kind)
+        self.timers.disarm(panel.index, TimerKind.POWER_ASK)
+        self.timers.disarm(panel.index, TimerKind.POWER_CHECK)
+        self._journaling.pop(session.id, None)
         panel.session = None
-        actual_s = session.elapsed(now)
+        self._running.discard(panel.index)
+        self._running_changed = True
+        self._dirty.add(panel.index)
+        actual_s = session.elapsed(now.mono)
         ended = session.started_wall + timedelta(seconds=actual_s)
-        dose = actual_s * panel.irradiance / 1000 if panel.irradiance is not None else None
-        self._count_day(panel, session, actual_s, now)
+        self._days.count(panel, session, actual_s, now.wall)
         # The exposure counts the light until the OFF goes out, past the deadline too (a
         # deadline that passed while the broker was away): it is the panel's, not the plan's.
-        lit_s = max(actual_s, now.mono - session.started_mono)
-        panel.exposure_s = self._exposure_before(panel, session.started_mono) + lit_s
-        panel.exposure_end = session.started_mono + lit_s
-        if self.cooldown_s > 0:
-            panel.cooldown_until = session.started_mono + actual_s + self.cooldown_s
-            panel.cooldown_wall = ended + timedelta(seconds=self.cooldown_s)
+        panel.exposure.lit(session.started_mono, max(actual_s, now.mono - session.started_mono))
+        if self.limits.cooldown_s > 0:
+            cooldown = timedelta(seconds=self.limits.cooldown_s)
+            until = session.started_mono + actual_s + self.limits.cooldown_s
+            self._cool(panel, until, ended + cooldown)
+        self._record_end(panel, session, now, reason, request_id, actual_s, ended)
+
+    def _record_end(
+        self,
+        panel: Panel,
+        session: Session,
+        now: Now,
+        reason: str,
+        request_id: str | None,
+        actual_s: float,
+        ended: datetime,
+    ) -> None:
+        """The events and the history row of an ended session."""
+        dose = actual_s * panel.irradiance / 1000 if panel.irradiance is not None else None
         if session.source == "external" and reason == "cutoff":
             # Safety rule 2: an ON redlight did not start was cut off at max_on.
             self._event(
@@ -851,15 +581,15 @@ class Core:
                 panel,
                 now,
                 session=session.id,
-                on_s=_num(actual_s),
-                max_on_s=_num(self.max_on_s),
+                on_s=num(actual_s),
+                max_on_s=num(self.max_on_s),
             )
         fields: dict[str, Any] = {
             "session": session.id,
             "source": session.source,
             "reason": reason,
-            "duration_s": _num(actual_s),
-            "planned_s": _num(session.duration_s),
+            "duration_s": num(actual_s),
+            "planned_s": num(session.duration_s),
         }
         if dose is not None:
             fields["dose_j_cm2"] = round(dose, 2)
@@ -867,67 +597,13 @@ class Core:
         if request_id is not None:
             fields["request_id"] = request_id
         self._event("session_finished", panel, now, **fields)
-        self._out.append(
-            SessionClosed(
-                id=session.id,
-                ended_at=ended,
-                actual_s=actual_s,
-                reason=reason,
-                dose_j_cm2=round(dose, 3) if dose is not None else None,
-            )
-        )
-        self._publish_state(panel, now)
+        rounded = round(dose, 3) if dose is not None else None
+        self.out.add(SessionClosed(session.id, ended, actual_s, reason, rounded))
 
-    # ------------------------------------------------------------------ plug reports
-
-    def _plug_report(self, panel: Panel, on: bool, now: Now, *, fresh: bool = True) -> None:
-        """The plug says its relay is on or off; ``fresh`` unless the broker kept it retained
-        (then it is the plug's last word, perhaps from before a gap, not news of now)."""
-        self._touch(panel)
-        before = (self._plug_view(panel), panel.unresponsive)
-        panel.poll_answer_by = None
-        if on:
-            panel.off_since = None
-        else:
-            if panel.plug_state != "off" or panel.off_since is None:
-                panel.off_since = now.mono
-            if fresh:
-                # From here on an ON would be reported as it happens, until a gap in the view.
-                panel.off_seen_at = now.mono
-                panel.watching = True
-        panel.plug_state = "on" if on else "off"
-        session = panel.session
-        if on:
-            if session is not None:
-                if not session.confirmed:
-                    session.confirmed = True
-                    panel.on_confirm_by = None
-                    self._recovered(panel, now)
-                    if panel.min_power_w is not None:
-                        panel.power_ask_at = now.mono + POWER_ASK_S
-                        panel.power_check_at = now.mono + POWER_CHECK_S
-            elif panel.off_pending:
-                # An OFF is on its way and re-sent until confirmed; this report may be stale.
-                # Once the plug is known not to obey, each ON it reports is news to a person.
-                if panel.stray_on_at is None:
-                    panel.stray_on_at = now.mono
-                if panel.unresponsive:
-                    self._off_not_obeyed(panel, now)
-            else:
-                self._external_on(panel, now)
-        else:
-            if panel.off_pending:
-                panel.off_pending = False
-                panel.off_attempts = 0
-                self._close_stray(panel, now)
-                self._recovered(panel, now)
-            if session is not None and session.confirmed:
-                # Switched off by hand, by its own failsafe or by a power cut; OFF is still sent
-                # (and confirmed), since a stale report must not leave a panel on unwatched.
-                self._end_session(panel, now, "external_off")
-                return
-        if (self._plug_view(panel), panel.unresponsive) != before:
-            self._publish_state(panel, now)
+    def _cool(self, panel: Panel, until: float, wall: datetime) -> None:
+        panel.cooldown_until = until
+        panel.cooldown_wall = wall
+        self.timers.arm(panel.index, TimerKind.COOLDOWN_END, until)
 
     def _external_on(self, panel: Panel, now: Now) -> None:
         """Safety rule 2: an ON redlight did not start is cut off at most max_on after it began.
@@ -943,196 +619,151 @@ class Core:
             source="external",
             started_mono=start,
             started_wall=now.wall - timedelta(seconds=now.mono - start),
-            duration_s=max(0.0, self.max_on_s - self._exposure_before(panel, start)),
-            confirmed=True,
+            duration_s=max(0.0, self.max_on_s - panel.exposure.before(start)),
         )
-        panel.session = session
-        self._touch(panel)
-        self._out.append(
-            SessionOpened(
-                id=session.id,
-                panel=panel.id,
-                area=panel.area,
-                source="external",
-                started_at=session.started_wall,
-                planned_s=session.duration_s,
-                irradiance_mw_cm2=panel.irradiance,
-            )
-        )
+        panel.go(Relay.ON)
+        self._open(panel, session, now)
         fields: dict[str, Any] = {
             "session": session.id,
             "source": "external",
-            "duration_s": _num(session.duration_s),
-            "ends_at": iso(self._ends_wall(session)),
+            "duration_s": num(session.duration_s),
+            "ends_at": iso(ends_wall(session)),
         }
         if 0 < unseen_s < float("inf"):
-            fields["unseen_s"] = _num(unseen_s)
+            fields["unseen_s"] = num(unseen_s)
         self._event("session_started", panel, now, **fields)
         if now.mono >= session.deadline:
             self._end_session(panel, now, "cutoff")
 
-    def _off_not_obeyed(self, panel: Panel, now: Now) -> None:
-        waited = now.mono - panel.off_requested_at
+    # ------------------------------------------------------------------ timers
+
+    def _deadline(self, panel: Panel, now: Now) -> None:
+        assert panel.session is not None
+        self._end_session(panel, now, self._deadline_reason(panel.session))
+
+    def _ending_soon(self, panel: Panel, now: Now) -> None:
+        session = panel.session
+        assert session is not None
         self._event(
-            "off_not_obeyed",
+            "ending_soon",
             panel,
             now,
-            off_pending_s=_num(waited),
-            message=f"the plug of {panel.name} reports ON although redlight has sent OFF for "
-            f"{format_duration(waited)} without effect; switch it off at the plug",
+            session=session.id,
+            ends_at=iso(ends_wall(session)),
+            remaining_s=num(session.deadline - now.mono),
         )
 
+    def _on_unconfirmed(self, panel: Panel, now: Now) -> None:
+        """The plug did not confirm an ON: switch it off rather than guess (rules 4 and 2)."""
+        if panel.session is not None:
+            self._end_session(panel, now, "cutoff")
+        self.relays.unresponsive(panel, now, "on")
+
+    def _cooldown_over(self, panel: Panel, now: Now) -> None:
+        panel.cooldown_wall = None
+
+    # ------------------------------------------------------------------ plug reports
+
+    def _plug_report(self, panel: Panel, on: bool, now: Now, *, fresh: bool = True) -> None:
+        """The plug says its relay is on or off; ``fresh`` unless the broker kept it retained
+        (then it is the plug's last word, perhaps from before a gap, not news of now)."""
+        self._dirty.add(panel.index)
+        self.relays.heard(panel)
+        if on:
+            panel.power.off_since = None
+        else:
+            if panel.reported != "off" or panel.power.off_since is None:
+                panel.power.off_since = now.mono
+            if fresh:
+                self.relays.seen_off(panel, now)
+        panel.reported = "on" if on else "off"
+        if on:
+            self._reported_on(panel, now)
+        else:
+            self._reported_off(panel, now)
+
+    def _reported_on(self, panel: Panel, now: Now) -> None:
+        relay = panel.relay
+        if relay is Relay.ON_REQUESTED:
+            panel.go(Relay.ON)
+            self.timers.disarm(panel.index, TimerKind.CONFIRM_ON)
+            if panel.power.min_w is not None:
+                self.timers.arm(panel.index, TimerKind.POWER_ASK, now.mono + POWER_ASK_S)
+                self.timers.arm(panel.index, TimerKind.POWER_CHECK, now.mono + POWER_CHECK_S)
+        elif panel.off_pending:
+            # An OFF is on its way and re-sent until confirmed; this report may be stale.
+            # Once the plug is known not to obey, each ON it reports is news to a person.
+            if panel.exposure.stray_at is None:
+                panel.exposure.stray_at = now.mono
+            if panel.unresponsive:
+                self.relays.off_not_obeyed(panel, now)
+        elif relay in (Relay.UNKNOWN, Relay.OFF):
+            self._external_on(panel, now)
+        # ON, or JOURNALING: already on, or redlight's ON has not gone out yet (this report
+        # says nothing of it; the plug's answer to that ON will).
+
+    def _reported_off(self, panel: Panel, now: Now) -> None:
+        if panel.off_pending:
+            self.relays.off_confirmed(panel, now)
+        elif panel.relay is Relay.ON:
+            # Switched off by hand, by its own failsafe or by a power cut; OFF is still sent
+            # (and confirmed), since a stale report must not leave a panel on unwatched.
+            self._end_session(panel, now, "external_off")
+
     def _availability(self, panel: Panel, report: PlugAvailability, now: Now) -> None:
-        was_online = panel.online
-        seen_before = self._plug_view(panel)
+        self._dirty.add(panel.index)
         panel.availability[report.topic] = report.online
         # Any availability message means the plug (or its bridge) went away or came back: what
         # it did meanwhile was not seen, even when redlight never saw it go (a dying broker
         # sends no will).
-        panel.watching = False
+        self.relays.lose_sight(panel)
         if panel.online:
             # Online, changed or not: ask what it is doing, and repeat a pending OFF at once.
-            self._touch(panel)
-            self._plug(panel.plug.ask_state())
+            self.relays.send(panel.plug.ask_state())
             if panel.off_pending:
-                self._send_off(panel, now)
-        if panel.online != was_online or self._plug_view(panel) != seen_before:
-            self._publish_state(panel, now)
+                self.relays.send_off(panel, now)
 
     # ------------------------------------------------------------------ power
 
     def _power_report(self, panel: Panel, watts: float, now: Now) -> None:
         """A power reading: remembered for the check after ON; a stuck relay after OFF."""
-        assert panel.min_power_w is not None
-        panel.power_w = watts
-        panel.power_at = now.mono
-        settled = panel.off_since is not None and now.mono - panel.off_since >= STUCK_AFTER_S
-        stuck = panel.plug_state == "off" and not panel.off_pending and settled
-        if stuck and watts >= panel.min_power_w and not panel.relay_stuck:
-            panel.relay_stuck = True
+        power = panel.power
+        assert power.min_w is not None
+        power.watts = watts
+        power.at = now.mono
+        settled = power.off_since is not None and now.mono - power.off_since >= STUCK_AFTER_S
+        off = panel.reported == "off" and not panel.off_pending
+        if off and settled and watts >= power.min_w and not power.stuck:
+            power.stuck = True
             self._event(
                 "relay_stuck",
                 panel,
                 now,
-                power_w=_num(watts),
+                power_w=num(watts),
                 message=f"the plug of {panel.name} says OFF but still passes {watts:g} W: "
                 "its relay may be welded; unplug the panel",
             )
-            self._publish_state(panel, now)
-        elif panel.relay_stuck and watts < panel.min_power_w:
-            panel.relay_stuck = False
-            self._publish_state(panel, now)
+            self._dirty.add(panel.index)
+        elif power.stuck and watts < power.min_w:
+            power.stuck = False
+            self._dirty.add(panel.index)
+
+    def _ask_power(self, panel: Panel, now: Now) -> None:
+        if self.connected:
+            self.relays.send(panel.plug.ask_power())
 
     def _check_power(self, panel: Panel, now: Now) -> None:
         """A few seconds after ON: a panel that draws too little has its own switch off."""
-        self._touch(panel)
-        panel.power_check_at = None
         session = panel.session
-        if session is None or panel.min_power_w is None:
+        power = panel.power
+        if session is None or power.min_w is None:
             return
-        fresh = now.mono - panel.power_at <= POWER_CHECK_S - POWER_ASK_S + 1.0
-        if panel.power_w is None or not fresh:
-            self._out.append(
-                LogLine("warning", "power_unknown", {"panel": panel.id, "session": session.id})
-            )
+        fresh = now.mono - power.at <= POWER_CHECK_S - POWER_ASK_S + 1.0
+        if power.watts is None or not fresh:
+            self.out.log("warning", "power_unknown", panel=panel.id, session=session.id)
             return
-        if panel.power_w < panel.min_power_w:
+        if power.watts < power.min_w:
             self._end_session(panel, now, "no_power")
-
-    def _on_unconfirmed(self, panel: Panel, now: Now) -> None:
-        """The plug did not confirm an ON: switch it off rather than guess (rules 4 and 2)."""
-        self._touch(panel)
-        panel.on_confirm_by = None
-        if panel.session is not None:
-            self._end_session(panel, now, "cutoff")
-        self._unresponsive(panel, now, "on")
-
-    # ------------------------------------------------------------------ OFF, confirmed
-
-    def _send_off(self, panel: Panel, now: Now) -> None:
-        """Safety rule 4: send OFF and expect the plug's report within confirm_timeout."""
-        self._touch(panel)
-        panel.on_confirm_by = None
-        if not panel.off_pending:
-            panel.off_attempts = 0
-            panel.off_requested_at = now.mono
-        panel.off_pending = True
-        panel.off_next_at = now.mono + self._retry_interval(panel.off_attempts)
-        if self.connected:
-            self._plug(panel.plug.turn_off())
-
-    def _retry_off(self, panel: Panel, now: Now) -> None:
-        self._touch(panel)
-        self._unresponsive(panel, now, "off")
-        panel.off_attempts += 1
-        panel.off_next_at = now.mono + self._retry_interval(panel.off_attempts)
-        if self.connected:
-            self._plug(panel.plug.turn_off())
-            self._plug(panel.plug.ask_state())
-
-    def _learn_state(self, panel: Panel, now: Now) -> None:
-        """Make the plug report now: ask it, or, if it cannot be asked, switch it off (it is
-        idle, so "off" is what redlight holds it to) and have the OFF confirmed."""
-        asks = panel.plug.ask_state()
-        if asks:
-            self._plug(asks)
-        elif not panel.off_pending:
-            self._send_off(panel, now)
-
-    def _poll(self, panel: Panel, now: Now) -> None:
-        """Ask the plug its state on a fixed interval: an ON whose report was lost is found."""
-        self._touch(panel)
-        panel.poll_at = now.mono + self.poll_s
-        if not self.connected:
-            return
-        asks = panel.plug.ask_state()
-        if not asks:
-            # A plug that retains its state and takes no query is asked by subscribing again;
-            # whether anything is retained is the plug's business, so no answer is expected.
-            self._plug_out.append(Resubscribe(tuple(s.topic for s in panel.plug.states)))
-            return
-        self._plug(asks)
-        if panel.poll_answer_by is None:
-            panel.poll_answer_by = now.mono + self.confirm_s
-
-    def _poll_unanswered(self, panel: Panel, now: Now) -> None:
-        """A poll went unanswered: the plug may be away, so its next ON may be an old one."""
-        self._touch(panel)
-        panel.poll_answer_by = None
-        if panel.watching:
-            panel.watching = False
-            self._out.append(LogLine("info", "plug_silent", {"panel": panel.id}))
-            self._publish_state(panel, now)
-
-    def _plug_view(self, panel: Panel) -> str:
-        """The relay as redlight knows it now: ``unknown`` after a gap until the plug reports
-        again (no session starts then: ``plug_state_unknown``)."""
-        if panel.session is None and not panel.watching:
-            return "unknown"
-        return panel.plug_state
-
-    def _retry_interval(self, attempts: int) -> float:
-        return min(MAX_OFF_RETRY_S, self.confirm_s * 2.0 ** min(attempts, 8))
-
-    def _unresponsive(self, panel: Panel, now: Now, command: str) -> None:
-        if panel.unresponsive or not self.connected:
-            return
-        panel.unresponsive = True
-        self._event(
-            "plug_unresponsive",
-            panel,
-            now,
-            command=command,
-            online=panel.online,
-            message=f"the plug of {panel.name} did not confirm {command.upper()} within "
-            f"{format_duration(self.confirm_s)}",
-        )
-        self._publish_state(panel, now)
-
-    def _recovered(self, panel: Panel, now: Now) -> None:
-        if panel.unresponsive:
-            panel.unresponsive = False
-            self._event("plug_recovered", panel, now)
 
     # ------------------------------------------------------------------ commands
 
@@ -1162,7 +793,7 @@ class Core:
                 unknown = cmd.Rejection("unknown_routine", f"there is no routine {parts[1]!r}")
                 self._reject(None, unknown, now, routine=parts[1])
             else:
-                self._out.append(RoutineRequest(parts[1], routine.start))
+                self._requests.append(RoutineRequest(parts[1], routine.start))
         elif len(parts) == 3 and parts[0] == "schedule":
             schedule = cmd.parse_schedule_command(payload)
             if isinstance(schedule, cmd.Rejection):
@@ -1171,7 +802,7 @@ class Core:
                 unknown = cmd.Rejection("unknown_schedule", f"there is no schedule {parts[1]!r}")
                 self._reject(None, unknown, now, schedule=parts[1])
             else:
-                self._out.append(ScheduleToggle(parts[1], schedule.enabled))
+                self._requests.append(ScheduleToggle(parts[1], schedule.enabled))
 
     def _panel_command(self, panel_id: str, payload: bytes, now: Now) -> None:
         panel = self.panels.get(panel_id)
@@ -1200,10 +831,8 @@ class Core:
             self._reject(panel, parsed, now)
             return
         panel.default_s = parsed.duration_s
-        self._out.append(
-            SettingChanged(f"panel.{panel.id}.default_duration_s", str(panel.default_s))
-        )
-        self._publish_state(panel, now)
+        self.out.add(SettingChanged(f"panel.{panel.id}.default_duration_s", str(panel.default_s)))
+        self._dirty.add(panel.index)
 
     def _daemon_command(self, payload: bytes, now: Now) -> None:
         parsed = cmd.parse_daemon_command(payload)
@@ -1211,21 +840,21 @@ class Core:
             self._reject(None, parsed, now)
         elif isinstance(parsed, cmd.StopAll):
             # Routines first, so a routine ends as "stopped" rather than "aborted".
-            self._out.append(StopAllRequested())
+            self._requests.append(StopAllRequested())
             for panel in self.panels.values():
                 self._stop(panel, now, "stopped")
         else:
-            self._out.append(OfferAccepted(parsed.offer, parsed.request_id))
+            self._requests.append(OfferAccepted(parsed.offer, parsed.request_id))
 
     def _clear_retained_command(self, topic: str, payload: bytes) -> None:
         if not payload:
             return  # our own clearing, echoed back
         if topic in self._plug_command_topics:
             # A plug obeys a retained ON each time it reconnects: its removal goes out first.
-            self._plug_out.append(replace(clear_retained(topic), urgent=True))
+            self.out.add(replace(clear_retained(topic), urgent=True))
         else:
-            self._other(clear_retained(topic))
-        self._out.append(
+            self.out.add(clear_retained(topic))
+        self.out.add(
             LogLine(
                 "warning",
                 "retained_command_cleared",
@@ -1243,101 +872,20 @@ class Core:
             fields["request_id"] = rejection.request_id
         self._event("command_rejected", panel, now, **(fields | extra))
 
-    # ------------------------------------------------------------------ state and output
+    # ------------------------------------------------------------------ output
 
-    def panel_state(self, panel_id: str, now: Now) -> dict[str, Any]:
-        """A panel's state object (SPEC §4)."""
-        panel = self.panels[panel_id]
-        session = panel.session
-        if panel.unresponsive:
-            state = "fault"
-        elif session is not None:
-            state = "running"
-        elif panel.cooldown_wall is not None and now.mono < panel.cooldown_until:
-            state = "cooldown"
-        else:
-            state = "idle"
-        session_view = None
-        if session is not None:
-            session_view = {
-                "id": session.id,
-                "source": session.source,
-                "started_at": iso(session.started_wall),
-                "ends_at": iso(self._ends_wall(session)),
-                "duration_s": _num(session.duration_s),
-            }
-        return {
-            "state": state,
-            "plug": self._plug_view(panel),
-            "plug_online": panel.online,
-            "session": session_view,
-            "default_duration_s": _num(panel.default_s),
-            "today_s": round(self._today_s(panel, now)),
-            "relay_stuck": panel.relay_stuck,
-        }
+    def _event(self, event_type: str, panel: Panel | None, now: Now, **fields: Any) -> None:
+        self.out.event(event_type, panel.id if panel else None, now.wall, **fields)
 
-    def day_totals(
-        self, day: date, seconds_by_session: Mapping[str, Mapping[str, float]], now: Now
-    ) -> list[Effect]:
-        """History's sessions of local ``day`` (panel -> session id -> seconds), read off the loop.
-
-        Merged by session id with the sessions the core saw itself, so rows written before a
-        restart count and nothing counts twice; panels whose ``today_s`` changed are published.
-        """
-        key = day.isoformat()
-        # Every panel is brought to today first, so one that has not noticed the new day yet
-        # (nothing asked since the clock stepped) is compared, and published, too.
-        before = {p.id: round(self._today_s(p, now)) for p in self.panels.values()}
-        self._days.add_read(key, seconds_by_session)
-        for panel in self.panels.values():
-            if panel.day == key:
-                panel.finished_today_s = self._days.total(key, panel.id)
-                if round(self._today_s(panel, now)) != before[panel.id]:
-                    self._publish_state(panel, now)
-        return self._flush(now)
-
-    def _today_s(self, panel: Panel, now: Now) -> float:
-        self._roll_day(panel, now)
-        session = panel.session
-        running = 0.0
-        if session is not None and session.started_wall.date().isoformat() == panel.day:
-            running = session.elapsed(now)
-        total = panel.finished_today_s + running
-        if not self._days.known(panel.day):
-            # History has not answered for this day yet (milliseconds after the day changed,
-            # or a clock step made it change): the larger of what is known, so a step can never
-            # make room for a session that daily_max would refuse.
-            return max(total, panel.carry_s)
-        return total
-
-    def _roll_day(self, panel: Panel, now: Now) -> None:
-        today = now.wall.date().isoformat()
-        if panel.day == today:
-            return
-        if panel.day:
-            known = self._days.known(panel.day)
-            panel.carry_s = (
-                panel.finished_today_s if known else max(panel.finished_today_s, panel.carry_s)
-            )
-        elif panel.finished_today_s:
-            # Totals restored without a date count for the first day seen.
-            self._days.add_read(today, {panel.id: {"": panel.finished_today_s}})
-        panel.day = today
-        panel.finished_today_s = self._days.total(today, panel.id)
-
-    def _count_day(self, panel: Panel, session: Session, actual_s: float, now: Now) -> None:
-        """An ended session counts on the local date it started."""
-        self._roll_day(panel, now)
-        day = session.started_wall.date().isoformat()
-        self._days.add_seen(day, panel.id, session.id, actual_s)
-        if day == panel.day:
-            panel.finished_today_s = self._days.total(day, panel.id)
-
-    def _ends_wall(self, session: Session) -> datetime:
-        return session.started_wall + timedelta(seconds=session.duration_s)
-
-    def _publish_state(self, panel: Panel, now: Now) -> None:
-        self._other(panel_state_message(self.topics, panel.id, self.panel_state(panel.id, now)))
+    def _publish_states(self, now: Now) -> None:
+        """The state of every panel touched in this step, if it differs from what it showed."""
+        for index in sorted(self._dirty):
+            panel = self._order[index]
+            body = self.panel_state(panel.id, now)
+            if self._published.get(index) != body:
+                self._published[index] = body
+                self.out.add(panel_state_message(self.topics, panel.id, body))
+        self._dirty.clear()
 
     def _publish_daemon_state(self, now: Now, *, force: bool = False) -> None:
         self._daemon_state_due = None
@@ -1347,48 +895,11 @@ class Core:
         self._published_running = running
         self._daemon_state_at = now.mono
         body = {"active_sessions": len(running), "running": running}
-        self._other(Message(self.topics.daemon_state, dumps(body), retain=True, qos=STATE_QOS))
-
-    def states(self, now: Now) -> list[Effect]:
-        """Every retained state again (after Home Assistant restarts and rediscovers)."""
-        for panel in self.panels.values():
-            self._publish_state(panel, now)
-        self._publish_daemon_state(now, force=True)
-        return self._flush(now)
-
-    def _event(self, event_type: str, panel: Panel | None, now: Now, **fields: Any) -> None:
-        self._out.append(Event(event_type, panel.id if panel else None, now.wall, fields))
-
-    def _touch(self, panel: Panel) -> None:
-        """``panel``'s timers may have changed: its next due time is updated at the flush."""
-        self._touched.add(self._index[panel.id])
-
-    def _touch_all(self) -> None:
-        self._touched.update(range(len(self._order)))
-
-    def _update_timers(self) -> None:
-        for index in self._touched:
-            panel = self._order[index]
-            self._wakes.set(index, self.wakeup(panel))
-            self._confirms.set(index, panel.on_confirm_by)
-            running = panel.session is not None
-            if running != (index in self._running):
-                self._running_changed = True
-                if running:
-                    self._running.add(index)
-                else:
-                    self._running.discard(index)
-        self._touched.clear()
-
-    def _plug(self, messages: Iterable[Message]) -> None:
-        self._plug_out.extend(messages)
-
-    def _other(self, message: Message) -> None:
-        self._out.append(message)
+        self.out.add(Message(self.topics.daemon_state, dumps(body), retain=True, qos=STATE_QOS))
 
     def _flush(self, now: Now) -> list[Effect]:
-        """Plug commands first, so nothing else can delay an OFF; then the rest, in order."""
-        self._update_timers()
+        """What this step decided: plug commands first (the outbox sorts them), then the rest."""
+        self._publish_states(now)
         if self._running_changed:
             # Only when a session started or ended: the list is as long as the sessions.
             self._running_changed = False
@@ -1397,27 +908,8 @@ class Core:
         due = self._daemon_state_due
         if due is not None and (now.mono >= due or self.stopping):
             self._publish_daemon_state(now)
-        out = self._plug_out + self._out
-        self._plug_out = []
-        self._out = []
-        return out
-
-
-def event_effects(topics: Topics, effects: Iterable[Effect]) -> list[Message]:
-    """The messages that publish the events among ``effects`` (for adapters and tests)."""
-    messages: list[Message] = []
-    for effect in effects:
-        if isinstance(effect, Event):
-            messages.extend(event_messages(topics, effect))
-    return messages
-
-
-def _num(value: float) -> float | int:
-    """Whole seconds as an int, else rounded to a tenth."""
-    rounded = round(value, 1)
-    return int(rounded) if rounded == int(rounded) else rounded
-
-
-def _next_midnight(wall: datetime) -> datetime:
-    tomorrow = (wall + timedelta(days=1)).date()
-    return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=wall.tzinfo)
+        effects = self.out.take()
+        first = next((i for i, e in enumerate(effects) if not urgent(e)), len(effects))
+        requests: list[Effect] = list(self._requests)
+        self._requests = []
+        return [*effects[:first], *requests, *effects[first:]]

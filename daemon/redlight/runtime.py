@@ -45,7 +45,7 @@ from redlight.systemd import Notifier
 
 log = structlog.get_logger("redlight")
 
-Item: TypeAlias = "BrokerEvent | _Shutdown | _Announce | _Fired | _DayTotals"
+Item: TypeAlias = "BrokerEvent | _Shutdown | _Wake | _Announce | _Fired | _DayTotals"
 
 #: Safety rule 9: how long shutdown waits for plugs to confirm OFF, at most.
 SHUTDOWN_CONFIRM_S: Final = 5.0
@@ -54,6 +54,11 @@ SHUTDOWN_CONFIRM_S: Final = 5.0
 @dataclass(frozen=True, slots=True)
 class _Shutdown:
     """Sentinel: a signal asked the daemon to stop."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Wake:
+    """Sentinel: something arrived beside the queue (a journal acknowledgement)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +236,8 @@ class Runtime:
         self._history_path = writer.path if writer is not None else None
         self._day_asked = date.fromisoformat(restored.day) if restored and restored.day else None
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
+        #: Sessions whose journal row the writer has acknowledged: their ONs go out next.
+        self._acked: list[str] = []
         self.connected_once = asyncio.Event()
         self._announce_pending = False
         self._rejections = RejectionGate()
@@ -358,7 +365,7 @@ class Runtime:
     def _fired(self, schedule: str) -> None:
         self._queue.put_nowait(_Fired(schedule))
 
-    def _handle(self, item: BrokerEvent | _Announce | _Fired | _DayTotals | None) -> None:
+    def _handle(self, item: BrokerEvent | _Wake | _Announce | _Fired | _DayTotals | None) -> None:
         """Apply one queued item (time is judged afterwards, by :meth:`_tick`)."""
         now = self.now()
         effects: list[Effect] = []
@@ -390,6 +397,7 @@ class Runtime:
 
     def _tick(self) -> None:
         """Time passed: deadlines, confirmations, retries, pauses and offers that are due."""
+        self._switch_on_journaled()
         now = self.now()
         if not self._queue.empty() and self.core.confirmation_due(now):
             # A plug's confirmation may be waiting in the backlog: apply what has already
@@ -471,6 +479,7 @@ class Runtime:
             self._carry_out(pending)
             now = self.now()
             pending = self.routines.observe(pending, now) + self.schedules.observe(pending, now)
+        self._switch_on_journaled()
 
     def _schedule_states(self) -> list[Effect]:
         return [
@@ -554,18 +563,7 @@ class Runtime:
                     continue  # counted: the summary follows within a second
                 self._publish_event(effect)
             elif isinstance(effect, SessionOpened):
-                if self.writer is not None:
-                    self.writer.session_opened(
-                        SessionRow(
-                            id=effect.id,
-                            panel=effect.panel,
-                            area=effect.area,
-                            source=effect.source,
-                            started_at=effect.started_at,
-                            planned_s=effect.planned_s,
-                            irradiance_mw_cm2=effect.irradiance_mw_cm2,
-                        )
-                    )
+                self._journal(effect)
             elif isinstance(effect, SessionClosed):
                 if self.writer is not None:
                     self.writer.session_closed(
@@ -586,6 +584,43 @@ class Runtime:
                 self.clock_jobs.set_enabled(effect.schedule, effect.enabled)
                 next_run = self.clock_jobs.next_run(effect.schedule)
                 self.broker.publish(self.schedules.state_message(effect.schedule, next_run))
+
+    def _journal(self, opened: SessionOpened) -> None:
+        """Safety rule 8: the journal row goes to the writer thread, which acknowledges it
+        through :meth:`_journaled`; the session's ON waits for that, never the loop."""
+        if self.writer is None:
+            self._acked.append(opened.id)  # nothing to wait for
+            return
+        loop = asyncio.get_running_loop()
+        row = SessionRow(
+            id=opened.id,
+            panel=opened.panel,
+            area=opened.area,
+            source=opened.source,
+            started_at=opened.started_at,
+            planned_s=opened.planned_s,
+            irradiance_mw_cm2=opened.irradiance_mw_cm2,
+        )
+
+        def acknowledged() -> None:  # on the writer thread
+            loop.call_soon_threadsafe(self._journaled, row.id)
+
+        self.writer.session_opened(row, acknowledged)
+
+    def _journaled(self, session_id: str) -> None:
+        """The writer thread has the row (called on the loop): the ON goes out next.
+
+        Ahead of whatever waits in the queue, so a flood of messages cannot delay an ON;
+        the queued item wakes the loop, and finds nothing left to do.
+        """
+        self._acked.append(session_id)
+        self._queue.put_nowait(_Wake())
+
+    def _switch_on_journaled(self) -> None:
+        while self._acked:
+            acked, self._acked = self._acked, []
+            for session_id in acked:
+                self.apply(self.core.journaled(session_id, self.now()))
 
     async def _shutdown(self) -> None:
         """Safety rule 9: everything OFF, wait (bounded) for confirmation, then offline."""

@@ -32,12 +32,6 @@ log = structlog.get_logger("redlight.storage")
 #: writer thread would rather report a locked database than fall behind the sessions it records.
 BUSY_TIMEOUT_S: Final = 0.2
 
-#: Safety rule 12 vs. rule 8: how long ``session_opened`` waits for its journal row to be
-#: committed before the plug is switched on. Long enough for a healthy disk, so a crash right
-#: after the ON still leaves a row to close as interrupted; short enough that a sick one cannot
-#: hold up the event loop (and with it every OFF) noticeably.
-JOURNAL_WAIT_S: Final = 0.1
-
 #: A day in seconds: a local date lies within a day of the same UTC date (offsets are < 24 h).
 _DAY_S: Final = 86400.0
 
@@ -456,12 +450,29 @@ RETRY_MAX_S: Final = 10.0
 STILL_FAILING_LOG_S: Final = 60.0
 
 
+class _Ack:
+    """Tells whoever waits for a journal row, once, that it is committed or will not be soon.
+
+    Called on the writer thread; the runtime's callback hands it to the event loop.
+    """
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback: Callable[[], None] | None = callback
+
+    def set(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
 @dataclass(frozen=True, slots=True)
 class _Open:
     """A session's journal row, or (``ended_at`` set) the whole session once its close merged in."""
 
     row: SessionRow
-    done: threading.Event | None = None
+    done: _Ack | None = None
 
     @property
     def operation(self) -> str:
@@ -617,22 +628,18 @@ class HistoryWriter:
         self._thread = threading.Thread(target=self._serve, name="redlight-history", daemon=True)
         self._thread.start()
 
-    def session_opened(self, row: SessionRow) -> None:
-        """Write a session's journal row, waiting at most :data:`JOURNAL_WAIT_S` for it.
+    def session_opened(
+        self, row: SessionRow, acknowledged: Callable[[], None] | None = None
+    ) -> None:
+        """Write a session's journal row (enqueued; returns at once).
 
-        While writes are failing or behind, the wait ends as soon as the writer has the row.
+        ``acknowledged`` is called, on the writer thread, once the row is committed; also
+        when it will not be soon (writes are failing or behind, the buffer dropped it, the
+        writer is closed), since only the session's ON waits for it.
         """
-        done = threading.Event()
-        if not self._put(_Open(row, done)):
-            return
-        if not done.wait(JOURNAL_WAIT_S):
-            log.warning(
-                "storage_slow",
-                operation="session_opened",
-                path=str(self.path),
-                waited_s=JOURNAL_WAIT_S,
-                session=row.id,
-            )
+        done = _Ack(acknowledged) if acknowledged is not None else None
+        if not self._put(_Open(row, done)) and done is not None:
+            done.set()
 
     def session_closed(
         self,
@@ -1002,7 +1009,6 @@ class HistoryWriter:
 __all__ = [
     "BUSY_TIMEOUT_S",
     "CAPACITY",
-    "JOURNAL_WAIT_S",
     "RETRY_MAX_S",
     "RETRY_MIN_S",
     "SCHEMA_VERSION",

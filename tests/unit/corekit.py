@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redlight import commands as cmd
 from redlight.broker import Message
 from redlight.config import Config, format_validation_error
-from redlight.core import Core, Effect, Now, Restored
+from redlight.core import Core, Effect, Now, Restored, SessionOpened
 from redlight.messages import Event
 
 ZONE = ZoneInfo("Europe/Amsterdam")
@@ -73,6 +73,8 @@ class Kit:
     #: makes it a plug that stays silent.
     answers_polls: bool = True
     relay_on: bool = False
+    #: The history acknowledges every journal row at once; ``False``: it never answers.
+    journal_acks: bool = True
 
     @classmethod
     def create(cls, config: Config | None = None, restored: Restored | None = None) -> Kit:
@@ -87,8 +89,12 @@ class Kit:
         return Now(self.mono, self.wall)
 
     def take(self, effects: Iterable[Effect]) -> list[Effect]:
-        """Record and return effects."""
+        """Record and return effects; a journal row is acknowledged at once, as a healthy
+        history does, so the ON that waits for it follows in the same list."""
         got = list(effects)
+        for effect in list(got):
+            if isinstance(effect, SessionOpened) and self.journal_acks:
+                got += self.core.journaled(effect.id, self.now)
         self.effects.extend(got)
         return got
 

@@ -61,6 +61,8 @@ from redlight import commands as cmd
 from redlight.broker import Message
 from redlight.core import MAX_OFF_RETRY_S, Core, Effect, Now, Resubscribe, SessionOpened
 from redlight.messages import Event
+from redlight.panel import Panel, Relay
+from redlight.timers import TimerKind
 from tests.unit.corekit import START_WALL, make_config
 
 BASE: Final = "redlight"
@@ -371,6 +373,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.inflight: deque[InFlight] = deque()
         self.retained: dict[str, bytes] = {}
         self.on_commands: dict[str, int] = {}
+        #: Journal rows the history has not acknowledged yet, oldest first (their ONs wait).
+        self.journal: list[str] = []
         #: When redlight last published OFF to each panel's plug.
         self.last_off: dict[str, float] = {}
         self.bound = 0.0
@@ -547,13 +551,12 @@ class CoreMachine(RuleBasedStateMachine):
     def _apply(self, effects: list[Effect]) -> list[Effect]:
         """Check the effect list, then carry out its messages as the runtime would."""
         check_plug_commands_first(effects)
-        opened: dict[str, list[str]] = {}
         for effect in effects:
             if isinstance(effect, SessionOpened) and effect.source != "external":
                 # Safety rule 6: a session starts only while connected.
                 assert self.connected, "a session opened while disconnected"
-                opened.setdefault(effect.panel, []).append(effect.id)
                 self.on_commands[effect.id] = 0
+                self.journal.append(effect.id)
             if isinstance(effect, Event):
                 event(effect.event_type)
             if isinstance(effect, Resubscribe) and self.connected:
@@ -570,10 +573,13 @@ class CoreMachine(RuleBasedStateMachine):
             if plug is not None and plug.firmware.action(effect.topic, data) == "on":
                 # Safety rule 6: every ON belongs to a session opened with it, one ON each.
                 assert self.connected, "an ON while disconnected"
-                assert opened.get(plug.panel), f"an ON without a new session: {effect}"
-                session = opened[plug.panel].pop(0)
-                self.on_commands[session] += 1
-                assert self.on_commands[session] == 1
+                # Safety rule 8: it is the panel's current session, and its journal row went
+                # out before it (acknowledged, or waited for as long as the core waits).
+                current = self.core.panels[plug.panel].session
+                assert current is not None, f"an ON without a session: {effect}"
+                assert current.id in self.on_commands, f"an ON without a new session: {effect}"
+                self.on_commands[current.id] += 1
+                assert self.on_commands[current.id] == 1
             if not self.connected:
                 continue  # the adapter drops what cannot be published (QoS 0, never late)
             if plug is not None and plug.firmware.action(effect.topic, data) == "off":
@@ -624,7 +630,7 @@ class CoreMachine(RuleBasedStateMachine):
         each of its ON intervals can precede what redlight counts (a report on its way)."""
         assert plug.on_since is not None
         panel = self.core.panels[plug.panel]
-        if panel.session is not None or panel.stray_on_at is not None:
+        if panel.session is not None or panel.exposure.stray_at is not None:
             plug.interval_seen = True
         if plug.controllable_since is None or plug.controllable_since > plug.on_since:
             plug.exposure_clean = False
@@ -653,11 +659,17 @@ class CoreMachine(RuleBasedStateMachine):
         if not hasattr(self, "core"):
             return
         panels = self.core.panels.values()
-        scanned = [t for t in map(self.core.wakeup, panels) if t is not None]
+        scanned: list[float] = []
+        for panel in panels:
+            armed = self.core.armed(panel.id)
+            scanned.extend(armed.values())
+            check_state_and_timers(panel, armed, connected=self.connected)
         if self.core._daemon_state_due is not None:  # a rate-limited <b>/state
             scanned.append(self.core._daemon_state_due)
         assert self.core.next_wakeup() == min(scanned, default=None)
-        overdue = any(p.on_confirm_by is not None and self.mono >= p.on_confirm_by for p in panels)
+        overdue = any(
+            self.mono >= self.core.armed(p.id).get(TimerKind.CONFIRM_ON, math.inf) for p in panels
+        )
         assert self.core.confirmation_due(self.now) == overdue
         assert self.core.running() == [p.id for p in panels if p.session is not None]
         if self.connected and self.core._daemon_state_due is None:
@@ -830,6 +842,14 @@ class CoreMachine(RuleBasedStateMachine):
             self._deliver(duplicate=duplicate)
             duplicate = False
 
+    @precondition(lambda self: bool(self.journal))
+    @rule()
+    def journal_written(self) -> None:
+        """The history acknowledges the oldest journal row (or never does: the core's bounded
+        wait sends the ON all the same)."""
+        self._apply(self.core.journaled(self.journal.pop(0), self.now))
+        self._tick()
+
     @precondition(lambda self: self.connected)
     @rule()
     def disconnect(self) -> None:
@@ -879,6 +899,22 @@ class CoreMachine(RuleBasedStateMachine):
         """SIGTERM: every session ends and every panel is switched off."""
         self.shut_down = True
         self._apply(self.core.shutdown(self.now))
+
+
+def check_state_and_timers(panel: Panel, armed: dict[TimerKind, float], *, connected: bool) -> None:
+    """A panel's named state, its session and its timers agree: each timer exists exactly
+    while the state it belongs to lasts."""
+    with_session = {Relay.JOURNALING, Relay.ON_REQUESTED, Relay.ON}
+    assert (panel.session is not None) == (panel.relay in with_session), panel.relay
+    assert (TimerKind.DEADLINE in armed) == (panel.session is not None), (panel.relay, armed)
+    assert (TimerKind.JOURNAL in armed) == (panel.relay is Relay.JOURNALING), (panel.relay, armed)
+    assert (TimerKind.CONFIRM_ON in armed) == (panel.relay is Relay.ON_REQUESTED), armed
+    if connected and panel.off_pending:
+        assert TimerKind.OFF_RETRY in armed, (panel.relay, armed)  # safety rule 4
+    if panel.relay in (Relay.OFF, Relay.UNKNOWN):
+        assert panel.watching == (panel.relay is Relay.OFF), (panel.relay, panel.watching)
+    if panel.relay is Relay.UNKNOWN or panel.relay is Relay.OFF:
+        assert TimerKind.OFF_RETRY not in armed, armed
 
 
 def is_own_state_topic(topic: str) -> bool:

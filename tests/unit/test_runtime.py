@@ -354,5 +354,5 @@ async def test_a_confirmation_waiting_in_the_backlog_is_not_taken_for_silence() 
     clock_now[0] = Now(100.0 + confirm_s + 1, START_WALL + timedelta(seconds=confirm_s + 1))
     runtime._tick()
     assert core.running() == ["hip_left"]
-    assert core.panels["hip_left"].plug_state == "on"
+    assert core.panels["hip_left"].reported == "on"
     assert not core.panels["hip_left"].unresponsive

@@ -1,0 +1,95 @@
+"""Seconds on per local day: what ``safety.daily_max`` and ``today_s`` count.
+
+A session is counted on the local date it started ("sessions started today"). What the core
+saw and what history said are merged by session id, so a restart (or a clock step back into a
+day already lived) loses nothing and counts nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Final
+
+from redlight.panel import Panel, Session
+
+
+class DayBook:
+    """Per day, panel and session id: the seconds on, as seen and as read from history."""
+
+    #: Days kept per source; a clock that steps back and forth revisits only a few.
+    KEEP: Final = 8
+
+    def __init__(self, expect_history: bool) -> None:
+        """``expect_history``: history will answer for every day (the daemon has storage)."""
+        self.expect_history = expect_history
+        self.seen: dict[str, dict[str, dict[str, float]]] = {}
+        self.read: dict[str, dict[str, dict[str, float]]] = {}
+
+    def add_seen(self, day: str, panel: str, session: str, seconds: float) -> None:
+        """The core saw ``session`` on ``panel`` last ``seconds``."""
+        self._day(self.seen, day).setdefault(panel, {})[session] = seconds
+
+    def add_read(self, day: str, rows: Mapping[str, Mapping[str, float]]) -> None:
+        """History's sessions of ``day``: panel -> session id -> seconds."""
+        book = self._day(self.read, day)
+        for panel, sessions in rows.items():
+            book.setdefault(panel, {}).update(sessions)
+
+    def known(self, day: str) -> bool:
+        """History has answered for ``day`` (or will never be asked)."""
+        return not self.expect_history or day in self.read
+
+    def total(self, day: str, panel: str) -> float:
+        """Seconds on ``panel`` by sessions started on ``day``."""
+        merged = dict(self.read.get(day, {}).get(panel, {}))
+        merged.update(self.seen.get(day, {}).get(panel, {}))
+        return sum(merged.values())
+
+    def today_s(self, panel: Panel, mono: float, wall: datetime) -> float:
+        """Seconds ``panel`` has been on today, its running session included."""
+        self.roll(panel, wall)
+        session = panel.session
+        running = 0.0
+        if session is not None and session.started_wall.date().isoformat() == panel.day:
+            running = session.elapsed(mono)
+        total = panel.finished_today_s + running
+        if not self.known(panel.day):
+            # History has not answered for this day yet (milliseconds after the day changed,
+            # or a clock step made it change): the larger of what is known, so a step can never
+            # make room for a session that daily_max would refuse.
+            return max(total, panel.carry_s)
+        return total
+
+    def roll(self, panel: Panel, wall: datetime) -> None:
+        """Bring ``panel`` to the local date of ``wall``."""
+        today = wall.date().isoformat()
+        if panel.day == today:
+            return
+        if panel.day:
+            known = self.known(panel.day)
+            panel.carry_s = (
+                panel.finished_today_s if known else max(panel.finished_today_s, panel.carry_s)
+            )
+        elif panel.finished_today_s:
+            # Totals restored without a date count for the first day seen.
+            self.add_read(today, {panel.id: {"": panel.finished_today_s}})
+        panel.day = today
+        panel.finished_today_s = self.total(today, panel.id)
+
+    def count(self, panel: Panel, session: Session, actual_s: float, wall: datetime) -> None:
+        """An ended session counts on the local date it started."""
+        self.roll(panel, wall)
+        day = session.started_wall.date().isoformat()
+        self.add_seen(day, panel.id, session.id, actual_s)
+        if day == panel.day:
+            panel.finished_today_s = self.total(day, panel.id)
+
+    def _day(
+        self, book: dict[str, dict[str, dict[str, float]]], day: str
+    ) -> dict[str, dict[str, float]]:
+        entry = book.pop(day, None)
+        book[day] = entry = entry if entry is not None else {}
+        while len(book) > self.KEEP:
+            del book[next(iter(book))]
+        return entry
