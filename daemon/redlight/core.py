@@ -527,9 +527,10 @@ class Core:
         if panel.session is not None:
             self._end_session(panel, now, reason, request_id=request_id)
         else:
-            # Nothing redlight knows of is running, but "off" must always mean off.
+            # Nothing redlight knows of is running, but "off" must always mean off; the state
+            # is published even unchanged, as the answer a stop waits for.
             self.relays.send_off(panel, now)
-            self._dirty.add(panel.index)
+            self._republish(panel)
 
     def _deadline_reason(self, session: Session) -> str:
         return "cutoff" if session.source == "external" else "completed"
@@ -832,7 +833,7 @@ class Core:
             return
         panel.default_s = parsed.duration_s
         self.out.add(SettingChanged(f"panel.{panel.id}.default_duration_s", str(panel.default_s)))
-        self._dirty.add(panel.index)
+        self._republish(panel)  # the answer Home Assistant's number waits for
 
     def _daemon_command(self, payload: bytes, now: Now) -> None:
         parsed = cmd.parse_daemon_command(payload)
@@ -876,6 +877,11 @@ class Core:
 
     def _event(self, event_type: str, panel: Panel | None, now: Now, **fields: Any) -> None:
         self.out.event(event_type, panel.id if panel else None, now.wall, **fields)
+
+    def _republish(self, panel: Panel) -> None:
+        """Publish the panel's state in this step even if it did not change."""
+        self._published.pop(panel.index, None)
+        self._dirty.add(panel.index)
 
     def _publish_states(self, now: Now) -> None:
         """The state of every panel touched in this step, if it differs from what it showed."""
