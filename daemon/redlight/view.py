@@ -1,11 +1,13 @@
-"""The state a panel publishes on ``<b>/panel/<id>/state`` (SPEC §4), built from the panel."""
+"""What redlight publishes of its panels: each one's state (SPEC §4) and the running list."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from redlight.messages import iso
+from redlight.broker import STATE_QOS, Message
+from redlight.messages import Topics, dumps, iso, panel_state_message
 from redlight.panel import Panel, Session
 
 
@@ -49,3 +51,86 @@ def num(value: float) -> float | int:
     """Whole seconds as an int, else rounded to a tenth."""
     rounded = round(value, 1)
     return int(rounded) if rounded == int(rounded) else rounded
+
+
+class Board:
+    """What is published of the panels: each panel's state when it changed, and the running
+    list on ``<b>/state``, rate-limited (a thousand sessions ending in one second make one
+    update with the outcome, not a thousand lists)."""
+
+    def __init__(self, topics: Topics, panels: list[Panel], every_s: float) -> None:
+        """``panels`` in config order; ``<b>/state`` goes out at most once per ``every_s``."""
+        self.topics = topics
+        self.panels = panels
+        self.every_s = every_s
+        #: Panels whose state may have changed in this step, and what each published last.
+        self.dirty: set[int] = set()
+        self.published: dict[int, dict[str, Any]] = {}
+        self.running: set[int] = set()
+        self.running_changed = True
+        self.published_running: list[str] | None = None
+        self.daemon_state_at = float("-inf")
+        self.daemon_state_due: float | None = None
+
+    def touch(self, panel: Panel) -> None:
+        """``panel``'s state may have changed: compared and published at the end of the step."""
+        self.dirty.add(panel.index)
+
+    def republish(self, panel: Panel) -> None:
+        """Publish ``panel``'s state in this step even if it did not change."""
+        self.published.pop(panel.index, None)
+        self.dirty.add(panel.index)
+
+    def forget(self) -> None:
+        """Whatever was published is lost (a reconnect, Home Assistant restarted): all again."""
+        self.published.clear()
+        self.dirty.update(range(len(self.panels)))
+        self.published_running = None
+        self.running_changed = True
+        self.daemon_state_at = float("-inf")
+
+    def session(self, panel: Panel) -> None:
+        """``panel`` started or ended a session: the running list changed."""
+        if panel.session is None:
+            self.running.discard(panel.index)
+        else:
+            self.running.add(panel.index)
+        self.running_changed = True
+        self.dirty.add(panel.index)
+
+    def running_ids(self) -> list[str]:
+        """Panels with a session, in config order."""
+        return [self.panels[i].id for i in sorted(self.running)]
+
+    def publish(
+        self, now_mono: float, state_of: Callable[[Panel], dict[str, Any]], *, stopping: bool
+    ) -> list[Message]:
+        """The messages of this step: changed panel states, and ``<b>/state`` when due."""
+        out: list[Message] = []
+        for index in sorted(self.dirty):
+            panel = self.panels[index]
+            body = state_of(panel)
+            if self.published.get(index) != body:
+                self.published[index] = body
+                out.append(panel_state_message(self.topics, panel.id, body))
+        self.dirty.clear()
+        if self.running_changed:
+            # Only when a session started or ended: the list is as long as the sessions.
+            self.running_changed = False
+            if self.daemon_state_due is None:
+                self.daemon_state_due = max(now_mono, self.daemon_state_at + self.every_s)
+        due = self.daemon_state_due
+        if due is not None and (now_mono >= due or stopping):
+            out.extend(self.daemon_state(now_mono))
+        return out
+
+    def daemon_state(self, now_mono: float, *, force: bool = False) -> list[Message]:
+        """``<b>/state`` now, if the running list differs from the one published (or forced)."""
+        self.daemon_state_due = None
+        running = self.running_ids()
+        if running == self.published_running and not force:
+            return []
+        self.published_running = running
+        self.daemon_state_at = now_mono
+        body = {"active_sessions": len(running), "running": running}
+        return [Message(self.topics.daemon_state, dumps(body), retain=True, qos=STATE_QOS)]

@@ -664,15 +664,15 @@ class CoreMachine(RuleBasedStateMachine):
             armed = self.core.armed(panel.id)
             scanned.extend(armed.values())
             check_state_and_timers(panel, armed, connected=self.connected)
-        if self.core._daemon_state_due is not None:  # a rate-limited <b>/state
-            scanned.append(self.core._daemon_state_due)
+        if self.core.board.daemon_state_due is not None:  # a rate-limited <b>/state
+            scanned.append(self.core.board.daemon_state_due)
         assert self.core.next_wakeup() == min(scanned, default=None)
         overdue = any(
             self.mono >= self.core.armed(p.id).get(TimerKind.CONFIRM_ON, math.inf) for p in panels
         )
         assert self.core.confirmation_due(self.now) == overdue
         assert self.core.running() == [p.id for p in panels if p.session is not None]
-        if self.connected and self.core._daemon_state_due is None:
+        if self.connected and self.core.board.daemon_state_due is None:
             # Rate-limited, never lost: Home Assistant's count is right once nothing is pending.
             published = json.loads(self.retained[f"{BASE}/state"])
             assert published["running"] == self.core.running()

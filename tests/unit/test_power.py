@@ -9,8 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from redlight.config import Config
-from redlight.core import POWER_ASK_S, POWER_CHECK_S, STUCK_AFTER_S
 from redlight.presets import PlugConfig, build_plug
+from redlight.reports import STUCK_AFTER_S
+from redlight.sessions import POWER_ASK_S, POWER_CHECK_S
 from tests.unit.corekit import Kit, events, make_config, payloads, state
 
 STATUS = "cmnd/panel_left/Status"
