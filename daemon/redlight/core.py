@@ -110,36 +110,6 @@ class LogLine:
 
 
 @dataclass(frozen=True, slots=True)
-class RoutineRequest:
-    """``START`` or ``STOP`` arrived for a routine: for :class:`redlight.routines.Routines`."""
-
-    routine: str
-    start: bool
-    source: str = "homeassistant"
-
-
-@dataclass(frozen=True, slots=True)
-class StopAllRequested:
-    """``stop_all`` arrived: routines and offers end too, not only the sessions."""
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleToggle:
-    """``ON``/``OFF`` arrived for a schedule: for :class:`redlight.schedules.Schedules`."""
-
-    schedule: str
-    enabled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class OfferAccepted:
-    """``accept_offer`` arrived for a schedule's offer."""
-
-    offer: str
-    request_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ScheduleChanged:
     """A schedule was switched on or off: the runtime pauses or resumes its job."""
 
@@ -147,7 +117,6 @@ class ScheduleChanged:
     enabled: bool
 
 
-Request = RoutineRequest | StopAllRequested | ScheduleToggle | OfferAccepted | ScheduleChanged
 Effect = (
     Message
     | Event
@@ -156,8 +125,27 @@ Effect = (
     | SettingChanged
     | LogLine
     | Resubscribe
-    | Request
+    | ScheduleChanged
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """:meth:`Core.start`'s answer when the session began (the ON is among the effects)."""
+
+    session: str
+    panel: str
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """A notice, not an effect: a session ended (for routines, via :meth:`Core.take_ended`)."""
+
+    session: str
+    panel: str
+    reason: str
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +402,7 @@ class Core:
         self._daemon_state_due: float | None = None
         self._plug_out: list[Effect] = []  # plug commands, and the journal entry before an ON
         self._out: list[Effect] = []
+        self._ended: list[SessionEnded] = []
 
     # ------------------------------------------------------------------ inputs
 
@@ -462,10 +451,10 @@ class Core:
 
     def receive(self, topic: str, payload: bytes, retain: bool, now: Now) -> list[Effect]:
         """A message arrived on a subscribed topic."""
-        if topic in self._plug_command_topics and retain:
+        if retain and (topic in self._plug_command_topics or self._own_command(topic)):
+            # Safety rule 7: a retained command is never obeyed, and is removed. Commands that
+            # are not retained are routed above the core (redlight.router, redlight.controller).
             self._clear_retained_command(topic, payload)
-        elif topic.startswith(self.topics.base + "/"):
-            self._own_topic(topic, payload, retain, now)
         routed = self._exact_routes.get(topic, [])
         if self._wild_routes:
             routed = routed + [p for f, p in self._wild_routes if topic_matches_sub(f, topic)]
@@ -490,10 +479,11 @@ class Core:
         request: cmd.Start,
         source: Source,
         now: Now,
-    ) -> list[Effect]:
-        """Start a session (used by commands, and by schedules and routines)."""
-        self._start(panel_id, request, source, now)
-        return self._flush(now)
+    ) -> tuple[Started | cmd.Rejection, list[Effect]]:
+        """Start a session (for commands, schedules and routines): whether it began, and the
+        effects (a refusal is among them as ``command_rejected`` too)."""
+        outcome = self._start(panel_id, request, source, now)
+        return outcome, self._flush(now)
 
     def stop(self, panel_id: str, now: Now, request_id: str | None = None) -> list[Effect]:
         """Stop a panel's session, or switch it off if it is on."""
@@ -501,8 +491,23 @@ class Core:
         if panel is None:
             self._reject(None, cmd.Rejection("unknown_panel", f"no panel {panel_id!r}"), now)
         else:
-            self._stop(panel, now, "stopped")
+            self._stop(panel, now, "stopped", request_id)
         return self._flush(now)
+
+    def set_default_duration(self, panel_id: str, seconds: float, now: Now) -> list[Effect]:
+        """A panel's default session length (1 s to max_on, checked by the command parser)."""
+        panel = self.panels[panel_id]
+        panel.default_s = seconds
+        self._out.append(
+            SettingChanged(f"panel.{panel.id}.default_duration_s", str(panel.default_s))
+        )
+        self._publish_state(panel, now)
+        return self._flush(now)
+
+    def take_ended(self) -> list[SessionEnded]:
+        """The sessions that ended since the last call, oldest first (for routines)."""
+        ended, self._ended = self._ended, []
+        return ended
 
     def tick(self, now: Now) -> list[Effect]:
         """Time passed: enforce deadlines, confirmations and retries that are due."""
@@ -619,23 +624,22 @@ class Core:
             panel.exposure_end = now.mono - max(0.0, (now.wall - ended).total_seconds())
             panel.exposure_s = on_s
 
-    def _start(self, panel_id: str, request: cmd.Start, source: Source, now: Now) -> None:
+    def _start(
+        self, panel_id: str, request: cmd.Start, source: Source, now: Now
+    ) -> Started | cmd.Rejection:
         panel = self.panels.get(panel_id)
         if panel is None:
-            self._reject(
-                None,
-                cmd.Rejection(
-                    "unknown_panel", f"there is no panel {panel_id!r}", request.request_id
-                ),
-                now,
+            unknown = cmd.Rejection(
+                "unknown_panel", f"there is no panel {panel_id!r}", request.request_id
             )
-            return
+            self._reject(None, unknown, now)
+            return unknown
         rejection = self._refusal(panel, request, now)
         if isinstance(rejection, cmd.Rejection):
             if rejection.reason == "plug_state_unknown":
                 self._learn_state(panel, now)
             self._reject(panel, rejection, now)
-            return
+            return rejection
         duration_s = rejection
         session = Session(
             id=self._new_id(),
@@ -683,6 +687,7 @@ class Core:
             fields["request_id"] = request.request_id
         self._event("session_started", panel, now, **fields)
         self._publish_state(panel, now)
+        return Started(session.id, panel.id, duration_s)
 
     def _refusal(self, panel: Panel, request: cmd.Start, now: Now) -> float | cmd.Rejection:
         """The session length to use, or why the session may not start."""
@@ -877,6 +882,7 @@ class Core:
             )
         )
         self._publish_state(panel, now)
+        self._ended.append(SessionEnded(session.id, panel.id, reason, session.source))
 
     # ------------------------------------------------------------------ plug reports
 
@@ -1136,86 +1142,9 @@ class Core:
 
     # ------------------------------------------------------------------ commands
 
-    def _own_topic(self, topic: str, payload: bytes, retain: bool, now: Now) -> None:
-        parts = topic[len(self.topics.base) + 1 :].split("/")
-        if parts[-1] != "set":
-            return
-        if retain:
-            # Safety rule 7: a retained command is never obeyed, and is removed.
-            self._clear_retained_command(topic, payload)
-            return
-        if not payload:
-            # MQTT's "delete the retained message" (ours, echoed back, or a user's): not a
-            # command, so nothing to reject either.
-            return
-        if parts == ["set"]:
-            self._daemon_command(payload, now)
-        elif len(parts) == 3 and parts[0] == "panel":
-            self._panel_command(parts[1], payload, now)
-        elif len(parts) == 4 and parts[0] == "panel" and parts[2] == "duration":
-            self._duration_command(parts[1], payload, now)
-        elif len(parts) == 3 and parts[0] == "routine":
-            routine = cmd.parse_routine_command(payload)
-            if isinstance(routine, cmd.Rejection):
-                self._reject(None, routine, now, routine=parts[1])
-            elif parts[1] not in self.config.routines:
-                unknown = cmd.Rejection("unknown_routine", f"there is no routine {parts[1]!r}")
-                self._reject(None, unknown, now, routine=parts[1])
-            else:
-                self._out.append(RoutineRequest(parts[1], routine.start))
-        elif len(parts) == 3 and parts[0] == "schedule":
-            schedule = cmd.parse_schedule_command(payload)
-            if isinstance(schedule, cmd.Rejection):
-                self._reject(None, schedule, now, schedule=parts[1])
-            elif parts[1] not in self.config.schedules:
-                unknown = cmd.Rejection("unknown_schedule", f"there is no schedule {parts[1]!r}")
-                self._reject(None, unknown, now, schedule=parts[1])
-            else:
-                self._out.append(ScheduleToggle(parts[1], schedule.enabled))
-
-    def _panel_command(self, panel_id: str, payload: bytes, now: Now) -> None:
-        panel = self.panels.get(panel_id)
-        parsed = cmd.parse_panel_command(payload)
-        if panel is None:
-            rid = None if isinstance(parsed, cmd.Rejection) else parsed.request_id
-            self._reject(
-                None, cmd.Rejection("unknown_panel", f"there is no panel {panel_id!r}", rid), now
-            )
-        elif isinstance(parsed, cmd.Rejection):
-            self._reject(panel, parsed, now)
-        elif isinstance(parsed, cmd.Start):
-            self._start(panel_id, parsed, parsed.source, now)
-        else:
-            self._stop(panel, now, "stopped", parsed.request_id)
-
-    def _duration_command(self, panel_id: str, payload: bytes, now: Now) -> None:
-        panel = self.panels.get(panel_id)
-        if panel is None:
-            self._reject(
-                None, cmd.Rejection("unknown_panel", f"there is no panel {panel_id!r}"), now
-            )
-            return
-        parsed = cmd.parse_duration_minutes(payload, self.max_on_s)
-        if isinstance(parsed, cmd.Rejection):
-            self._reject(panel, parsed, now)
-            return
-        panel.default_s = parsed.duration_s
-        self._out.append(
-            SettingChanged(f"panel.{panel.id}.default_duration_s", str(panel.default_s))
-        )
-        self._publish_state(panel, now)
-
-    def _daemon_command(self, payload: bytes, now: Now) -> None:
-        parsed = cmd.parse_daemon_command(payload)
-        if isinstance(parsed, cmd.Rejection):
-            self._reject(None, parsed, now)
-        elif isinstance(parsed, cmd.StopAll):
-            # Routines first, so a routine ends as "stopped" rather than "aborted".
-            self._out.append(StopAllRequested())
-            for panel in self.panels.values():
-                self._stop(panel, now, "stopped")
-        else:
-            self._out.append(OfferAccepted(parsed.offer, parsed.request_id))
+    def _own_command(self, topic: str) -> bool:
+        """``<b>/.../set``: one of redlight's own command topics."""
+        return topic.startswith(self.topics.base + "/") and topic.endswith("/set")
 
     def _clear_retained_command(self, topic: str, payload: bytes) -> None:
         if not payload:

@@ -59,8 +59,11 @@ from paho.mqtt.client import topic_matches_sub
 
 from redlight import commands as cmd
 from redlight.broker import Message
+from redlight.controller import Controller
 from redlight.core import MAX_OFF_RETRY_S, Core, Effect, Now, Resubscribe, SessionOpened
 from redlight.messages import Event
+from redlight.routines import Routines
+from redlight.schedules import Schedules
 from tests.unit.corekit import START_WALL, make_config
 
 BASE: Final = "redlight"
@@ -395,8 +398,12 @@ class CoreMachine(RuleBasedStateMachine):
     ) -> None:
         """Plugs in any state (one may have come back ON after a power cut), then connect."""
         counter = iter(range(1, 1_000_000))
-        self.core = Core(
-            machine_config(max_on, cooldown, daily_max, confirm), new_id=lambda: f"s{next(counter)}"
+        config = machine_config(max_on, cooldown, daily_max, confirm)
+        self.core = Core(config, new_id=lambda: f"s{next(counter)}")
+        routines = Routines(config, self.core)
+        # Commands reach the core through the controller, as in the daemon.
+        self.controller = Controller(
+            config, self.core, routines, Schedules(config, self.core, routines)
         )
         self.subscriptions = self.core.subscriptions()
         # Reports reach redlight at most confirm_timeout after the plug sent them, so an ON
@@ -469,7 +476,7 @@ class CoreMachine(RuleBasedStateMachine):
         message = self.inflight.popleft()
         for _ in range(2 if duplicate else 1):
             effects = self._apply(
-                self.core.receive(message.topic, message.payload, message.retain, self.now)
+                self.controller.receive(message.topic, message.payload, message.retain, self.now)
             )
             if message.retain:
                 # Safety rule 7: nothing retained turns anything on (a retained plug state
@@ -673,7 +680,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     def _command(self, topic: str, payload: str | bytes) -> None:
         data = payload.encode() if isinstance(payload, str) else payload
-        self._apply(self.core.receive(topic, data, False, self.now))
+        self._apply(self.controller.receive(topic, data, False, self.now))
         self._tick()
 
     @precondition(lambda self: self.connected)
@@ -682,7 +689,7 @@ class CoreMachine(RuleBasedStateMachine):
         """A command arrives: mostly starts (valid, over the ceiling, doses), stops, garbage."""
         topic, payload = message
         data = payload.encode() if isinstance(payload, str) else payload
-        self._apply(self.core.receive(topic, data, False, self.now))
+        self._apply(self.controller.receive(topic, data, False, self.now))
         self._tick()
 
     @rule(
@@ -695,7 +702,8 @@ class CoreMachine(RuleBasedStateMachine):
         if source is None:
             self._apply(self.core.stop(panel, self.now))
         else:
-            self._apply(self.core.start(panel, cmd.Start(duration_s=seconds), source, self.now))
+            request = cmd.Start(duration_s=seconds)
+            self._apply(self.controller.start(panel, request, source, self.now))
         self._tick()
 
     @rule(
@@ -711,7 +719,8 @@ class CoreMachine(RuleBasedStateMachine):
             if hand:
                 self.hand_switch(panel, on=True)
             else:
-                self._apply(self.core.start(panel, cmd.Start(duration_s=seconds), "cli", self.now))
+                request = cmd.Start(duration_s=seconds)
+                self._apply(self.controller.start(panel, request, "cli", self.now))
                 self._tick()
             self.advance(seconds + 2 * self.latency, 0, ticks_first=False)
 
