@@ -89,11 +89,12 @@ class Controller:
         return self._from_core(self.core.stop(panel, now, request_id), now)
 
     def stop_all(self, now: Now) -> list[Effect]:
-        """``stop_all``: routines first, so each ends as "stopped" (its sessions stopped with
-        it) rather than "aborted" by a session stopped under it; then offers; then every panel."""
-        parts = [self.routines.stop_all(now), self.schedules.withdraw_offers(now)]
-        parts.extend(self.core.stop(panel, now) for panel in self.core.panels)
-        return self._with_reactions(parts, now)
+        """``stop_all``: routines end first, as "stopped" (a session stopped under a running
+        routine would abort it); then every panel is stopped, their sessions with them, and
+        the open offers are withdrawn. Published as before: the sessions, then the routines."""
+        routines = self.routines.stop_all(now, sessions=False)
+        stops = [self.core.stop(panel, now) for panel in self.core.panels]
+        return self._with_reactions([*stops, routines, self.schedules.withdraw_offers(now)], now)
 
     def fire(self, schedule: str, now: Now) -> list[Effect]:
         """APScheduler says a schedule's time has come."""

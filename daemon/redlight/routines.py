@@ -88,10 +88,13 @@ class Routines:
         self._finish(run, now, out, "stopped")
         return out
 
-    def stop_all(self, now: Now) -> list[Effect]:
-        """``stop_all``: end every routine."""
+    def stop_all(self, now: Now, *, sessions: bool = True) -> list[Effect]:
+        """End every routine as "stopped", and its sessions with it; ``sessions=False`` leaves
+        them to a caller that stops every panel next (``stop_all``: one OFF per plug)."""
         out: list[Effect] = []
         for run in list(self.runs.values()):
+            if not sessions:
+                run.sessions.clear()
             self._finish(run, now, out, "stopped")
         return out
 
