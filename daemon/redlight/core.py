@@ -24,25 +24,25 @@ from paho.mqtt.client import topic_matches_sub
 from redlight import commands as cmd
 from redlight.config import Config
 from redlight.days import DayBook
-from redlight.effects import Effect as AdapterEffect
 from redlight.effects import (
+    Effect,
     LogLine,
     Now,
     Outbox,
     Resubscribe,
+    ScheduleChanged,
     SessionClosed,
     SessionOpened,
     SettingChanged,
     event_effects,
-    urgent,
 )
 from redlight.limits import Limits
 from redlight.messages import Topics, clear_retained
-from redlight.panel import Exposure, Panel, Power, Relay, Source
+from redlight.panel import Exposure, Panel, Power, Relay, Session, Source
 from redlight.presets import PlugAvailability, PlugState, build_plug
 from redlight.relay import MAX_OFF_RETRY_S, RelayControl
 from redlight.reports import PlugReports
-from redlight.sessions import JOURNAL_WAIT_S, Sessions
+from redlight.sessions import JOURNAL_WAIT_S, SessionEnded, Sessions, Started
 from redlight.timers import TimerKind, Timers
 from redlight.view import Board, panel_state
 
@@ -55,58 +55,19 @@ __all__ = [
     "Now",
     "Restored",
     "Resubscribe",
+    "ScheduleChanged",
     "SessionClosed",
+    "SessionEnded",
     "SessionOpened",
     "SettingChanged",
     "Source",
+    "Started",
     "event_effects",
 ]
 
 #: ``<b>/state`` (the running panels) is published at most this often: when a thousand
 #: sessions end within a second, one update with the outcome instead of a thousand lists.
 DAEMON_STATE_EVERY_S: Final = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class RoutineRequest:
-    """``START`` or ``STOP`` arrived for a routine: for :class:`redlight.routines.Routines`."""
-
-    routine: str
-    start: bool
-    source: str = "homeassistant"
-
-
-@dataclass(frozen=True, slots=True)
-class StopAllRequested:
-    """``stop_all`` arrived: routines and offers end too, not only the sessions."""
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleToggle:
-    """``ON``/``OFF`` arrived for a schedule: for :class:`redlight.schedules.Schedules`."""
-
-    schedule: str
-    enabled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class OfferAccepted:
-    """``accept_offer`` arrived for a schedule's offer."""
-
-    offer: str
-    request_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleChanged:
-    """A schedule was switched on or off: the runtime pauses or resumes its job."""
-
-    schedule: str
-    enabled: bool
-
-
-Request = RoutineRequest | StopAllRequested | ScheduleToggle | OfferAccepted | ScheduleChanged
-Effect = AdapterEffect | Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +142,6 @@ class Core:
         self.reports = PlugReports(self.sessions, self.relays, self.board)
         self._routes()
         self.ready = False
-        self._requests: list[Request] = []
         sessions = self.sessions
         #: The one table from a due timer to what it means.
         self._handlers: dict[TimerKind, Callable[[Panel, Now], None]] = {
@@ -283,10 +243,10 @@ class Core:
 
     def receive(self, topic: str, payload: bytes, retain: bool, now: Now) -> list[Effect]:
         """A message arrived on a subscribed topic."""
-        if topic in self._plug_command_topics and retain:
+        if retain and (topic in self._plug_command_topics or self._own_command(topic)):
+            # Safety rule 7: a retained command is never obeyed, and is removed. Commands that
+            # are not retained are routed above the core (redlight.router, redlight.controller).
             self._clear_retained_command(topic, payload)
-        elif topic.startswith(self.topics.base + "/"):
-            self._own_topic(topic, payload, retain, now)
         routed = self._exact_routes.get(topic, [])
         if self._wild_routes:
             routed = routed + [p for f, p in self._wild_routes if topic_matches_sub(f, topic)]
@@ -311,20 +271,21 @@ class Core:
         request: cmd.Start,
         source: Source,
         now: Now,
-    ) -> list[Effect]:
-        """Start a session (used by commands, and by schedules and routines)."""
-        self._start(panel_id, request, source, now)
-        return self._flush(now)
-
-    def _start(self, panel_id: str, request: cmd.Start, source: Source, now: Now) -> None:
+    ) -> tuple[Started | cmd.Rejection, list[Effect]]:
+        """Start a session (for commands, schedules and routines): whether it began, and the
+        effects (a refusal is among them as ``command_rejected`` too)."""
         panel = self.panels.get(panel_id)
         if panel is None:
             message = f"there is no panel {panel_id!r}"
-            self._reject(None, cmd.Rejection("unknown_panel", message, request.request_id), now)
-            return
-        answer = self.sessions.start(panel, request, source, now)
+            answer: Session | cmd.Rejection
+            answer = cmd.Rejection("unknown_panel", message, request.request_id)
+        else:
+            answer = self.sessions.start(panel, request, source, now)
         if isinstance(answer, cmd.Rejection):
             self._reject(panel, answer, now)
+            return answer, self._flush(now)
+        assert panel is not None
+        return Started(answer.id, panel.id, answer.duration_s), self._flush(now)
 
     def stop(self, panel_id: str, now: Now, request_id: str | None = None) -> list[Effect]:
         """Stop a panel's session, or switch it off if it is on."""
@@ -332,8 +293,21 @@ class Core:
         if panel is None:
             self._reject(None, cmd.Rejection("unknown_panel", f"no panel {panel_id!r}"), now)
         else:
-            self.sessions.stop(panel, now, "stopped")
+            self.sessions.stop(panel, now, "stopped", request_id)
         return self._flush(now)
+
+    def set_default_duration(self, panel_id: str, seconds: float, now: Now) -> list[Effect]:
+        """A panel's default session length (1 s to max_on, checked by the command parser)."""
+        panel = self.panels[panel_id]
+        panel.default_s = seconds
+        self.out.add(SettingChanged(f"panel.{panel.id}.default_duration_s", str(seconds)))
+        self.board.republish(panel)  # the answer Home Assistant's number waits for
+        return self._flush(now)
+
+    def take_ended(self) -> list[SessionEnded]:
+        """The sessions that ended since the last call, oldest first (for routines)."""
+        ended, self.sessions.ended = self.sessions.ended, []
+        return ended
 
     def journaled(self, session_id: str, now: Now) -> list[Effect]:
         """The history has the session's journal row (or gave up on it): its ON goes out."""
@@ -413,84 +387,9 @@ class Core:
 
     # ------------------------------------------------------------------ commands
 
-    def _own_topic(self, topic: str, payload: bytes, retain: bool, now: Now) -> None:
-        parts = topic[len(self.topics.base) + 1 :].split("/")
-        if parts[-1] != "set":
-            return
-        if retain:
-            # Safety rule 7: a retained command is never obeyed, and is removed.
-            self._clear_retained_command(topic, payload)
-            return
-        if not payload:
-            # MQTT's "delete the retained message" (ours, echoed back, or a user's): not a
-            # command, so nothing to reject either.
-            return
-        if parts == ["set"]:
-            self._daemon_command(payload, now)
-        elif len(parts) == 3 and parts[0] == "panel":
-            self._panel_command(parts[1], payload, now)
-        elif len(parts) == 4 and parts[0] == "panel" and parts[2] == "duration":
-            self._duration_command(parts[1], payload, now)
-        elif len(parts) == 3 and parts[0] == "routine":
-            routine = cmd.parse_routine_command(payload)
-            if isinstance(routine, cmd.Rejection):
-                self._reject(None, routine, now, routine=parts[1])
-            elif parts[1] not in self.config.routines:
-                unknown = cmd.Rejection("unknown_routine", f"there is no routine {parts[1]!r}")
-                self._reject(None, unknown, now, routine=parts[1])
-            else:
-                self._requests.append(RoutineRequest(parts[1], routine.start))
-        elif len(parts) == 3 and parts[0] == "schedule":
-            schedule = cmd.parse_schedule_command(payload)
-            if isinstance(schedule, cmd.Rejection):
-                self._reject(None, schedule, now, schedule=parts[1])
-            elif parts[1] not in self.config.schedules:
-                unknown = cmd.Rejection("unknown_schedule", f"there is no schedule {parts[1]!r}")
-                self._reject(None, unknown, now, schedule=parts[1])
-            else:
-                self._requests.append(ScheduleToggle(parts[1], schedule.enabled))
-
-    def _panel_command(self, panel_id: str, payload: bytes, now: Now) -> None:
-        panel = self.panels.get(panel_id)
-        parsed = cmd.parse_panel_command(payload)
-        if panel is None:
-            rid = None if isinstance(parsed, cmd.Rejection) else parsed.request_id
-            self._reject(
-                None, cmd.Rejection("unknown_panel", f"there is no panel {panel_id!r}", rid), now
-            )
-        elif isinstance(parsed, cmd.Rejection):
-            self._reject(panel, parsed, now)
-        elif isinstance(parsed, cmd.Start):
-            self._start(panel_id, parsed, parsed.source, now)
-        else:
-            self.sessions.stop(panel, now, "stopped", parsed.request_id)
-
-    def _duration_command(self, panel_id: str, payload: bytes, now: Now) -> None:
-        panel = self.panels.get(panel_id)
-        if panel is None:
-            self._reject(
-                None, cmd.Rejection("unknown_panel", f"there is no panel {panel_id!r}"), now
-            )
-            return
-        parsed = cmd.parse_duration_minutes(payload, self.max_on_s)
-        if isinstance(parsed, cmd.Rejection):
-            self._reject(panel, parsed, now)
-            return
-        panel.default_s = parsed.duration_s
-        self.out.add(SettingChanged(f"panel.{panel.id}.default_duration_s", str(panel.default_s)))
-        self.board.republish(panel)  # the answer Home Assistant's number waits for
-
-    def _daemon_command(self, payload: bytes, now: Now) -> None:
-        parsed = cmd.parse_daemon_command(payload)
-        if isinstance(parsed, cmd.Rejection):
-            self._reject(None, parsed, now)
-        elif isinstance(parsed, cmd.StopAll):
-            # Routines first, so a routine ends as "stopped" rather than "aborted".
-            self._requests.append(StopAllRequested())
-            for panel in self.panels.values():
-                self.sessions.stop(panel, now, "stopped")
-        else:
-            self._requests.append(OfferAccepted(parsed.offer, parsed.request_id))
+    def _own_command(self, topic: str) -> bool:
+        """``<b>/.../set``: one of redlight's own command topics."""
+        return topic.startswith(self.topics.base + "/") and topic.endswith("/set")
 
     def _clear_retained_command(self, topic: str, payload: bytes) -> None:
         if not payload:
@@ -527,8 +426,4 @@ class Core:
         """What this step decided: plug commands first (the outbox sorts them), then the rest."""
         state_of = lambda panel: self.panel_state(panel.id, now)  # noqa: E731 - one use
         self.out.extend(self.board.publish(now.mono, state_of, stopping=self.sessions.stopping))
-        effects = self.out.take()
-        first = next((i for i, e in enumerate(effects) if not urgent(e)), len(effects))
-        requests: list[Effect] = list(self._requests)
-        self._requests = []
-        return [*effects[:first], *requests, *effects[first:]]
+        return list(self.out.take())

@@ -78,7 +78,24 @@ class LogLine:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
-Effect = Message | Event | SessionOpened | SessionClosed | SettingChanged | LogLine | Resubscribe
+@dataclass(frozen=True, slots=True)
+class ScheduleChanged:
+    """A schedule was switched on or off: the runtime pauses or resumes its job."""
+
+    schedule: str
+    enabled: bool
+
+
+Effect = (
+    Message
+    | Event
+    | SessionOpened
+    | SessionClosed
+    | SettingChanged
+    | LogLine
+    | Resubscribe
+    | ScheduleChanged
+)
 
 
 def urgent(effect: Effect) -> bool:

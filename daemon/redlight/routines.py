@@ -1,31 +1,24 @@
 """Routines: named sequences of sessions and pauses, run step by step on top of the core.
 
-Pure, like the core: it takes requests and the core's effects and returns more effects. A step
-switches its panels through :meth:`Core.start` (so every safety rule and limit applies to each
-of them), and the next step begins when all of them have completed; a pause announces its
-prompt as a ``routine_step`` event and waits on the monotonic clock. A session of the routine
-that ends any other way (stopped, cut off, switched off at the plug) or a step the core refuses
-ends the whole routine and switches its panels off.
+Pure, like the core: :class:`redlight.controller.Controller` calls it and it returns effects. A
+step switches its panels through :meth:`Core.start` (so every safety rule and limit applies to
+each of them), and the next step begins when the core's :class:`~redlight.core.SessionEnded`
+notices say all of them have completed; a pause announces its prompt as a ``routine_step``
+event and waits on the monotonic clock. A session of the routine that ends any other way
+(stopped, cut off, switched off at the plug) or a step the core refuses ends the whole routine
+and switches its panels off.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from redlight import commands as cmd
 from redlight.config import Config, RoutineConfig
-from redlight.core import (
-    Core,
-    Effect,
-    Now,
-    RoutineRequest,
-    SessionClosed,
-    SessionOpened,
-    StopAllRequested,
-)
+from redlight.core import Core, Effect, Now, SessionEnded
 from redlight.messages import Event
 
 
@@ -54,12 +47,6 @@ class Routines:
         self.runs: dict[str, _Run] = {}
 
     # ------------------------------------------------------------------ inputs
-
-    def request(self, request: RoutineRequest, now: Now) -> list[Effect]:
-        """Start or stop a routine as asked."""
-        if request.start:
-            return self.start(request.routine, now, source=request.source)
-        return self.stop(request.routine, now)
 
     def start(self, routine_id: str, now: Now, *, source: str) -> list[Effect]:
         """Begin a routine with its first step."""
@@ -101,36 +88,28 @@ class Routines:
         self._finish(run, now, out, "stopped")
         return out
 
-    def stop_all(self, now: Now) -> list[Effect]:
-        """``stop_all``: end every routine."""
+    def stop_all(self, now: Now, *, sessions: bool = True) -> list[Effect]:
+        """End every routine as "stopped", and its sessions with it; ``sessions=False`` leaves
+        them to a caller that stops every panel next (``stop_all``: one OFF per plug)."""
         out: list[Effect] = []
         for run in list(self.runs.values()):
+            if not sessions:
+                run.sessions.clear()
             self._finish(run, now, out, "stopped")
         return out
 
-    def observe(self, effects: Iterable[Effect], now: Now) -> list[Effect]:
-        """Follow the core's effects: a routine's session ended, so go on or give up."""
+    def session_ended(self, notice: SessionEnded, now: Now) -> list[Effect]:
+        """A session ended: if it was a routine's, go on to the next step or give up."""
         out: list[Effect] = []
-        for effect in effects:
-            if isinstance(effect, RoutineRequest):
-                out.extend(self.request(effect, now))
-            elif isinstance(effect, StopAllRequested):
-                out.extend(self.stop_all(now))
-            elif isinstance(effect, SessionClosed):
-                run = self._owner(effect.id)
-                if run is None:
-                    continue
-                panel = run.sessions.pop(effect.id)
-                if effect.reason != "completed":
-                    self._finish(
-                        run,
-                        now,
-                        out,
-                        "aborted",
-                        message=f"the session on {panel} ended early ({effect.reason})",
-                    )
-                elif not run.sessions:
-                    self._advance(run, now, out)
+        run = self._owner(notice.session)
+        if run is None:
+            return out
+        panel = run.sessions.pop(notice.session)
+        if notice.reason != "completed":
+            message = f"the session on {panel} ended early ({notice.reason})"
+            self._finish(run, now, out, "aborted", message=message)
+        elif not run.sessions:
+            self._advance(run, now, out)
         return out
 
     def tick(self, now: Now) -> list[Effect]:
@@ -172,19 +151,12 @@ class Routines:
             else:
                 assert step.duration is not None  # config validation: duration or dose
                 request = cmd.Start(duration_s=step.duration.total_seconds())
-            effects = self.core.start(panel, request, "routine", now)
+            started, effects = self.core.start(panel, request, "routine", now)
             out.extend(effects)
-            opened = [e for e in effects if isinstance(e, SessionOpened) and e.panel == panel]
-            if not opened:
-                refused = [
-                    e
-                    for e in effects
-                    if isinstance(e, Event) and e.event_type == "command_rejected"
-                ]
-                why = refused[0].fields.get("message") if refused else "it could not start"
-                self._finish(run, now, out, "aborted", message=f"{panel}: {why}")
+            if isinstance(started, cmd.Rejection):
+                self._finish(run, now, out, "aborted", message=f"{panel}: {started.message}")
                 return
-            run.sessions[opened[0].id] = panel
+            run.sessions[started.session] = panel
 
     def _finish(
         self, run: _Run, now: Now, out: list[Effect], reason: str, *, message: str | None = None

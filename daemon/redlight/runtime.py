@@ -1,4 +1,4 @@
-"""The daemon's shell: one asyncio task that owns the core and carries out its effects.
+"""The daemon's shell: one asyncio task that owns the controller and carries out its effects.
 
 Broker events, signals and time all arrive through one queue and are applied in order; paho's
 thread and the storage thread never touch state (STYLE: one owner of state). Plug commands are
@@ -23,6 +23,7 @@ import structlog
 
 from redlight.broker import BrokerClient, BrokerEvent, Connected, Disconnected, Message, Received
 from redlight.config import Config
+from redlight.controller import Controller
 from redlight.core import (
     Core,
     Effect,
@@ -201,7 +202,7 @@ def _exposures(
 
 
 class Runtime:
-    """Runs the core against a broker until told to stop."""
+    """Runs the controller (and the core below it) against a broker until told to stop."""
 
     def __init__(
         self,
@@ -230,6 +231,7 @@ class Runtime:
             self.routines,
             enabled=restored.schedule_enabled if restored else None,
         )
+        self.controller = Controller(config, self.core, self.routines, self.schedules)
         self.clock_jobs = ScheduleClock(config, self._fired)
         self._wall_offset: float | None = None
         # Where later days' totals are read from (off the loop), and the day last asked for.
@@ -342,9 +344,7 @@ class Runtime:
 
     def _timeout(self, watchdog: float | None, next_ping: float) -> float | None:
         wakes = [
-            self.core.next_wakeup(),
-            self.routines.next_wakeup(),
-            self.schedules.next_wakeup(),
+            self.controller.next_wakeup(),
             self._rejections.next_wakeup(),
             self._shed.next_wakeup(),
         ]
@@ -372,7 +372,7 @@ class Runtime:
         if isinstance(item, Received) and self.hass.handles(item.topic):
             self._from_hass(item)
         elif isinstance(item, Received):
-            effects = self.core.receive(item.topic, item.payload, item.retain, now)
+            effects = self.controller.receive(item.topic, item.payload, item.retain, now)
         elif isinstance(item, _Announce):
             self._announce_pending = False
             if self.broker.connected:
@@ -380,7 +380,7 @@ class Runtime:
                 effects = self.core.states(now) + self._schedule_states()
         elif isinstance(item, _Fired):
             log.info("schedule_fired", schedule=item.schedule)
-            effects = self.schedules.fire(item.schedule, now)
+            effects = self.controller.fire(item.schedule, now)
             # APScheduler has moved the job on by now: publish its next run.
             next_run = self.clock_jobs.next_run(item.schedule)
             effects.append(self.schedules.state_message(item.schedule, next_run))
@@ -392,7 +392,7 @@ class Runtime:
         elif isinstance(item, Disconnected):
             log.warning("broker_disconnected", reason=item.reason)
             self.notifier.status("broker disconnected; reconnecting")
-            effects = self.core.disconnect(now)
+            effects = self.controller.disconnect(now)
         self.apply(effects)
 
     def _tick(self) -> None:
@@ -412,10 +412,7 @@ class Runtime:
                     break
                 self._handle(item)
             now = self.now()
-        effects = self.core.tick(now)
-        effects += self.routines.tick(now)
-        effects += self.schedules.tick(now)
-        self.apply(effects)
+        self.apply(self.controller.tick(now))
         for summary in self._rejections.due(now.mono):
             self._publish_event(summary)
         shed = self._shed.due(now.mono)
@@ -441,7 +438,7 @@ class Runtime:
         first = not self.core.ready
         log.info("broker_connected", first=first)
         self.broker.subscribe(self.core.subscriptions() + self.hass.subscriptions())
-        effects = self.core.connect(now)
+        effects = self.controller.connect(now)
         if first:
             effects.extend(self._interrupted_events(now))
         self.apply(effects)
@@ -469,16 +466,10 @@ class Runtime:
         return events
 
     def apply(self, effects: Iterable[Effect]) -> None:
-        """Carry out effects in order (the core puts plug commands first).
-
-        Routines and schedules follow what the core did (a routine's session ended, a
-        schedule was switched) and may add effects of their own, carried out right after.
-        """
-        pending = list(effects)
-        while pending:
-            self._carry_out(pending)
-            now = self.now()
-            pending = self.routines.observe(pending, now) + self.schedules.observe(pending, now)
+        """Carry out effects in order (the core puts plug commands first); nothing reads them
+        back: the controller has already followed up whatever they record. Then the ONs whose
+        journal rows were acknowledged meanwhile."""
+        self._carry_out(effects)
         self._switch_on_journaled()
 
     def _schedule_states(self) -> list[Effect]:
@@ -620,15 +611,14 @@ class Runtime:
         while self._acked:
             acked, self._acked = self._acked, []
             for session_id in acked:
-                self.apply(self.core.journaled(session_id, self.now()))
+                self.apply(self.controller.journaled(session_id, self.now()))
 
     async def _shutdown(self) -> None:
         """Safety rule 9: everything OFF, wait (bounded) for confirmation, then offline."""
         log.info("shutting_down", running=self.core.running())
         self.notifier.stopping()
         self.clock_jobs.shutdown()
-        self.apply(self.routines.stop_all(self.now()))
-        self.apply(self.core.shutdown(self.now()))
+        self.apply(self.controller.shutdown(self.now()))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SHUTDOWN_CONFIRM_S
         while self.broker.connected and not self.core.all_off_confirmed():
@@ -643,9 +633,10 @@ class Runtime:
             except TimeoutError:
                 item = None
             if isinstance(item, Received):
-                self.apply(self.core.receive(item.topic, item.payload, item.retain, self.now()))
+                now = self.now()
+                self.apply(self.controller.receive(item.topic, item.payload, item.retain, now))
             # Safety rule 4 holds while stopping too: an unconfirmed OFF is re-sent when due.
-            self.apply(self.core.tick(self.now()))
+            self.apply(self.controller.tick(self.now()))
         unconfirmed = [p.id for p in self.core.panels.values() if p.off_pending]
         if unconfirmed:
             log.error("off_unconfirmed_at_shutdown", panels=unconfirmed)

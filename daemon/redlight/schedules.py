@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta, tzinfo
 from typing import Any, Final
@@ -26,16 +26,7 @@ from apscheduler.triggers.cron import CronTrigger
 from redlight import commands as cmd
 from redlight.broker import STATE_QOS, Message
 from redlight.config import Config, ScheduleConfig
-from redlight.core import (
-    Core,
-    Effect,
-    Now,
-    OfferAccepted,
-    ScheduleChanged,
-    ScheduleToggle,
-    SettingChanged,
-    StopAllRequested,
-)
+from redlight.core import Core, Effect, Now, ScheduleChanged, SettingChanged
 from redlight.messages import Event, Topics, dumps, iso
 from redlight.routines import Routines
 
@@ -131,18 +122,10 @@ class Schedules:
 
     # ------------------------------------------------------------------ inputs
 
-    def observe(self, effects: Iterable[Effect], now: Now) -> list[Effect]:
-        """Handle the core's schedule switches, offer acceptances and stop_all."""
-        out: list[Effect] = []
-        for effect in effects:
-            if isinstance(effect, ScheduleToggle):
-                out.extend(self.toggle(effect.schedule, effect.enabled, now))
-            elif isinstance(effect, OfferAccepted):
-                out.extend(self.accept(effect.offer, now, effect.request_id))
-            elif isinstance(effect, StopAllRequested):
-                for offer in list(self.offers.values()):
-                    out.append(self._offer_event(offer, now, "withdrawn"))
-                self.offers.clear()
+    def withdraw_offers(self, now: Now) -> list[Effect]:
+        """``stop_all``: every open offer is withdrawn."""
+        out: list[Effect] = [self._offer_event(o, now, "withdrawn") for o in self.offers.values()]
+        self.offers.clear()
         return out
 
     def toggle(self, schedule_id: str, enabled: bool, now: Now) -> list[Effect]:
@@ -234,9 +217,8 @@ class Schedules:
                 duration_s=schedule.duration.total_seconds() if schedule.duration else None
             )
             # A refusal (cooldown, daily_max, plug offline) is reported, never retried.
-            out.extend(
-                _tag(e, schedule_id) for e in self.core.start(panel, request, "schedule", now)
-            )
+            _, effects = self.core.start(panel, request, "schedule", now)
+            out.extend(_tag(e, schedule_id) for e in effects)
         return out
 
     def _offer_event(self, offer: _Offer, now: Now, state: str) -> Event:

@@ -9,6 +9,7 @@ redlight did not start is watched as a session too (safety rule 2).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -33,6 +34,25 @@ POWER_CHECK_S: Final = 6.0
 #: close as interrupted); short enough that a sick one delays only that ON, and nothing else:
 #: the core goes on meanwhile, and the ON goes out when the wait is over (``storage_slow``).
 JOURNAL_WAIT_S: Final = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """:meth:`Core.start`'s answer when the session began (its ON follows the journal row)."""
+
+    session: str
+    panel: str
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """A notice, not an effect: a session ended (for routines, via :meth:`Core.take_ended`)."""
+
+    session: str
+    panel: str
+    reason: str
+    source: str
 
 
 class Sessions:
@@ -68,6 +88,8 @@ class Sessions:
         self.stopping = False
         #: Sessions whose ON waits for the journal: session id -> panel.
         self.journaling: dict[str, Panel] = {}
+        #: Sessions that ended, until the controller takes them (:meth:`Core.take_ended`).
+        self.ended: list[SessionEnded] = []
 
     def start_safe(self, panel: Panel, now: Now) -> None:
         """Safety rule 8: every panel is switched off before commands are accepted."""
@@ -245,6 +267,7 @@ class Sessions:
         self._event("session_finished", panel, now, **fields)
         rounded = round(dose, 3) if dose is not None else None
         self.out.add(SessionClosed(session.id, ended, actual_s, reason, rounded))
+        self.ended.append(SessionEnded(session.id, panel.id, reason, session.source))
 
     def _cool(self, panel: Panel, until: float, wall: datetime) -> None:
         panel.cooldown_until = until

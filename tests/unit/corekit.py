@@ -14,8 +14,11 @@ from pydantic import ValidationError
 from redlight import commands as cmd
 from redlight.broker import Message
 from redlight.config import Config, format_validation_error
+from redlight.controller import Controller
 from redlight.core import Core, Effect, Now, Restored, SessionOpened
 from redlight.messages import Event
+from redlight.routines import Routines
+from redlight.schedules import Schedules
 
 ZONE = ZoneInfo("Europe/Amsterdam")
 START_WALL = datetime(2026, 11, 24, 7, 30, tzinfo=ZONE)
@@ -62,9 +65,10 @@ def config_problems(**overrides: Any) -> list[str]:
 
 @dataclass
 class Kit:
-    """A core, a clock, and everything the core has returned so far."""
+    """A core with the controller above it, a clock, and everything they have returned so far."""
 
     core: Core
+    controller: Controller
     mono: float = 1000.0
     wall: datetime = START_WALL
     effects: list[Effect] = field(default_factory=list)
@@ -80,8 +84,13 @@ class Kit:
     def create(cls, config: Config | None = None, restored: Restored | None = None) -> Kit:
         """A core that is connected and has switched everything off at start-up."""
         counter = iter(range(1, 10_000))
-        core = Core(config or make_config(), restored=restored, new_id=lambda: f"s{next(counter)}")
-        return cls(core)
+        config = config or make_config()
+        core = Core(config, restored=restored, new_id=lambda: f"s{next(counter)}")
+        runs = iter(range(1, 10_000))
+        routines = Routines(config, core, new_id=lambda: f"r{next(runs)}")
+        enabled = restored.schedule_enabled if restored else None
+        schedules = Schedules(config, core, routines, enabled=enabled)
+        return cls(core, Controller(config, core, routines, schedules))
 
     @property
     def now(self) -> Now:
@@ -94,13 +103,13 @@ class Kit:
         got = list(effects)
         for effect in list(got):
             if isinstance(effect, SessionOpened) and self.journal_acks:
-                got += self.core.journaled(effect.id, self.now)
+                got += self.controller.journaled(effect.id, self.now)
         self.effects.extend(got)
         return got
 
     def connect(self) -> list[Effect]:
         """The broker connects."""
-        return self.take(self.core.connect(self.now))
+        return self.take(self.controller.connect(self.now))
 
     def ready(self) -> Kit:
         """Connected, and every plug has confirmed the start-up OFF."""
@@ -115,16 +124,16 @@ class Kit:
         target = self.mono + seconds
         got: list[Effect] = []
         while True:
-            wake = self.core.next_wakeup()
+            wake = self.controller.next_wakeup()
             if wake is None or wake > target:
                 break
             step = max(wake, self.mono) - self.mono
             self.mono += step
             self.wall += timedelta(seconds=step)
-            got += self._answer_poll(self.take(self.core.tick(self.now)))
+            got += self._answer_poll(self.take(self.controller.tick(self.now)))
         self.wall += timedelta(seconds=target - self.mono + wall_jump)
         self.mono = target
-        got += self._answer_poll(self.take(self.core.tick(self.now)))
+        got += self._answer_poll(self.take(self.controller.tick(self.now)))
         return got
 
     def _answer_poll(self, effects: list[Effect]) -> list[Effect]:
@@ -138,7 +147,7 @@ class Kit:
     def send(self, topic: str, payload: str | bytes, *, retain: bool = False) -> list[Effect]:
         """A message arrives."""
         data = payload.encode() if isinstance(payload, str) else payload
-        return self.take(self.core.receive(topic, data, retain, self.now))
+        return self.take(self.controller.receive(topic, data, retain, self.now))
 
     def command(self, panel: str, payload: str | dict[str, Any]) -> list[Effect]:
         """A command on ``<b>/panel/<id>/set``."""
@@ -146,8 +155,9 @@ class Kit:
         return self.send(f"redlight/panel/{panel}/set", text)
 
     def start(self, panel: str, seconds: float | None = None) -> list[Effect]:
-        """Start a session through the core's API."""
-        return self.take(self.core.start(panel, cmd.Start(duration_s=seconds), "cli", self.now))
+        """Start a session through the API (not a command)."""
+        request = cmd.Start(duration_s=seconds)
+        return self.take(self.controller.start(panel, request, "cli", self.now))
 
     def report(self, panel: str, *, on: bool) -> list[Effect]:
         """The panel's plug reports its state the way its firmware does."""

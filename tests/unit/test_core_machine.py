@@ -59,9 +59,12 @@ from paho.mqtt.client import topic_matches_sub
 
 from redlight import commands as cmd
 from redlight.broker import Message
+from redlight.controller import Controller
 from redlight.core import MAX_OFF_RETRY_S, Core, Effect, Now, Resubscribe, SessionOpened
 from redlight.messages import Event
 from redlight.panel import Panel, Relay
+from redlight.routines import Routines
+from redlight.schedules import Schedules
 from redlight.timers import TimerKind
 from tests.unit.corekit import START_WALL, make_config
 
@@ -399,8 +402,12 @@ class CoreMachine(RuleBasedStateMachine):
     ) -> None:
         """Plugs in any state (one may have come back ON after a power cut), then connect."""
         counter = iter(range(1, 1_000_000))
-        self.core = Core(
-            machine_config(max_on, cooldown, daily_max, confirm), new_id=lambda: f"s{next(counter)}"
+        config = machine_config(max_on, cooldown, daily_max, confirm)
+        self.core = Core(config, new_id=lambda: f"s{next(counter)}")
+        routines = Routines(config, self.core)
+        # Commands reach the core through the controller, as in the daemon.
+        self.controller = Controller(
+            config, self.core, routines, Schedules(config, self.core, routines)
         )
         self.subscriptions = self.core.subscriptions()
         # Reports reach redlight at most confirm_timeout after the plug sent them, so an ON
@@ -473,7 +480,7 @@ class CoreMachine(RuleBasedStateMachine):
         message = self.inflight.popleft()
         for _ in range(2 if duplicate else 1):
             effects = self._apply(
-                self.core.receive(message.topic, message.payload, message.retain, self.now)
+                self.controller.receive(message.topic, message.payload, message.retain, self.now)
             )
             if message.retain:
                 # Safety rule 7: nothing retained turns anything on (a retained plug state
@@ -685,7 +692,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     def _command(self, topic: str, payload: str | bytes) -> None:
         data = payload.encode() if isinstance(payload, str) else payload
-        self._apply(self.core.receive(topic, data, False, self.now))
+        self._apply(self.controller.receive(topic, data, False, self.now))
         self._tick()
 
     @precondition(lambda self: self.connected)
@@ -694,7 +701,7 @@ class CoreMachine(RuleBasedStateMachine):
         """A command arrives: mostly starts (valid, over the ceiling, doses), stops, garbage."""
         topic, payload = message
         data = payload.encode() if isinstance(payload, str) else payload
-        self._apply(self.core.receive(topic, data, False, self.now))
+        self._apply(self.controller.receive(topic, data, False, self.now))
         self._tick()
 
     @rule(
@@ -707,7 +714,8 @@ class CoreMachine(RuleBasedStateMachine):
         if source is None:
             self._apply(self.core.stop(panel, self.now))
         else:
-            self._apply(self.core.start(panel, cmd.Start(duration_s=seconds), source, self.now))
+            request = cmd.Start(duration_s=seconds)
+            self._apply(self.controller.start(panel, request, source, self.now))
         self._tick()
 
     @rule(
@@ -723,7 +731,8 @@ class CoreMachine(RuleBasedStateMachine):
             if hand:
                 self.hand_switch(panel, on=True)
             else:
-                self._apply(self.core.start(panel, cmd.Start(duration_s=seconds), "cli", self.now))
+                request = cmd.Start(duration_s=seconds)
+                self._apply(self.controller.start(panel, request, "cli", self.now))
                 self._tick()
             self.advance(seconds + 2 * self.latency, 0, ticks_first=False)
 
@@ -847,7 +856,7 @@ class CoreMachine(RuleBasedStateMachine):
     def journal_written(self) -> None:
         """The history acknowledges the oldest journal row (or never does: the core's bounded
         wait sends the ON all the same)."""
-        self._apply(self.core.journaled(self.journal.pop(0), self.now))
+        self._apply(self.controller.journaled(self.journal.pop(0), self.now))
         self._tick()
 
     @precondition(lambda self: self.connected)

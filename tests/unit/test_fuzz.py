@@ -173,7 +173,7 @@ def expected_rejection(core: Core, topic: str, payload: bytes) -> bool:
     """Whether redlight must refuse this command whatever state it is in."""
     parts = topic[len(BASE) + 1 :].split("/")
     if not payload:
-        return False  # clearing a retained message: not a command (core._own_topic)
+        return False  # clearing a retained message: not a command (redlight.router.route)
     if parts == ["set"]:
         return isinstance(cmd.parse_daemon_command(payload), cmd.Rejection)
     kind, ident = parts[0], parts[1]

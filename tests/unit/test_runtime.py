@@ -327,7 +327,7 @@ async def test_a_locked_database_at_start_up_is_reported_not_fatal(tmp_path: Pat
 
 async def test_core_start_through_apply_uses_the_same_path(rig: Rig) -> None:
     """A session started in-process (as schedules will) switches the plug like a command."""
-    effects = rig.runtime.core.start("hip_left", cmd.Start(duration_s=45), "cli", clock())
+    effects = rig.runtime.controller.start("hip_left", cmd.Start(duration_s=45), "cli", clock())
     rig.runtime.apply(effects)
     await rig.plug.wait_for(lambda plug: plug.is_on)
     await rig.plug.wait_for(lambda plug: not plug.is_on)
@@ -348,7 +348,8 @@ async def test_a_confirmation_waiting_in_the_backlog_is_not_taken_for_silence() 
     core = runtime.core
     runtime.apply(core.connect(clock_now[0]))
     runtime.apply(core.receive("stat/panel_left/POWER", b"OFF", False, clock_now[0]))
-    runtime.apply(core.start("hip_left", cmd.Start(duration_s=600), "cli", clock_now[0]))
+    start = cmd.Start(duration_s=600)
+    runtime.apply(runtime.controller.start("hip_left", start, "cli", clock_now[0]))
     runtime._queue.put_nowait(Received("stat/panel_left/POWER", b"ON"))
     confirm_s = left_only().safety.confirm_timeout.total_seconds()
     clock_now[0] = Now(100.0 + confirm_s + 1, START_WALL + timedelta(seconds=confirm_s + 1))

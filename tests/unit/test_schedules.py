@@ -13,7 +13,6 @@ from structlog.testing import capture_logs
 
 from redlight.config import Config, ScheduleConfig
 from redlight.core import ScheduleChanged, SettingChanged
-from redlight.routines import Routines
 from redlight.schedules import (
     OFFER_TTL_S,
     ScheduleClock,
@@ -107,7 +106,7 @@ def test_dst_fall_back_fires_twice_but_the_schedule_starts_once() -> None:
         }
     )
     kit = Kit.create(config).ready()
-    book = Schedules(config, kit.core, Routines(config, kit.core))
+    book = kit.controller.schedules
     kit.wall = first
     started = book.fire("nightly", kit.now)
     assert len(events(started, "session_started")) == 1
@@ -143,7 +142,7 @@ def planned(mode: str = "start", **safety: Any) -> tuple[Kit, Schedules, Config]
         },
     )
     kit = Kit.create(config).ready()
-    return kit, Schedules(config, kit.core, Routines(config, kit.core)), config
+    return kit, kit.controller.schedules, config
 
 
 def test_start_mode_starts_the_session_with_source_schedule() -> None:
@@ -177,10 +176,9 @@ def test_offer_is_accepted_within_ten_minutes() -> None:
     assert offer.fields["state"] == "open"
     assert kit.core.running() == []
     kit.advance(OFFER_TTL_S - 1)
-    got = kit.send(
+    effects = kit.send(
         "redlight/set", json.dumps({"action": "accept_offer", "offer": offer.fields["offer"]})
     )
-    effects = book.observe(got, kit.now)
     assert [e.fields["state"] for e in events(effects, "schedule_offer")] == ["accepted"]
     assert len(events(effects, "session_started")) == 1
 
@@ -201,7 +199,7 @@ def test_offer_expires_after_ten_minutes() -> None:
 def test_disabling_is_kept_and_stops_firing() -> None:
     """OFF on <b>/schedule/<id>/set: stored, the job paused, and a fire does nothing."""
     kit, book, _ = planned()
-    effects = book.observe(kit.send("redlight/schedule/evening/set", "OFF"), kit.now)
+    effects = kit.send("redlight/schedule/evening/set", "OFF")
     assert SettingChanged("schedule.evening.enabled", "0") in effects
     assert ScheduleChanged("evening", False) in effects
     assert book.fire("evening", kit.now) == []
