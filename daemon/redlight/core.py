@@ -14,7 +14,7 @@ Where things are: each panel's relay machine in :mod:`redlight.panel`, the plug 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, Final
@@ -106,27 +106,17 @@ class Core:
         self.config = config
         self.topics = Topics(config.mqtt.base_topic)
         safety = config.safety
-        self.max_on_s = safety.max_on.total_seconds()
-        self.limits = Limits(
-            max_on_s=self.max_on_s,
-            cooldown_s=safety.cooldown.total_seconds(),
-            min_off_s=safety.min_off.total_seconds(),
-            daily_max_s=safety.daily_max.total_seconds() if safety.daily_max else None,
-        )
+        self.limits = Limits.from_safety(safety)
+        self.max_on_s = self.limits.max_on_s
         self.poll_s = safety.poll_interval.total_seconds()
         self.out = Outbox()
         self.timers = Timers()
         confirm_s = safety.confirm_timeout.total_seconds()
         self.relays = RelayControl(self.out, self.timers, confirm_s, self.poll_s)
         restored = restored or Restored()
-        self.panels = self._build_panels(restored)
-        self._order = list(self.panels.values())
         self._days = DayBook(expect_history=restored.day is not None)
-        if restored.day is not None:
-            self._days.add_read(restored.day, restored.day_sessions)
-            for panel in self._order:
-                panel.day = restored.day
-                panel.finished_today_s = self._days.total(restored.day, panel.id)
+        self.panels = build_panels(config, restored, self.limits, self._days)
+        self._order = list(self.panels.values())
         self.board = Board(self.topics, self._order, DAEMON_STATE_EVERY_S)
         self.sessions = Sessions(
             self.limits,
@@ -140,56 +130,26 @@ class Core:
             restored_exposure=restored.exposure,
         )
         self.reports = PlugReports(self.sessions, self.relays, self.board)
-        self._routes()
+        self._exact_routes, self._wild_routes = plug_routes(self._order)
+        self._plug_command_topics = {p.plug.command_topic: p for p in self._order}
         self.ready = False
-        sessions = self.sessions
-        #: The one table from a due timer to what it means.
-        self._handlers: dict[TimerKind, Callable[[Panel, Now], None]] = {
+        self._handlers = self._timer_handlers()
+
+    def _timer_handlers(self) -> dict[TimerKind, Callable[[Panel, Now], None]]:
+        """The one table from a due timer to what it means."""
+        sessions, relays = self.sessions, self.relays
+        return {
             TimerKind.DEADLINE: sessions.deadline,
             TimerKind.CONFIRM_ON: sessions.on_unconfirmed,
-            TimerKind.OFF_RETRY: self.relays.retry_off,
+            TimerKind.OFF_RETRY: relays.retry_off,
             TimerKind.JOURNAL: sessions.journal_slow,
             TimerKind.ENDING_SOON: sessions.ending_soon,
             TimerKind.POWER_ASK: sessions.ask_power,
             TimerKind.POWER_CHECK: sessions.check_power,
-            TimerKind.POLL_ANSWER: self.relays.poll_unanswered,
-            TimerKind.POLL: self.relays.poll,
+            TimerKind.POLL_ANSWER: relays.poll_unanswered,
+            TimerKind.POLL: relays.poll,
             TimerKind.COOLDOWN_END: sessions.cooldown_over,
         }
-
-    def _build_panels(self, restored: Restored) -> dict[str, Panel]:
-        panels: dict[str, Panel] = {}
-        base = self.config.mqtt.base_topic
-        for index, (key, settings) in enumerate(self.config.panels.items()):
-            plug = build_plug(key, settings.plug, base_topic=base)
-            default_s = self.config.default_duration(key).total_seconds()
-            panels[key] = Panel(
-                id=key,
-                index=index,
-                name=self.config.panel_name(key),
-                area=settings.area,
-                plug=plug,
-                irradiance=settings.irradiance_mw_cm2,
-                default_s=restored.default_duration_s.get(key, default_s),
-                exposure=Exposure(self.limits.min_off_s),
-                power=Power(settings.min_power_w),
-                finished_today_s=restored.finished_today_s.get(key, 0.0),
-                availability=dict.fromkeys(plug.availability_topics, True),
-            )
-        return panels
-
-    def _routes(self) -> None:
-        """Which panels a plug topic concerns: exact topics by lookup, wildcards by match."""
-        self._exact_routes: dict[str, list[Panel]] = {}
-        self._wild_routes: list[tuple[str, Panel]] = []
-        self._plug_command_topics: dict[str, Panel] = {}
-        for panel in self._order:
-            for topic in panel.plug.subscriptions:
-                if "+" in topic or "#" in topic:
-                    self._wild_routes.append((topic, panel))
-                else:
-                    self._exact_routes.setdefault(topic, []).append(panel)
-            self._plug_command_topics[panel.plug.command_topic] = panel
 
     @property
     def connected(self) -> bool:
@@ -427,3 +387,48 @@ class Core:
         state_of = lambda panel: self.panel_state(panel.id, now)  # noqa: E731 - one use
         self.out.extend(self.board.publish(now.mono, state_of, stopping=self.sessions.stopping))
         return list(self.out.take())
+
+
+def build_panels(
+    config: Config, restored: Restored, limits: Limits, days: DayBook
+) -> dict[str, Panel]:
+    """Every configured panel, with what ``restored`` brings from storage."""
+    panels: dict[str, Panel] = {}
+    if restored.day is not None:
+        days.add_read(restored.day, restored.day_sessions)
+    for index, (key, settings) in enumerate(config.panels.items()):
+        plug = build_plug(key, settings.plug, base_topic=config.mqtt.base_topic)
+        default_s = config.default_duration(key).total_seconds()
+        panel = Panel(
+            id=key,
+            index=index,
+            name=config.panel_name(key),
+            area=settings.area,
+            plug=plug,
+            irradiance=settings.irradiance_mw_cm2,
+            default_s=restored.default_duration_s.get(key, default_s),
+            exposure=Exposure(limits.min_off_s),
+            power=Power(settings.min_power_w),
+            finished_today_s=restored.finished_today_s.get(key, 0.0),
+            availability=dict.fromkeys(plug.availability_topics, True),
+        )
+        if restored.day is not None:
+            panel.day = restored.day
+            panel.finished_today_s = days.total(restored.day, key)
+        panels[key] = panel
+    return panels
+
+
+def plug_routes(
+    panels: Iterable[Panel],
+) -> tuple[dict[str, list[Panel]], list[tuple[str, Panel]]]:
+    """Which panels a plug topic concerns: exact topics by lookup, wildcard filters by match."""
+    exact: dict[str, list[Panel]] = {}
+    wild: list[tuple[str, Panel]] = []
+    for panel in panels:
+        for topic in panel.plug.subscriptions:
+            if "+" in topic or "#" in topic:
+                wild.append((topic, panel))
+            else:
+                exact.setdefault(topic, []).append(panel)
+    return exact, wild

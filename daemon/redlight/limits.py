@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from redlight import commands as cmd
-from redlight.config import dose_to_duration
+from redlight.config import SafetyConfig, dose_to_duration
 from redlight.durations import format_duration
 from redlight.messages import iso
 from redlight.panel import Panel
@@ -25,6 +25,16 @@ class Limits:
     cooldown_s: float
     min_off_s: float
     daily_max_s: float | None
+
+    @classmethod
+    def from_safety(cls, safety: SafetyConfig) -> Limits:
+        """The ``[safety]`` section's limits."""
+        return cls(
+            max_on_s=safety.max_on.total_seconds(),
+            cooldown_s=safety.cooldown.total_seconds(),
+            min_off_s=safety.min_off.total_seconds(),
+            daily_max_s=safety.daily_max.total_seconds() if safety.daily_max else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
