@@ -457,12 +457,18 @@ class Zigbee2Mqtt(Firmware):
         return self.words.get(state.casefold()) if isinstance(state, str) else None
 
     def receive(self, topic: str, payload: bytes, now: float) -> Outcome:
-        """``on_time`` arms the device's onWithTimedOff."""
+        """``on_time`` arms the device's onWithTimedOff, and then nothing is reported."""
         action = self.action(topic, payload)
         if action in ("on", "off", "toggle"):
-            on_time = (_json(payload) or {}).get("on_time")
+            body = _json(payload) or {}
+            on_time = body.get("on_time")
             timer = float(on_time) if isinstance(on_time, int | float) else None
-            return self._switch(action, now, timer)
+            outcome = self._switch(action, now, timer)
+            timed = "on_time" in body or "off_wait_time" in body
+            if action == "on" and timed:
+                # The converter's timed branch returns no optimistic state: only a /get tells.
+                return replace(outcome, reports=())
+            return outcome
         return super().receive(topic, payload, now)
 
     def _every_connect(self) -> list[Message]:
