@@ -5,11 +5,13 @@ plug with a retained state topic) are driven through every interleaving hypothes
 commands, garbage, hand switching, telemetry, availability, retained messages, broker
 disconnects, unresponsive plugs, clock advances with wall-clock steps of hours, and shutdown.
 
-The plugs act on the messages the core actually returned, as their firmwares would, and report
-back in the firmware's own format through a first-in-first-out broker (so reports are stale
-when they cross a command, and may be duplicated). Nothing is dropped while redlight is
-connected; everything in flight is lost when it disconnects, except retained messages. The
-plugs' own off-timers are *not* simulated, so the bound below is the core's alone.
+The plugs are the shared firmware models of ``redlight.firmware`` (the ones the simulated plugs
+of the integration tests and the demo run): they act on the messages the core actually
+returned and report back in the firmware's own format through a first-in-first-out broker (so
+reports are stale when they cross a command, and may be duplicated). Nothing is dropped while
+redlight is connected; everything in flight is lost when it disconnects, except retained
+messages. The plugs' own off-timers are armed in the models but never fire here, so the bound
+below is the core's alone.
 
 The bound proven (``CoreMachine.bound``), for every panel whose relay is on:
 
@@ -40,10 +42,9 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from hypothesis import HealthCheck, event, settings, target
 from hypothesis import strategies as st
@@ -61,8 +62,10 @@ from redlight import commands as cmd
 from redlight.broker import Message
 from redlight.controller import Controller
 from redlight.core import MAX_OFF_RETRY_S, Core, Effect, Now, Resubscribe, SessionOpened
+from redlight.firmware import Firmware, Generic, firmware_for
 from redlight.messages import Event
 from redlight.panel import Panel, Relay
+from redlight.presets import PlugConfig
 from redlight.routines import Routines
 from redlight.schedules import Schedules
 from redlight.timers import TimerKind
@@ -73,146 +76,12 @@ PANELS: Final = ("left", "right", "sauna")
 #: Ids that are not configured, to hit the unknown-id paths.
 STRANGERS: Final = ("nope", "Left", "")
 
-Action = Literal["on", "off", "toggle", "query", "pulse"]
-Publication = tuple[str, str, bool]  # topic, payload, retain
 
-_ON_WORDS: Final = frozenset({"on", "1", "true"})
-_OFF_WORDS: Final = frozenset({"off", "0", "false"})
-_TOGGLE_WORDS: Final = frozenset({"toggle", "2"})
-
-
-def _word(payload: bytes) -> str:
-    return payload.decode("utf-8", errors="replace").strip().casefold()
-
-
-def _json_object(payload: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(payload)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _switch_word(word: str) -> Action | None:
-    if word in _ON_WORDS:
-        return "on"
-    if word in _OFF_WORDS:
-        return "off"
-    if word in _TOGGLE_WORDS:
-        return "toggle"
-    return None
-
-
-# ---------------------------------------------------------------- firmwares, from their side
-
-
-class Firmware:
-    """One firmware's MQTT dialect: what it obeys and how it reports (see ``redlight.simplug``)."""
-
-    #: Topics the plug subscribes to (its commands).
-    subscriptions: tuple[str, ...] = ()
-    #: Availability topics with their (online, offline) payload variants.
-    availability: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = ()
-
-    def action(self, topic: str, payload: bytes) -> Action | None:
-        """What the firmware does with a message on one of its subscriptions."""
-        raise NotImplementedError
-
-    def reports(self, on: bool) -> list[Publication]:
-        """What it publishes after a command or a query."""
-        raise NotImplementedError
-
-    def telemetry(self, on: bool) -> list[Publication]:
-        """What it publishes unprompted (periodic telemetry, a button)."""
-        return self.reports(on)
-
-
-class Tasmota(Firmware):
-    """``cmnd/<t>/POWER`` (empty = query), ``PulseTime1``; ``stat/`` reports, ``tele/STATE``."""
-
-    subscriptions = ("cmnd/panel_left/POWER", "cmnd/panel_left/PulseTime1")
-    availability = (("tele/panel_left/LWT", ("Online",), ("Offline",)),)
-
-    def action(self, topic: str, payload: bytes) -> Action | None:
-        """Tasmota's command parser for POWER and PulseTime1."""
-        word = _word(payload)
-        if topic == "cmnd/panel_left/POWER":
-            return "query" if word in {"", "?"} else _switch_word(word)
-        if topic == "cmnd/panel_left/PulseTime1":
-            return "pulse"
-        return None
-
-    def reports(self, on: bool) -> list[Publication]:
-        """``stat/<t>/RESULT`` and ``stat/<t>/POWER``, as after every POWER command."""
-        state = "ON" if on else "OFF"
-        return [
-            ("stat/panel_left/RESULT", json.dumps({"POWER": state}), False),
-            ("stat/panel_left/POWER", state, False),
-        ]
-
-    def telemetry(self, on: bool) -> list[Publication]:
-        """``tele/<t>/STATE`` every TelePeriod."""
-        body = {"Time": "2026-11-24T07:30:00", "POWER": "ON" if on else "OFF", "Wifi": {"RSSI": 80}}
-        return [("tele/panel_left/STATE", json.dumps(body), False)]
-
-    def pulse_reply(self, payload: bytes) -> list[Publication]:
-        """The RESULT Tasmota answers a PulseTime command with (no POWER in it)."""
-        body = {"PulseTime1": {"Set": _word(payload), "Remaining": 0}}
-        return [("stat/panel_left/RESULT", json.dumps(body), False)]
-
-
-class Zigbee2Mqtt(Firmware):
-    """``<base>/<device>/set`` JSON (``on_time`` ignored here), ``/get``; JSON state reports."""
-
-    device = "zigbee2mqtt/Panel plug right"
-    subscriptions = (f"{device}/set", f"{device}/get")
-    availability = (
-        (f"{device}/availability", ('{"state":"online"}', "online"), ('{"state":"offline"}',)),
-        ("zigbee2mqtt/bridge/state", ('{"state":"online"}', "online"), ("offline",)),
-    )
-
-    def action(self, topic: str, payload: bytes) -> Action | None:
-        """Zigbee2MQTT's set/get handling."""
-        body = _json_object(payload)
-        if body is None:
-            return None
-        if topic.endswith("/get"):
-            return "query"
-        state = body.get("state")
-        return _switch_word(state.casefold()) if isinstance(state, str) else None
-
-    def reports(self, on: bool) -> list[Publication]:
-        """The device's state object on ``<base>/<device>``."""
-        body = {"state": "ON" if on else "OFF", "linkquality": 120, "power_on_behavior": "off"}
-        return [(self.device, json.dumps(body), False)]
-
-
-class Generic(Firmware):
-    """A plain plug: exact ``ON``/``OFF`` on its command topic, retained plain state, and a
-    state query (without one, an ON the plug itself never reports cannot be found)."""
-
-    subscriptions = ("sauna/panel/set", "sauna/panel/get")
-    availability = (("sauna/panel/status", ("online",), ("offline",)),)
-
-    def action(self, topic: str, payload: bytes) -> Action | None:
-        """Only the exact configured payloads switch it; anything on ``get`` asks."""
-        if topic == "sauna/panel/get":
-            return "query"
-        text = payload.decode("utf-8", errors="replace").strip()
-        if text == "ON":
-            return "on"
-        return "off" if text == "OFF" else None
-
-    def reports(self, on: bool) -> list[Publication]:
-        """Retained state, so subscribing is asking."""
-        return [("sauna/panel/state", "ON" if on else "OFF", True)]
-
-
-FIRMWARES: Final[dict[str, Callable[[], Firmware]]] = {
-    "left": Tasmota,
-    "right": Zigbee2Mqtt,
-    "sauna": Generic,
-}
+def machine_firmware(config: PlugConfig) -> Firmware:
+    """The shared model of a panel's firmware, relay off; the generic plug retains its state."""
+    if config.preset == "generic":
+        return Generic(config, retained=True)
+    return firmware_for(config)
 
 
 @dataclass
@@ -221,7 +90,6 @@ class SimPlug:
 
     panel: str
     firmware: Firmware
-    on: bool
     on_since: float | None
     responsive: bool = True
     controllable_since: float | None = None
@@ -238,6 +106,11 @@ class SimPlug:
     exposure_clean: bool = True
     #: redlight knew of the current ON interval (a session, or an OFF pending) at some step.
     interval_seen: bool = False
+
+    @property
+    def on(self) -> bool:
+        """The relay is on (the firmware model's relay)."""
+        return self.firmware.on
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +296,9 @@ class CoreMachine(RuleBasedStateMachine):
         # nothing but had been seen to go, or at the next OFF retry if it ignored OFFs.
         self.found = max(POLL_S, MAX_OFF_RETRY_S) + 2 * self.latency
         for panel, on in zip(PANELS, relays, strict=True):
-            self.plugs[panel] = SimPlug(panel, FIRMWARES[panel](), on, self.mono if on else None)
+            firmware = machine_firmware(config.panels[panel].plug)
+            firmware.set_relay(on, self.mono)  # its power-on state; nobody hears of it
+            self.plugs[panel] = SimPlug(panel, firmware, self.mono if on else None)
         self._connect()
 
     # ------------------------------------------------------------ the clock
@@ -463,7 +338,7 @@ class CoreMachine(RuleBasedStateMachine):
             # MQTT 3.1.1 (what redlight speaks): live deliveries carry retain = 0.
             self.inflight.append(InFlight(self.mono, topic, data, retain=False))
         for plug in self.plugs.values():
-            if topic in plug.firmware.subscriptions:
+            if plug.firmware.hears(topic):
                 self._plug_receives(plug, topic, data)
 
     def _connect(self) -> None:
@@ -505,7 +380,13 @@ class CoreMachine(RuleBasedStateMachine):
                 plug.controllable_since = self.mono
 
     def _set_relay(self, plug: SimPlug, on: bool) -> None:
-        if on and not plug.on:
+        """Switch the relay by hand or by a power cut; the caller reports what the plug says."""
+        self._relay_moved(plug, plug.on, on)
+        plug.firmware.set_relay(on, self.mono)
+
+    def _relay_moved(self, plug: SimPlug, was_on: bool, on: bool) -> None:
+        """Bookkeeping of the ON intervals and exposures, as the relay goes from was_on to on."""
+        if on and not was_on:
             plug.on_since = self.mono
             # redlight's gaps are measured between its own ends and starts, which lag the
             # relay's by up to the latency each: a shorter gap here is the same exposure there.
@@ -515,7 +396,7 @@ class CoreMachine(RuleBasedStateMachine):
             plug.interval_seen = False
             if plug.controllable_since is None:
                 plug.exposure_clean = False
-        elif not on and plug.on and plug.on_since is not None:
+        elif not on and was_on and plug.on_since is not None:
             plug.exposure_s += self.mono - plug.on_since
             plug.exposure_end = self.mono
             if plug.controllable_since is None or plug.controllable_since > plug.on_since:
@@ -527,29 +408,27 @@ class CoreMachine(RuleBasedStateMachine):
         if not on:
             plug.on_since = None
             plug.unannounced = False
-        plug.on = on
 
     def _plug_receives(self, plug: SimPlug, topic: str, payload: bytes) -> None:
         if not plug.responsive or plug.away:
             return
-        action = plug.firmware.action(topic, payload)
-        if action in ("on", "off", "toggle"):
-            self._set_relay(plug, action == "on" or (action == "toggle" and not plug.on))
-            self._report(plug, plug.firmware.reports(plug.on))
-        elif action == "query":
-            self._report(plug, plug.firmware.reports(plug.on))
-        elif action == "pulse" and isinstance(plug.firmware, Tasmota):
-            self._report(plug, plug.firmware.pulse_reply(payload))
+        outcome = plug.firmware.receive(topic, payload, self.mono)
+        self._relay_moved(plug, outcome.was_on, outcome.on)
+        self._report(plug, list(outcome.reports))
 
-    def _report(self, plug: SimPlug, publications: list[Publication]) -> None:
+    def _report(self, plug: SimPlug, publications: list[Message]) -> None:
         if plug.away:
             return  # nothing queues it: lost
-        for topic, payload, retain in publications:
-            self._publish(topic, payload, retain)
+        for message in publications:
+            self._publish(message.topic, message.payload, message.retain)
+
+    def _retained_commands(self, plug: SimPlug) -> list[str]:
+        """Retained topics the plug subscribes to: the broker sends them when it is back."""
+        return [topic for topic in self.retained if plug.firmware.hears(topic)]
 
     def _plug_of_command(self, topic: str) -> SimPlug | None:
         for plug in self.plugs.values():
-            if topic in plug.firmware.subscriptions:
+            if plug.firmware.hears(topic):
                 return plug
         return None
 
@@ -739,7 +618,7 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(
         topic=st.sampled_from(
             [f"{BASE}/panel/{p}/set" for p in PANELS]
-            + [f"{BASE}/set", "cmnd/panel_left/POWER", Zigbee2Mqtt.device + "/set"]
+            + [f"{BASE}/set", "cmnd/panel_left/POWER", "zigbee2mqtt/Panel plug right/set"]
             + ["sauna/panel/set"]
         ),
         payload=st.sampled_from(["ON", "OFF", '{"action": "start"}', '{"state": "ON"}', "1"]),
@@ -759,13 +638,13 @@ class CoreMachine(RuleBasedStateMachine):
         """The plug's button (works even when the plug ignores MQTT commands); it reports."""
         plug = self.plugs[panel]
         self._set_relay(plug, on)
-        self._report(plug, plug.firmware.telemetry(on) + plug.firmware.reports(on))
+        self._report(plug, plug.firmware.telemetry() + plug.firmware.report())
 
     @rule(panel=st.sampled_from(PANELS))
     def telemetry(self, panel: str) -> None:
         """Periodic telemetry: the current state, stale if a command crosses it."""
         plug = self.plugs[panel]
-        self._report(plug, plug.firmware.telemetry(plug.on))
+        self._report(plug, plug.firmware.telemetry())
 
     @rule(data=st.data(), panel=st.sampled_from(PANELS), online=st.booleans())
     def availability(self, data: st.DataObject, panel: str, online: bool) -> None:
@@ -789,8 +668,8 @@ class CoreMachine(RuleBasedStateMachine):
         self._health()
         for topic, ups, _ in plug.firmware.availability[:1]:
             self._publish(topic, ups[0], True)
-        self._report(plug, plug.firmware.telemetry(plug.on))
-        for topic in plug.firmware.subscriptions:
+        self._report(plug, plug.firmware.telemetry())
+        for topic in self._retained_commands(plug):
             if topic in self.retained:
                 self._plug_receives(plug, topic, self.retained[topic])
 
@@ -836,8 +715,8 @@ class CoreMachine(RuleBasedStateMachine):
             for topic, ups, _ in plug.firmware.availability[:1]:
                 self._publish(topic, ups[0], True)
         if announce == "state":
-            self._report(plug, plug.firmware.telemetry(plug.on))
-        for topic in plug.firmware.subscriptions:
+            self._report(plug, plug.firmware.telemetry())
+        for topic in self._retained_commands(plug):
             if topic in self.retained:
                 self._plug_receives(plug, topic, self.retained[topic])
 
