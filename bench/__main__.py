@@ -7,18 +7,30 @@ Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench.broker import BrokerError
 from bench.clients import BenchError
+from bench.constrained import (
+    quarter_core_figures,
+    quarter_core_rows,
+    run_quarter_core,
+    run_slow_disk,
+    slow_disk_figures,
+    slow_disk_rows,
+)
+from bench.cpuquota import unavailable
 from bench.daemon import source
+from bench.probe import probe_report, run_probe
 from bench.profile import summarise
 from bench.report import figures, flood_report, json_line, table
-from bench.scenarios import FULL, QUICK, progress, run, run_flood
+from bench.scenarios import FULL, QUICK, Plan, progress, run, run_flood
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +57,26 @@ def main(argv: list[str] | None = None) -> int:
         help="run only the flood phase (junk flood during a cutoff, then a birth storm)",
     )
     parser.add_argument(
+        "--slow-disk",
+        action="store_true",
+        help="run only the slow-disk phase: OFFs due while sessions start and a WAL checkpoint "
+        "runs, every fsync of the daemon 200 ms slower (LD_PRELOAD shim; needs gcc), "
+        "against the normal disk (about 2 minutes)",
+    )
+    parser.add_argument(
+        "--quarter-core",
+        action="store_true",
+        help="run only the quarter-core phase: start-up and 100 sessions with the daemon in a "
+        "cgroup v1 cpu quota of 25 ms per 100 ms (needs root), against unlimited "
+        "(about 3 minutes)",
+    )
+    parser.add_argument(
+        "--idle-lateness",
+        action="store_true",
+        help="run only the hop-by-hop look at 10-session cutoffs, idle and with the CPUs kept "
+        "busy (the daemon instrumented through a sitecustomize module; about 3 minutes)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the working directory (logs, configs)"
     )
     args = parser.parse_args(argv)
@@ -53,34 +85,63 @@ def main(argv: list[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     work = tempfile.mkdtemp(prefix="redlight-bench-")
-    if args.flood_only:
-        try:
-            flood = run_flood(Path(work))
-        except (BenchError, BrokerError) as error:
-            progress(f"failed: {error} (logs in {work})")
-            return 1
-        sys.stdout.write("\n".join(flood_report(flood, source())) + "\n")
-        if args.keep:
-            progress(f"working directory kept: {work}")
-        else:
-            shutil.rmtree(work)
-        return 0
+    root = Path(work)
     try:
-        results = run(plan, Path(work), args.profile, nodelay=args.broker_nodelay)
+        lines = _measure(args, plan, root, load_before)
     except (BenchError, BrokerError) as error:
         progress(f"failed: {error} (logs in {work})")
         return 1
-    figs = figures(results, (load_before, os.getloadavg()[0]))
-    lines = table(results, figs)
-    for path in results.profiles:
-        lines += summarise(path)
-    lines.append(json_line(figs))
     sys.stdout.write("\n".join(lines) + "\n")
     if args.keep:
         progress(f"working directory kept: {work}")
     else:
         shutil.rmtree(work)
     return 0
+
+
+def _measure(args: argparse.Namespace, plan: Plan, root: Path, load: float) -> list[str]:
+    """Run what ``args`` ask for in ``root``; the lines of its report."""
+    if args.idle_lateness:
+        return [probe_report(run_probe(root))]
+    if args.slow_disk or args.quarter_core:
+        return constrained(root, slow_disk=args.slow_disk, quarter=args.quarter_core)
+    if args.flood_only:
+        return flood_report(run_flood(root), source())
+    # The full or quick run: its table, the profiles' hot spots, and one JSON line.
+    results = run(plan, root, args.profile, nodelay=args.broker_nodelay)
+    figs = figures(results, (load, os.getloadavg()[0]))
+    lines = table(results, figs)
+    for path in results.profiles:
+        lines += summarise(path)
+    lines.append(json_line(figs))
+    return lines
+
+
+def constrained(work: Path, *, slow_disk: bool, quarter: bool) -> list[str]:
+    """``--slow-disk`` and/or ``--quarter-core``: their table and one JSON line."""
+    load_before = os.getloadavg()[0]
+    figs: dict[str, Any] = {}
+    rows: list[tuple[str, str, str]] = []
+    if slow_disk:
+        figs |= slow_disk_figures(run_slow_disk(work))
+        rows += slow_disk_rows(figs)
+    if quarter:
+        reason = unavailable()
+        if reason is not None:
+            raise BenchError(f"--quarter-core: {reason}")
+        figs |= quarter_core_figures(run_quarter_core(work))
+        rows += quarter_core_rows(figs)
+    load = (load_before, os.getloadavg()[0])
+    figs |= {"loadavg_1m_before": round(load[0], 2), "loadavg_1m_after": round(load[1], 2)}
+    figs["redlight"] = source()
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    lines = [
+        f"redlight benchmark (constrained): {os.cpu_count()} CPUs, load average "
+        f"{load[0]:.2f} -> {load[1]:.2f}; daemon from {figs['redlight']}"
+    ]
+    lines += [f"{a.ljust(widths[0])}  {b.ljust(widths[1])}  {c}".rstrip() for a, b, c in rows]
+    lines.append(json.dumps(figs, separators=(", ", ": ")))
+    return lines
 
 
 if __name__ == "__main__":

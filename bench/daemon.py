@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -79,10 +80,23 @@ def source() -> dict[str, str]:
 class Daemon:
     """``python -m redlight run --config <path> --log-format json --log-level warning``."""
 
-    def __init__(self, config: Path, log: Path) -> None:
-        """Prepare; nothing runs until :meth:`start`."""
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cgroup: Path | None = None,
+    ) -> None:
+        """Prepare; nothing runs until :meth:`start`.
+
+        ``env`` is added to the daemon's environment only (an ``LD_PRELOAD`` shim, say);
+        ``cgroup`` is a cgroup v1 directory the process joins before redlight starts.
+        """
         self.config = config
         self.log = log
+        self.extra_env = dict(env or {})
+        self.cgroup = cgroup
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,7 +107,7 @@ class Daemon:
 
     def start(self) -> float:
         """Start the process; the :func:`time.perf_counter` time just before."""
-        env = _env()
+        env = _env() | self.extra_env
         argv = [
             sys.executable,
             "-m",
@@ -106,6 +120,11 @@ class Daemon:
             "--log-level",
             "warning",
         ]
+        if self.cgroup is not None:
+            # The shell joins the cgroup, then becomes the interpreter (exec keeps the pid), so
+            # that the daemon is limited from its first instruction, imports included.
+            procs = self.cgroup / "cgroup.procs"
+            argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(procs), *argv]
         with self.log.open("ab") as log:
             at = time.perf_counter()
             self._process = subprocess.Popen(  # noqa: S603 - fixed argument list

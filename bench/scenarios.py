@@ -14,7 +14,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +126,9 @@ class WaveResult:
     on_spread_s: float
     finished: dict[str, int]
     rejected: dict[str, int]
+    #: When each panel's ON and then its OFF reached the plug (for a closer look at one wave).
+    on_at: dict[str, float] = field(default_factory=dict)
+    off_at: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -159,16 +162,29 @@ def progress(text: str) -> None:
 class Rig:
     """A private broker, the observer, the plugs' responder and one daemon, for one phase."""
 
-    def __init__(self, root: Path, name: str, panels: int, *, nodelay: bool = False) -> None:
-        """Lay out the phase's directory; nothing starts until :meth:`up`."""
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        panels: int,
+        *,
+        nodelay: bool = False,
+        env: Mapping[str, str] | None = None,
+        cgroup: Path | None = None,
+    ) -> None:
+        """Lay out the phase's directory; nothing starts until :meth:`up`.
+
+        ``env`` and ``cgroup`` are the daemon's alone (see :class:`bench.daemon.Daemon`).
+        """
         self.root = root / name
         self.root.mkdir(parents=True)
         self.name = name
         self.panels = panel_ids(panels)
         self.broker = Mosquitto(self.root / "mosquitto", nodelay=nodelay)
         config = self.root / "config.toml"
-        config.write_text(config_text(self.broker.port, self.root / "history.db", self.panels))
-        self.daemon = Daemon(config, self.root / "daemon.log")
+        self.history = self.root / "history.db"
+        config.write_text(config_text(self.broker.port, self.history, self.panels))
+        self.daemon = Daemon(config, self.root / "daemon.log", env=env, cgroup=cgroup)
         self.record = Record(self.panels)
         self._observer: Observer | None = None
         self._responder: Responder | None = None
@@ -254,9 +270,17 @@ class Rig:
 
 
 @contextmanager
-def rig(root: Path, name: str, panels: int, *, nodelay: bool = False) -> Iterator[Rig]:
+def rig(
+    root: Path,
+    name: str,
+    panels: int,
+    *,
+    nodelay: bool = False,
+    env: Mapping[str, str] | None = None,
+    cgroup: Path | None = None,
+) -> Iterator[Rig]:
     """A :class:`Rig` that is up inside the block and torn down after it, however it ends."""
-    setup = Rig(root, name, panels, nodelay=nodelay)
+    setup = Rig(root, name, panels, nodelay=nodelay, env=env, cgroup=cgroup)
     try:
         setup.up()
         yield setup
@@ -398,6 +422,8 @@ def cutoff_wave(setup: Rig, sessions: int, session_s: int, *, burst: bool = Fals
         on_spread_s=on_spread,
         finished={k: v for k, v in finished.items() if v},
         rejected={k: v for k, v in rejected.items() if v},
+        on_at=dict(wave.on),
+        off_at=dict(wave.off),
     )
 
 
