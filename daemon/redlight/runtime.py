@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Final, TypeAlias
 
 import structlog
 
 from redlight.broker import BrokerClient, BrokerEvent, Connected, Disconnected, Message, Received
+from redlight.clockwatch import CLOCK_CHECK_S, ClockWatch
 from redlight.config import Config
 from redlight.controller import Controller
 from redlight.core import (
@@ -37,10 +37,11 @@ from redlight.core import (
     SettingChanged,
 )
 from redlight.hass import HassBridge
+from redlight.inbox import Inbox
 from redlight.messages import Event, event_messages, status_message
 from redlight.routines import Routines
 from redlight.schedules import ScheduleClock, Schedules, setting_key
-from redlight.shedding import RejectionGate, ShedCounter
+from redlight.shedding import RejectionGate
 from redlight.storage import History, HistoryWriter, SessionRow, StorageError
 from redlight.systemd import Notifier
 
@@ -82,21 +83,10 @@ class _DayTotals:
     seconds_by_session: Mapping[str, Mapping[str, float]]
 
 
-#: How often the wall clock is compared with the monotonic one (NTP steps it on a board without
-#: a real-time clock) and the local date looked at: soon enough that a schedule due just after
-#: a step still runs, and a new day's total is read before a start needs it. One wake-up a
-#: second: 0.06 % of one core for an idle daemon, against 0.02 % without (README).
-CLOCK_CHECK_S: Final = 1.0
-#: A change of the wall clock's offset from the monotonic one by more than this is a step.
-CLOCK_STEP_S: Final = 1.0
 #: The most time spent applying already-arrived messages before deadlines are checked.
 BATCH_S: Final = 0.05
 #: Queued items applied back to back before the loop's other callbacks get a turn.
 BACKLOG_TURN: Final = 100
-#: Commands (messages on redlight's own ``.../set`` topics) waiting in the queue at most: a
-#: flood beyond is dropped, counted and logged, so it cannot grow memory without limit.
-#: Plug reports, Home Assistant's birth and everything else always get through.
-INBOUND_COMMANDS: Final = 1000
 #: Added to every timed wake-up (see ``Runtime._timeout``): 10 µs, far below epoll's 1 ms.
 TIMER_SLACK_S: Final = 1e-5
 
@@ -170,12 +160,6 @@ def _restore(history: History, config: Config, wall: datetime) -> tuple[Restored
     return restored, interrupted
 
 
-def read_day(path: Path, day: date) -> dict[str, dict[str, float]]:
-    """Every panel's sessions of ``day`` from the history (blocking: run it on a thread)."""
-    with History.open(path) as history:
-        return history.day_sessions(day)
-
-
 def _exposures(
     history: History, config: Config, wall: datetime
 ) -> dict[str, tuple[datetime, float]]:
@@ -233,22 +217,23 @@ class Runtime:
         )
         self.controller = Controller(config, self.core, self.routines, self.schedules)
         self.clock_jobs = ScheduleClock(config, self._fired)
-        self._wall_offset: float | None = None
-        # Where later days' totals are read from (off the loop), and the day last asked for.
-        self._history_path = writer.path if writer is not None else None
-        self._day_asked = date.fromisoformat(restored.day) if restored and restored.day else None
-        self._queue: asyncio.Queue[Item] = asyncio.Queue()
+        # Later days' totals are read from history (off the loop) and answered through the queue.
+        known = date.fromisoformat(restored.day) if restored and restored.day else None
+        self.clock = ClockWatch(
+            writer.path if writer is not None else None,
+            known,
+            lambda day, rows: self.inbox.put(_DayTotals(day, rows)),
+        )
+        commands = set(self.core.topics.command_filters())
+        self.inbox: Inbox[Item] = Inbox(
+            self.core.topics.base, set(self.core.subscriptions()) - commands
+        )
+        self._queue = self.inbox.queue  # for tests that look into it
         #: Sessions whose journal row the writer has acknowledged: their ONs go out next.
         self._acked: list[str] = []
         self.connected_once = asyncio.Event()
         self._announce_pending = False
         self._rejections = RejectionGate()
-        self._commands_waiting = 0
-        self._shed = ShedCounter()
-        self._command_prefix = f"{self.core.topics.base}/"
-        commands = set(self.core.topics.command_filters())
-        # Plug topics could lie under the base topic too: they are never shed.
-        self._plug_topics = frozenset(set(self.core.subscriptions()) - commands)
 
     def now(self) -> Now:
         """The current time on both clocks."""
@@ -256,7 +241,7 @@ class Runtime:
 
     def request_shutdown(self) -> None:
         """Ask :meth:`run` to stop safely (thread-safe only from the loop's thread)."""
-        self._queue.put_nowait(_Shutdown())
+        self.inbox.put(_Shutdown())
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the daemon safely (rule 9)."""
@@ -266,7 +251,7 @@ class Runtime:
 
     async def run(self) -> int:
         """Serve until a shutdown request; return the process exit code."""
-        self.broker.start(self._arrive)
+        self.broker.start(lambda event: self.inbox.arrive(event, self.now().mono))
         self.clock_jobs.start(self.schedules.enabled)
         self.notifier.ready()
         self.notifier.status("waiting for the broker")
@@ -276,21 +261,14 @@ class Runtime:
         backlog = 0
         while True:
             item: Item | None
-            if not self._queue.empty() and backlog < BACKLOG_TURN:
+            if not self.inbox.empty() and backlog < BACKLOG_TURN:
                 # A backlog is taken without a timer per item; deadlines are judged after
                 # each one all the same (_tick), and the loop gets a turn every so often.
                 backlog += 1
-                item = self._taken(self._queue.get_nowait())
+                item = self.inbox.get_nowait()
             else:
                 backlog = 0
-                try:
-                    item = self._taken(
-                        await asyncio.wait_for(
-                            self._queue.get(), self._timeout(watchdog, next_ping)
-                        )
-                    )
-                except TimeoutError:
-                    item = None
+                item = await self.inbox.get(self._timeout(watchdog, next_ping))
             if watchdog is not None and loop.time() >= next_ping:
                 # Heartbeats come from this loop, so a blocked loop gets the service restarted.
                 self.notifier.watchdog()
@@ -302,53 +280,13 @@ class Runtime:
         await self._shutdown()
         return 0
 
-    def _arrive(self, event: BrokerEvent) -> None:
-        """The broker's sink: queue the event, unless it is a command past the bound.
-
-        Dropping a command is safe: it never reached the core, so it changed nothing; a
-        dropped stop leaves the session to end at its deadline, which the core enforces
-        whatever arrives (never beyond ``max_on``). INBOUND_COMMANDS waiting commands are junk
-        or a runaway client. Plug reports and availability are never dropped (rule 4).
-        """
-        if isinstance(event, Received) and self._is_command(event.topic):
-            if self._commands_waiting >= INBOUND_COMMANDS:
-                count = self._shed.shed(self.now().mono)
-                if count:
-                    self._log_shed(count)
-                return
-            self._commands_waiting += 1
-        self._queue.put_nowait(event)
-
-    def _taken(self, item: Item) -> Item:
-        """An item just taken from the queue (counted out if it is a command)."""
-        if isinstance(item, Received) and self._is_command(item.topic):
-            self._commands_waiting -= 1
-        return item
-
-    def _is_command(self, topic: str) -> bool:
-        # Every command filter is ``<base>/.../set``; checked on each message, so kept cheap.
-        return (
-            topic.endswith("/set")
-            and topic.startswith(self._command_prefix)
-            and topic not in self._plug_topics
-        )
-
-    def _log_shed(self, count: int) -> None:
-        log.warning(
-            "commands_dropped",
-            count=count,
-            waiting=self._commands_waiting,
-            total=self._shed.total,
-            reason="too many commands waiting",
-        )
-
     def _timeout(self, watchdog: float | None, next_ping: float) -> float | None:
         wakes = [
             self.controller.next_wakeup(),
             self._rejections.next_wakeup(),
-            self._shed.next_wakeup(),
+            self.inbox.shed.next_wakeup(),
         ]
-        watch_clock = self.config.schedules or self._history_path is not None
+        watch_clock = self.config.schedules or self.clock.history is not None
         timeouts: list[float] = [CLOCK_CHECK_S] if watch_clock else []
         mono = self.now().mono
         timeouts.extend(wake - mono for wake in wakes if wake is not None)
@@ -363,7 +301,7 @@ class Runtime:
         return 0.0 if timeout <= 0 else timeout + TIMER_SLACK_S
 
     def _fired(self, schedule: str) -> None:
-        self._queue.put_nowait(_Fired(schedule))
+        self.inbox.put(_Fired(schedule))
 
     def _handle(self, item: BrokerEvent | _Wake | _Announce | _Fired | _DayTotals | None) -> None:
         """Apply one queued item (time is judged afterwards, by :meth:`_tick`)."""
@@ -399,26 +337,27 @@ class Runtime:
         """Time passed: deadlines, confirmations, retries, pauses and offers that are due."""
         self._switch_on_journaled()
         now = self.now()
-        if not self._queue.empty() and self.core.confirmation_due(now):
+        if not self.inbox.empty() and self.core.confirmation_due(now):
             # A plug's confirmation may be waiting in the backlog: apply what has already
             # arrived before calling the plug silent (rule 4). Bounded, so a flood cannot
             # hold back an OFF that is due; only then, so deadlines are judged at once.
             loop = asyncio.get_running_loop()
             batch_end = loop.time() + BATCH_S
-            while not self._queue.empty() and loop.time() < batch_end:
-                item = self._taken(self._queue.get_nowait())
+            while not self.inbox.empty() and loop.time() < batch_end:
+                item = self.inbox.get_nowait()
                 if isinstance(item, _Shutdown):
-                    self._queue.put_nowait(item)
+                    self.inbox.put(item)
                     break
                 self._handle(item)
             now = self.now()
         self.apply(self.controller.tick(now))
         for summary in self._rejections.due(now.mono):
             self._publish_event(summary)
-        shed = self._shed.due(now.mono)
-        if shed:
-            self._log_shed(shed)
-        self._check_wall_clock(now)
+        self.inbox.shed_due(now.mono)
+        stepped = self.clock.check(now)
+        if stepped is not None and self.config.schedules:
+            self.clock_jobs.clock_stepped(stepped)
+            self.apply(self._schedule_states())
 
     def _from_hass(self, item: Received) -> None:
         if self.hass.is_birth(item.topic, item.payload):
@@ -427,7 +366,7 @@ class Runtime:
             self._announce_pending = True
             delay = BIRTH_DELAY_S + random.uniform(0, BIRTH_JITTER_S)  # noqa: S311 - jitter only
             log.info("homeassistant_online", rediscovery_in_s=round(delay, 1))
-            asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, _Announce())
+            asyncio.get_running_loop().call_later(delay, self.inbox.put, _Announce())
             return
         leftovers = self.hass.leftover(item.topic, item.payload, item.retain)
         if leftovers:
@@ -477,54 +416,6 @@ class Runtime:
             self.schedules.state_message(key, self.clock_jobs.next_run(key))
             for key in self.config.schedules
         ]
-
-    def _check_wall_clock(self, now: Now) -> None:
-        """Safety rule 3 keeps sessions on the monotonic clock; schedules and the day do not.
-
-        A step makes APScheduler judge its jobs at once (a run the step skipped over still
-        fires within the misfire grace); a new local date has its total read from history.
-        """
-        offset = now.wall.timestamp() - now.mono
-        if self._wall_offset is not None and abs(offset - self._wall_offset) > CLOCK_STEP_S:
-            stepped = offset - self._wall_offset
-            log.warning("wall_clock_stepped", seconds=round(stepped))
-            if self.config.schedules:
-                self.clock_jobs.clock_stepped(stepped)
-                self.apply(self._schedule_states())
-        self._wall_offset = offset
-        self._check_day(now)
-
-    def _check_day(self, now: Now) -> None:
-        """A local date not asked for yet: read its sessions on a thread, answer via the queue."""
-        day = now.wall.date()
-        if day == self._day_asked:
-            return
-        self._day_asked = day
-        if self._history_path is None:
-            # Nothing to read: the day counts what the core sees (it must not wait for history).
-            self._queue.put_nowait(_DayTotals(day, {}))
-            return
-        loop = asyncio.get_running_loop()
-        reading = loop.run_in_executor(None, read_day, self._history_path, day)
-
-        def answer(done: asyncio.Future[dict[str, dict[str, float]]]) -> None:
-            rows: Mapping[str, Mapping[str, float]] = {}
-            if done.cancelled():
-                return
-            error = done.exception()
-            if error is None:
-                rows = done.result()
-            else:
-                # Rule 12: reported; the day counts what the core saw itself.
-                log.error(
-                    "storage_error",
-                    operation="read_day",
-                    path=str(self._history_path),
-                    error=str(error),
-                )
-            self._queue.put_nowait(_DayTotals(day, rows))
-
-        reading.add_done_callback(answer)
 
     def _rejection_key(self, event: Event) -> str | None:
         """A configured routine or schedule has rejections of its own: ``redlight routine``
@@ -605,7 +496,7 @@ class Runtime:
         the queued item wakes the loop, and finds nothing left to do.
         """
         self._acked.append(session_id)
-        self._queue.put_nowait(_Wake())
+        self.inbox.put(_Wake())
 
     def _switch_on_journaled(self) -> None:
         while self._acked:
@@ -627,11 +518,7 @@ class Runtime:
                 break
             wake = self.core.next_wakeup()
             wait = remaining if wake is None else min(remaining, max(0.0, wake - self.now().mono))
-            item: Item | None
-            try:
-                item = self._taken(await asyncio.wait_for(self._queue.get(), wait))
-            except TimeoutError:
-                item = None
+            item = await self.inbox.get(wait)
             if isinstance(item, Received):
                 now = self.now()
                 self.apply(self.controller.receive(item.topic, item.payload, item.retain, now))

@@ -10,9 +10,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from redlight.broker import UNWRITTEN_LIMIT, Message, Received
+from redlight.inbox import INBOUND_COMMANDS
 from redlight.membroker import MemoryClient
 from redlight.messages import Event
-from redlight.runtime import BIRTH_DELAY_S, BIRTH_JITTER_S, INBOUND_COMMANDS
+from redlight.runtime import BIRTH_DELAY_S, BIRTH_JITTER_S
 from redlight.shedding import RejectionGate, ShedCounter
 from tests.unit.corekit import START_WALL
 from tests.unit.test_runtime import Rig, body, clock, left_only, make_rig
