@@ -211,19 +211,25 @@ class Core:
         if self._wild_routes:
             routed = routed + [p for f, p in self._wild_routes if topic_matches_sub(f, topic)]
         for panel in routed:
-            report = panel.plug.read(topic, payload)
-            if isinstance(report, PlugState):
-                # A retained state is the plug's last word, perhaps from before a gap; it is
-                # news of now only for a plug that cannot be asked.
-                fresh = not retain or not panel.plug.state_request
-                self.reports.state(panel, report.on, now, fresh=fresh)
-            elif isinstance(report, PlugAvailability):
-                self.reports.availability(panel, report, now)
-            if panel.power.min_w is not None:
-                watts = panel.plug.power(topic, payload)
-                if watts is not None:
-                    self.reports.power(panel, watts, now)
+            self._plug_message(panel, topic, payload, retain, now)
         return self._flush(now)
+
+    def _plug_message(
+        self, panel: Panel, topic: str, payload: bytes, retain: bool, now: Now
+    ) -> None:
+        """What ``panel``'s plug said, read by its preset: its relay, its being there, power."""
+        report = panel.plug.read(topic, payload)
+        if isinstance(report, PlugState):
+            # A retained state is the plug's last word, perhaps from before a gap; it is
+            # news of now only for a plug that cannot be asked.
+            fresh = not retain or not panel.plug.state_request
+            self.reports.state(panel, report.on, now, fresh=fresh)
+        elif isinstance(report, PlugAvailability):
+            self.reports.availability(panel, report, now)
+        if panel.power.min_w is not None:
+            watts = panel.plug.power(topic, payload)
+            if watts is not None:
+                self.reports.power(panel, watts, now)
 
     def start(
         self,
