@@ -120,21 +120,28 @@ class Acks:
 
 
 class Gate:
-    """A fault seam that holds the writer's attempts until :meth:`open` (bounded)."""
+    """A fault seam: while it is closed, the writer's attempts wait for it to open (bounded)."""
 
     def __init__(self) -> None:
         """Closed: the next attempt waits."""
-        self.entered = threading.Event()
+        #: Set once an attempt waits at the closed gate.
+        self.held = threading.Event()
         self._open = threading.Event()
 
     def __call__(self, operation: str) -> None:
         """Called by the writer at the start of each attempt."""
-        self.entered.set()
-        assert self._open.wait(5.0), "the test never opened the gate"
+        if not self._open.is_set():
+            self.held.set()
+            assert self._open.wait(5.0), "the test never opened the gate"
 
     def open(self) -> None:
         """Let the writer go on."""
         self._open.set()
+
+    def close(self) -> None:
+        """Hold the next attempt again."""
+        self.held.clear()
+        self._open.clear()
 
 
 # ------------------------------------------------------------------------------ schema
@@ -227,7 +234,7 @@ def test_a_journal_row_is_acknowledged_once_after_it_is_committed(db: Path) -> N
     writer = HistoryWriter(db, fault=gate)
     try:
         writer.session_opened(session("s1"), acks.callback("s1"))
-        assert gate.entered.wait(5.0)
+        assert gate.held.wait(5.0)
         # The writer holds s1's write: the calls return, and nothing is acknowledged yet.
         writer.session_opened(session("s2"), acks.callback("s2"))
         writer.session_closed("s2", T0 + timedelta(minutes=10), 600.0, "completed", 30.0)

@@ -335,7 +335,7 @@ def test_journal_rows_the_writer_is_behind_on_are_acknowledged_once(db: Path) ->
     try:
         with capture_logs() as logs:
             writer.session_opened(session("s0"), acks.callback("s0"))
-            assert gate.entered.wait(5.0)  # s0's write is under way, and slow
+            assert gate.held.wait(5.0)  # s0's write is under way, and slow
             for n in range(1, 4):
                 writer.session_opened(session(f"s{n}"), acks.callback(f"s{n}"))
             gate.open()
