@@ -484,13 +484,13 @@ class Runtime:
             irradiance_mw_cm2=opened.irradiance_mw_cm2,
         )
 
-        def acknowledged() -> None:  # on the writer thread
+        def acknowledged() -> None:  # on the writer thread (here, if the writer is closed)
             loop.call_soon_threadsafe(self._journaled, row.id)
 
         self.writer.session_opened(row, acknowledged)
 
     def _journaled(self, session_id: str) -> None:
-        """The writer thread has the row (called on the loop): the ON goes out next.
+        """The row is committed, or will not be soon (called on the loop): the ON goes out next.
 
         Ahead of whatever waits in the queue, so a flood of messages cannot delay an ON;
         the queued item wakes the loop, and finds nothing left to do.

@@ -453,18 +453,30 @@ STILL_FAILING_LOG_S: Final = 60.0
 class _Ack:
     """Tells whoever waits for a journal row, once, that it is committed or will not be soon.
 
-    Called on the writer thread; the runtime's callback hands it to the event loop.
+    Set on the writer thread, or in the caller's when the writer is closed (the row never
+    reaches the thread); the runtime's callback hands it to the event loop. Set again (a row
+    released as the writer falls behind, then written) it does nothing: one ON per session.
     """
 
-    __slots__ = ("_callback",)
+    __slots__ = ("_callback", "_session")
 
-    def __init__(self, callback: Callable[[], None]) -> None:
+    def __init__(self, callback: Callable[[], None], session: str) -> None:
         self._callback: Callable[[], None] | None = callback
+        self._session = session
 
     def set(self) -> None:
         callback, self._callback = self._callback, None
-        if callback is not None:
+        if callback is None:
+            return
+        try:
             callback()
+        except Exception as error:  # rule 12: a broken waiter must not stop the writer thread
+            log.exception(
+                "storage_error",
+                operation="acknowledge",
+                session=self._session,
+                error=str(error) or type(error).__name__,
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,11 +645,13 @@ class HistoryWriter:
     ) -> None:
         """Write a session's journal row (enqueued; returns at once).
 
-        ``acknowledged`` is called, on the writer thread, once the row is committed; also
-        when it will not be soon (writes are failing or behind, the buffer dropped it, the
-        writer is closed), since only the session's ON waits for it.
+        ``acknowledged`` is called exactly once, on the writer thread, after the row is
+        committed; or as soon as it will not be soon (writes are failing or behind, the buffer
+        dropped it, the write was given up), since the session's ON waits for it (rule 8) and
+        must not wait on a sick disk (rule 12). On a closed writer it is called at once, in the
+        caller's thread. What it raises is logged as ``storage_error``, never passed on.
         """
-        done = _Ack(acknowledged) if acknowledged is not None else None
+        done = _Ack(acknowledged, row.id) if acknowledged is not None else None
         if not self._put(_Open(row, done)) and done is not None:
             done.set()
 

@@ -18,11 +18,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from redlight.broker import Message
+from redlight.clockwatch import CLOCK_CHECK_S
 from redlight.config import Config
 from redlight.core import Now, Restored
 from redlight.membroker import MemoryBroker, MemoryClient
 from redlight.messages import Topics, status_message
-from redlight.runtime import CLOCK_CHECK_S, Runtime, restore
+from redlight.runtime import Runtime, restore
 from redlight.simplug import SimulatedPlug
 from redlight.storage import History, HistoryWriter, SessionRow
 from tests.unit.clockkit import FakeWall, patch_wall

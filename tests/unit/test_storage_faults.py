@@ -17,7 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from redlight.storage import History, HistoryWriter
-from tests.unit.test_storage import T0, session
+from tests.unit.test_storage import T0, Ack, Acks, Gate, committed, session
 
 #: Fast retries, so a test spends milliseconds per failed attempt, not the daemon's seconds.
 FAST = (0.005, 0.02)
@@ -244,22 +244,47 @@ def test_a_session_closed_while_writes_fail_lands_complete(
     assert rows(db) == {"s1": "completed"}
 
 
-def test_session_opened_does_not_wait_while_writes_fail(
-    writer: HistoryWriter, faults: Faults
+def test_journal_rows_are_acknowledged_while_writes_fail(
+    db: Path, writer: HistoryWriter, faults: Faults
 ) -> None:
-    """While writes fail, session_opened returns without waiting for its journal row."""
+    """A row whose write fails is acknowledged after that attempt, and rows that come while
+    writes fail at once: no ON waits on a sick disk. Each once, also after they land."""
+    History.open(db).close()
     faults.fail(10**9)
-    writer.session_opened(session("s1"))
-    faults.wait_attempts(1)
-    with capture_logs() as logs:
-        started = time.monotonic()
-        for n in range(20):
-            writer.session_opened(session(f"s{n + 2}"))
-        took = time.monotonic() - started
-    assert not events(logs, "storage_slow")
-    assert took < 1.0  # 20 journal waits would be 2 s (generous for a busy machine)
+    acks = Acks(db)
+    writer.session_opened(session("s1"), acks.callback("s1"))
+    acks.wait(1)
+    for n in range(2, 22):
+        writer.session_opened(session(f"s{n}"), acks.callback(f"s{n}"))
+    acks.wait(21)  # while the first write is still being retried
     faults.clear()
     assert writer.flush(5.0)
+    assert acks.calls == [Ack(f"s{n}", "redlight-history", {}) for n in range(1, 22)]
+    assert committed(db) == {f"s{n}": None for n in range(1, 22)}
+
+
+def test_a_journal_row_given_up_is_acknowledged(db: Path) -> None:
+    """A write that can never succeed is logged, dropped, and its waiter released."""
+
+    def bad_row(operation: str) -> None:
+        raise sqlite3.IntegrityError("bad row")
+
+    History.open(db).close()
+    acks = Acks(db)
+    writer = HistoryWriter(db, retry_s=FAST, fault=bad_row)
+    try:
+        with capture_logs() as logs:
+            writer.session_opened(session("s1"), acks.callback("s1"))
+            assert writer.flush(5.0)
+    finally:
+        writer.close(timeout=5.0)
+    assert acks.calls == [Ack("s1", "redlight-history", {})]
+    [error] = events(logs, "storage_error")
+    assert (error["operation"], error["error"], error["retrying"]) == (
+        "session_opened",
+        "bad row",
+        False,
+    )
 
 
 # ------------------------------------------------------------------------ overflow
@@ -298,6 +323,34 @@ def test_overflow_is_logged_once_with_a_count_and_the_journal_survives(
     assert rows(db) == {"journal": None, "c7": "completed", "c8": "completed", "c9": "completed"}
     with History.open(db) as history:
         assert history.get_setting("k") == "v"
+
+
+def test_journal_rows_the_writer_is_behind_on_are_acknowledged_once(db: Path) -> None:
+    """A burst beyond the buffer while a write is slow: the row it drops and the rows it is
+    now behind on are acknowledged at once, unwritten; each exactly once, also when written."""
+    History.open(db).close()
+    gate = Gate()
+    acks = Acks(db)
+    writer = HistoryWriter(db, capacity=2, retry_s=FAST, fault=gate)
+    try:
+        with capture_logs() as logs:
+            writer.session_opened(session("s0"), acks.callback("s0"))
+            assert gate.held.wait(5.0)  # s0's write is under way, and slow
+            for n in range(1, 4):
+                writer.session_opened(session(f"s{n}"), acks.callback(f"s{n}"))
+            gate.open()
+            assert writer.flush(5.0)
+    finally:
+        writer.close(timeout=5.0)
+    assert acks.calls == [
+        Ack("s0", "redlight-history", {"s0": None}),
+        Ack("s1", "redlight-history", {"s0": None}),  # dropped by the overflow
+        Ack("s2", "redlight-history", {"s0": None}),  # behind: written after
+        Ack("s3", "redlight-history", {"s0": None}),
+    ]
+    assert committed(db) == {"s0": None, "s2": None, "s3": None}
+    [overflow] = events(logs, "storage_overflow")
+    assert overflow["operation"] == "session_opened"
 
 
 # ---------------------------------------------------------------------------- stop
