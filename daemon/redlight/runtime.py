@@ -13,7 +13,7 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Final, TypeAlias
@@ -32,13 +32,11 @@ from redlight.core import (
     Restored,
     Resubscribe,
     ScheduleChanged,
-    SessionClosed,
-    SessionOpened,
-    SettingChanged,
 )
 from redlight.hass import HassBridge
 from redlight.inbox import Inbox
 from redlight.messages import Event, event_messages, status_message
+from redlight.recorder import Recorder
 from redlight.routines import Routines
 from redlight.schedules import ScheduleClock, Schedules, setting_key
 from redlight.shedding import RejectionGate
@@ -124,7 +122,7 @@ def restore(
 def _restore(history: History, config: Config, wall: datetime) -> tuple[Restored, list[SessionRow]]:
     interrupted = history.close_interrupted(wall)
     # Read by session id, so that the core can merge later reads of the same day (after a clock
-    # step or at midnight: Runtime._check_day) with what it saw itself, counting each once.
+    # step or at midnight: ClockWatch) with what it saw itself, counting each once.
     day = wall.date()
     sessions = history.day_sessions(day)
     today: dict[str, float] = {}
@@ -229,8 +227,7 @@ class Runtime:
             self.core.topics.base, set(self.core.subscriptions()) - commands
         )
         self._queue = self.inbox.queue  # for tests that look into it
-        #: Sessions whose journal row the writer has acknowledged: their ONs go out next.
-        self._acked: list[str] = []
+        self.recorder = Recorder(writer, lambda: self.inbox.put(_Wake()))
         self.connected_once = asyncio.Event()
         self._announce_pending = False
         self._rejections = RejectionGate()
@@ -379,7 +376,9 @@ class Runtime:
         self.broker.subscribe(self.core.subscriptions() + self.hass.subscriptions())
         effects = self.controller.connect(now)
         if first:
-            effects.extend(self._interrupted_events(now))
+            # Rule 8: the sessions a crash left open were closed at start-up; now they are told.
+            effects.extend(interrupted_events(self._interrupted, self.core.panels, now))
+            self._interrupted = []
         self.apply(effects)
         self.broker.publish(status_message(self.core.topics, online=True))
         # Discovery on every connect: Home Assistant's birth is not retained, so a redlight
@@ -388,21 +387,6 @@ class Runtime:
         self.apply(self._schedule_states())
         self.notifier.status(f"connected; {len(self.core.panels)} panels")
         self.connected_once.set()
-
-    def _interrupted_events(self, now: Now) -> list[Effect]:
-        events: list[Effect] = []
-        for row in self._interrupted:
-            if row.panel in self.core.panels:
-                events.append(
-                    Event(
-                        "session_finished",
-                        row.panel,
-                        now.wall,
-                        {"session": row.id, "source": row.source, "reason": "interrupted"},
-                    )
-                )
-        self._interrupted = []
-        return events
 
     def apply(self, effects: Iterable[Effect]) -> None:
         """Carry out effects in order (the core puts plug commands first); nothing reads them
@@ -435,29 +419,12 @@ class Runtime:
         log.info(event.event_type, panel=event.panel, **event.fields)
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
+        """Each effect to its adapter: the broker, the log, the history, APScheduler."""
         for effect in effects:
             if isinstance(effect, Message):
                 self.broker.publish(effect)
             elif isinstance(effect, Event):
-                if effect.event_type == "command_rejected" and not self._rejections.admit(
-                    effect, self.now().mono, self._rejection_key(effect)
-                ):
-                    continue  # counted: the summary follows within a second
-                self._publish_event(effect)
-            elif isinstance(effect, SessionOpened):
-                self._journal(effect)
-            elif isinstance(effect, SessionClosed):
-                if self.writer is not None:
-                    self.writer.session_closed(
-                        effect.id,
-                        effect.ended_at,
-                        effect.actual_s,
-                        effect.reason,
-                        effect.dose_j_cm2,
-                    )
-            elif isinstance(effect, SettingChanged):
-                if self.writer is not None:
-                    self.writer.set_setting(effect.key, effect.value)
+                self._event(effect)
             elif isinstance(effect, LogLine):
                 getattr(log, effect.level)(effect.event, **effect.fields)
             elif isinstance(effect, Resubscribe):
@@ -466,41 +433,19 @@ class Runtime:
                 self.clock_jobs.set_enabled(effect.schedule, effect.enabled)
                 next_run = self.clock_jobs.next_run(effect.schedule)
                 self.broker.publish(self.schedules.state_message(effect.schedule, next_run))
+            else:
+                self.recorder.record(effect)
 
-    def _journal(self, opened: SessionOpened) -> None:
-        """Safety rule 8: the journal row goes to the writer thread, which acknowledges it
-        through :meth:`_journaled`; the session's ON waits for that, never the loop."""
-        if self.writer is None:
-            self._acked.append(opened.id)  # nothing to wait for
-            return
-        loop = asyncio.get_running_loop()
-        row = SessionRow(
-            id=opened.id,
-            panel=opened.panel,
-            area=opened.area,
-            source=opened.source,
-            started_at=opened.started_at,
-            planned_s=opened.planned_s,
-            irradiance_mw_cm2=opened.irradiance_mw_cm2,
-        )
-
-        def acknowledged() -> None:  # on the writer thread (here, if the writer is closed)
-            loop.call_soon_threadsafe(self._journaled, row.id)
-
-        self.writer.session_opened(row, acknowledged)
-
-    def _journaled(self, session_id: str) -> None:
-        """The row is committed, or will not be soon (called on the loop): the ON goes out next.
-
-        Ahead of whatever waits in the queue, so a flood of messages cannot delay an ON;
-        the queued item wakes the loop, and finds nothing left to do.
-        """
-        self._acked.append(session_id)
-        self.inbox.put(_Wake())
+    def _event(self, event: Event) -> None:
+        rejected = event.event_type == "command_rejected"
+        if rejected and not self._rejections.admit(
+            event, self.now().mono, self._rejection_key(event)
+        ):
+            return  # counted: the summary follows within a second
+        self._publish_event(event)
 
     def _switch_on_journaled(self) -> None:
-        while self._acked:
-            acked, self._acked = self._acked, []
+        while acked := self.recorder.take_acked():
             for session_id in acked:
                 self.apply(self.controller.journaled(session_id, self.now()))
 
@@ -532,6 +477,22 @@ class Runtime:
         if self.writer is not None:
             self.writer.close(timeout=2.0)
         log.info("stopped")
+
+
+def interrupted_events(
+    rows: Iterable[SessionRow], panels: Container[str], now: Now
+) -> list[Effect]:
+    """``session_finished`` (reason ``interrupted``) for each session a crash left open."""
+    return [
+        Event(
+            "session_finished",
+            row.panel,
+            now.wall,
+            {"session": row.id, "source": row.source, "reason": "interrupted"},
+        )
+        for row in rows
+        if row.panel in panels
+    ]
 
 
 def open_history(config: Config) -> tuple[History | None, HistoryWriter]:
