@@ -9,7 +9,8 @@ import secrets
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from paho.mqtt.client import topic_matches_sub
@@ -18,8 +19,11 @@ from redlight import __version__
 from redlight.broker import BrokerClient, BrokerError, Connected, Disconnected, Message, Received
 from redlight.config import Config, ConfigError, config_path, describe, load_config
 from redlight.durations import format_duration, parse_duration
-from redlight.messages import Topics, dumps
+from redlight.messages import Topics, dumps, loads_object
 from redlight.presets import PlugState, build_plug
+
+if TYPE_CHECKING:
+    from redlight.storage import SessionRow
 
 log = structlog.get_logger("redlight")
 
@@ -68,32 +72,46 @@ _EXIT_CODES: Final = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with one sub-command per SPEC §5 row."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        metavar="PATH",
-        help="config file (default: $REDLIGHT_CONFIG or /etc/redlight/config.toml)",
-    )
     parser = argparse.ArgumentParser(
         prog="redlight",
         description="Safe timed red-light therapy sessions on MQTT smart plugs.",
         epilog=_EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"redlight {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = _Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    _add_service_commands(commands)
+    _add_session_commands(commands)
+    _add_report_commands(commands)
+    return parser
 
-    def command(name: str, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
+
+class _Commands:
+    """Adds sub-commands that share ``--config`` and show their examples in ``--help``."""
+
+    def __init__(self, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        self.sub = sub
+        self.common = argparse.ArgumentParser(add_help=False)
+        self.common.add_argument(
+            "--config",
+            metavar="PATH",
+            help="config file (default: $REDLIGHT_CONFIG or /etc/redlight/config.toml)",
+        )
+
+    def add(self, name: str, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
+        """A sub-command whose description is its help text as a sentence."""
         examples = "\n".join(f"  {line}" for line in _EXAMPLES[name])
-        return sub.add_parser(
+        return self.sub.add_parser(
             name,
-            parents=[common] if config else [],
+            parents=[self.common] if config else [],
             help=help_text,
             description=help_text[0].upper() + help_text[1:] + ".",
             epilog=f"examples:\n{examples}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    run = command("run", "run the daemon in the foreground")
+
+def _add_service_commands(commands: _Commands) -> None:
+    run = commands.add("run", "run the daemon in the foreground")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument(
         "--log-format",
@@ -101,10 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "console", "json"],
         help="auto: console on a terminal, JSON lines otherwise (journald is detected)",
     )
-    command("check", "validate the config file: one line per problem")
-    command("status", "show every panel's state, read from the broker")
+    commands.add("check", "validate the config file: one line per problem")
+    commands.add("status", "show every panel's state, read from the broker")
 
-    start = command("start", "start a session (or a routine) and print the outcome")
+
+def _add_session_commands(commands: _Commands) -> None:
+    start = commands.add("start", "start a session (or a routine) and print the outcome")
     start.add_argument("panel", nargs="?", help="panel id")
     group = start.add_mutually_exclusive_group()
     group.add_argument("--duration", help="session length, e.g. 90s, 10m")
@@ -112,23 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--routine", metavar="ID", help="start a routine instead of a panel")
     start.add_argument("--follow", action="store_true", help="show a countdown until it ends")
 
-    stop = command("stop", "stop a session, or every session")
+    stop = commands.add("stop", "stop a session, or every session")
     stop.add_argument("panel", nargs="?", help="panel id")
     stop.add_argument("--all", action="store_true", help="stop every session")
 
-    off = command("off", "switch every plug OFF directly, without the daemon")
+    off = commands.add("off", "switch every plug OFF directly, without the daemon")
     off.add_argument("--all", action="store_true", required=True, help="every configured plug")
 
-    history = command("history", "sessions, minutes and dose per day and panel; adherence; streak")
+
+def _add_report_commands(commands: _Commands) -> None:
+    history = commands.add(
+        "history", "sessions, minutes and dose per day and panel; adherence; streak"
+    )
     history.add_argument("--days", type=int, default=14, help="how many days back (default 14)")
     history.add_argument("--panel", metavar="ID", help="only this panel")
     history.add_argument("--json", action="store_true", help="JSON for scripts")
 
-    command("schedules", "list schedules with their enabled state and next run")
-    command("demo", "the whole system with simulated plugs: no broker, no hardware", config=False)
-    completion = command("completion", "print a shell completion script", config=False)
+    commands.add("schedules", "list schedules with their enabled state and next run")
+    commands.add(
+        "demo", "the whole system with simulated plugs: no broker, no hardware", config=False
+    )
+    completion = commands.add("completion", "print a shell completion script", config=False)
     completion.add_argument("shell", choices=["bash", "zsh"])
-    return parser
 
 
 def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
@@ -206,6 +231,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             log_format=args.log_format,
         )
     _quiet_logging()
+    return _client_command(config, args)
+
+
+def _client_command(config: Config, args: argparse.Namespace) -> int:
+    """The commands that talk to the broker, or read the history, as a client of the daemon."""
     if args.command == "history":
         return _history(config, args)
     if args.command == "status":
@@ -250,7 +280,6 @@ def _plural(count: int, noun: str) -> str:
 
 def _history(config: Config, args: argparse.Namespace) -> int:
     from redlight.history import as_json, as_text, build_report
-    from redlight.storage import History, StorageError
 
     if not 1 <= args.days <= 3660:
         raise UserError("--days must be between 1 and 3660")
@@ -262,25 +291,8 @@ def _history(config: Config, args: argparse.Namespace) -> int:
     assert zone is not None
     today = now.date()
     since = datetime.combine(today - timedelta(days=args.days - 1), datetime.min.time(), zone)
-    # "No history yet" is a fine answer (exit 0); a database that is there but cannot be read
-    # is not, and must not look like one (exit 1, the path and why).
-    empty: str | None = None
-    rows = []
-    try:
-        path.stat()
-    except FileNotFoundError:
-        empty = f"{path} does not exist yet (redlight run creates it)"
-    except OSError as error:
-        raise UserError(f"the history database is unavailable: {path}: {error.strerror}") from None
-    if empty is None:
-        # The streak may reach back before the period: read up to a year before it.
-        try:
-            with History.open(path) as history:
-                rows = history.sessions(since=since - timedelta(days=366))
-                if not rows and not history.has_sessions():
-                    empty = f"{path} holds no sessions"
-        except StorageError as error:
-            raise UserError(f"the history database is unavailable: {error}") from None
+    # The streak may reach back before the period: read up to a year before it.
+    rows, empty = _read_history(path, since=since - timedelta(days=366))
     report = build_report(
         config, rows, today=today, days=args.days, zone=zone, now=now, panel=args.panel
     )
@@ -291,6 +303,30 @@ def _history(config: Config, args: argparse.Namespace) -> int:
     else:
         print("\n".join(as_text(report)))
     return EXIT_OK
+
+
+def _read_history(path: Path, *, since: datetime) -> tuple[list[SessionRow], str | None]:
+    """The sessions since ``since``, and why there are none when the history is empty.
+
+    "No history yet" is a fine answer (exit 0); a database that is there but cannot be read
+    is not, and must not look like one (exit 1, the path and why).
+    """
+    from redlight.storage import History, StorageError
+
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return [], f"{path} does not exist yet (redlight run creates it)"
+    except OSError as error:
+        raise UserError(f"the history database is unavailable: {path}: {error.strerror}") from None
+    try:
+        with History.open(path) as history:
+            rows = history.sessions(since=since)
+            if not rows and not history.has_sessions():
+                return rows, f"{path} holds no sessions"
+    except StorageError as error:
+        raise UserError(f"the history database is unavailable: {error}") from None
+    return rows, None
 
 
 # ---------------------------------------------------------------------- broker clients
@@ -377,11 +413,7 @@ async def _daemon_online(link: Link) -> None:
 
 
 def _json(payload: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(payload)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    return loads_object(payload) or {}
 
 
 async def _status(config: Config) -> int:
@@ -428,13 +460,8 @@ def _left(ends_at: object) -> str:
     return f", {format_duration(seconds)} left"
 
 
-async def _start(config: Config, args: argparse.Namespace) -> int:
-    if args.routine:
-        return await _start_routine(config, args.routine, follow=args.follow)
-    if not args.panel:
-        raise UserError("name a panel to start, e.g. 'redlight start hip_left'")
-    if args.panel not in config.panels:
-        raise UserError(f"there is no panel {args.panel!r} in the config")
+def _start_command(args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON start command for ``redlight start PANEL``, with a fresh request id."""
     body: dict[str, Any] = {"action": "start", "source": "cli"}
     if args.duration:
         try:
@@ -443,8 +470,30 @@ async def _start(config: Config, args: argparse.Namespace) -> int:
             raise UserError(f"--duration: {error}") from None
     if args.dose is not None:
         body["dose_j_cm2"] = args.dose
-    request_id = f"cli-{secrets.token_hex(4)}"
-    body["request_id"] = request_id
+    body["request_id"] = f"cli-{secrets.token_hex(4)}"
+    return body
+
+
+def _answer(answer: Received | None) -> dict[str, Any] | None:
+    """The daemon's answer to a start as an event, or None (said on stderr) if it was refused."""
+    if answer is None:
+        raise UserError(f"redlight did not answer within {ANSWER_TIMEOUT_S:g} s")
+    event = _json(answer.payload)
+    if event.get("event_type") == "command_rejected":
+        print(f"rejected: {event.get('message')} ({event.get('reason')})", file=sys.stderr)
+        return None
+    return event
+
+
+async def _start(config: Config, args: argparse.Namespace) -> int:
+    if args.routine:
+        return await _start_routine(config, args.routine, follow=args.follow)
+    if not args.panel:
+        raise UserError("name a panel to start, e.g. 'redlight start hip_left'")
+    if args.panel not in config.panels:
+        raise UserError(f"there is no panel {args.panel!r} in the config")
+    body = _start_command(args)
+    request_id = body["request_id"]
     async with Link(config, "cli") as link:
         await _daemon_online(link)
         event_topic = link.topics.panel_event(args.panel)
@@ -455,11 +504,8 @@ async def _start(config: Config, args: argparse.Namespace) -> int:
             lambda m: m.topic == event_topic and _json(m.payload).get("request_id") == request_id,
             ANSWER_TIMEOUT_S,
         )
-        if answer is None:
-            raise UserError(f"redlight did not answer within {ANSWER_TIMEOUT_S:g} s")
-        event = _json(answer.payload)
-        if event.get("event_type") == "command_rejected":
-            print(f"rejected: {event.get('message')} ({event.get('reason')})", file=sys.stderr)
+        event = _answer(answer)
+        if event is None:
             return EXIT_FAILED
         duration = event.get("duration_s", 0)
         print(
@@ -488,30 +534,31 @@ async def _start_routine(config: Config, routine_id: str, *, follow: bool) -> in
                 "routine_finished",
             }
 
-        answer = await link.wait_for(ours, ANSWER_TIMEOUT_S)
-        if answer is None:
-            raise UserError(f"redlight did not answer within {ANSWER_TIMEOUT_S:g} s")
-        event = _json(answer.payload)
-        if event.get("event_type") == "command_rejected":
-            print(f"rejected: {event.get('message')} ({event.get('reason')})", file=sys.stderr)
+        event = _answer(await link.wait_for(ours, ANSWER_TIMEOUT_S))
+        if event is None:
             return EXIT_FAILED
         print(f"started routine {event.get('name', routine_id)} ({event.get('steps')} steps)")
         if not follow:
             return EXIT_OK
-        while True:
-            message = await link.wait_for(
-                lambda m: _json(m.payload).get("routine") == routine_id, 24 * 3600.0
-            )
-            if message is None:
-                return EXIT_FAILED
-            event = _json(message.payload)
-            kind = event.get("event_type")
-            if kind == "routine_step":
-                what = event.get("prompt") or ", ".join(event.get("panels") or [])
-                print(f"step {event.get('step')}/{event.get('steps')}: {what}")
-            elif kind == "routine_finished":
-                print(f"routine finished: {event.get('reason')}")
-                return EXIT_OK if event.get("reason") == "completed" else EXIT_FAILED
+        return await _follow_routine(link, routine_id)
+
+
+async def _follow_routine(link: Link, routine_id: str) -> int:
+    """Each step of a routine as it begins, until its ``routine_finished`` event."""
+    while True:
+        message = await link.wait_for(
+            lambda m: _json(m.payload).get("routine") == routine_id, 24 * 3600.0
+        )
+        if message is None:
+            return EXIT_FAILED
+        event = _json(message.payload)
+        kind = event.get("event_type")
+        if kind == "routine_step":
+            what = event.get("prompt") or ", ".join(event.get("panels") or [])
+            print(f"step {event.get('step')}/{event.get('steps')}: {what}")
+        elif kind == "routine_finished":
+            print(f"routine finished: {event.get('reason')}")
+            return EXIT_OK if event.get("reason") == "completed" else EXIT_FAILED
 
 
 async def _schedules(config: Config) -> int:

@@ -136,6 +136,17 @@ def _seconds(value: object, what: str) -> float | str:
     return seconds
 
 
+def _body(text: str) -> tuple[dict[str, object], str | None] | Rejection:
+    """A JSON command's object and its ``request_id``: the part every JSON command shares."""
+    body = _json_object(text)
+    if isinstance(body, Rejection):
+        return body
+    request_id = _request_id(body)
+    if isinstance(request_id, Rejection):
+        return request_id
+    return body, request_id
+
+
 def parse_panel_command(payload: bytes) -> PanelCommand | Rejection:
     """Parse ``<b>/panel/<id>/set``: ``ON``, ``OFF`` or a JSON start/stop object."""
     text = _decode(payload)
@@ -145,24 +156,29 @@ def parse_panel_command(payload: bytes) -> PanelCommand | Rejection:
         return Start()
     if text.upper() == "OFF":
         return Stop()
-    body = _json_object(text)
-    if isinstance(body, Rejection):
-        return body
-    request_id = _request_id(body)
-    if isinstance(request_id, Rejection):
-        return request_id
+    parsed = _body(text)
+    if isinstance(parsed, Rejection):
+        return parsed
+    return _panel_action(*parsed)
+
+
+def _panel_action(body: dict[str, object], request_id: str | None) -> PanelCommand | Rejection:
+    """A JSON panel command: its ``action`` is ``start`` or ``stop``."""
     action = body.get("action")
     if action == "stop":
         unknown = set(body) - {"action", "request_id"}
-        if unknown:
-            return _unknown_keys(unknown, request_id)
-        return Stop(request_id=request_id)
+        return _unknown_keys(unknown, request_id) if unknown else Stop(request_id=request_id)
     if action != "start":
         return Rejection(
             "unknown_action",
             f"'action' must be 'start' or 'stop' (got {_quote(str(action))})",
             request_id,
         )
+    return _start(body, request_id)
+
+
+def _start(body: dict[str, object], request_id: str | None) -> Start | Rejection:
+    """A JSON ``start``: for a duration, for a dose, or for the panel's default."""
     unknown = set(body) - {"action", "duration", "dose_j_cm2", "request_id", "source"}
     if unknown:
         return _unknown_keys(unknown, request_id)
@@ -174,18 +190,31 @@ def parse_panel_command(payload: bytes) -> PanelCommand | Rejection:
             "invalid_payload", "give either 'duration' or 'dose_j_cm2', not both", request_id
         )
     if "duration" in body:
-        seconds = _seconds(body["duration"], "duration")
-        if isinstance(seconds, str):
-            return Rejection("invalid_duration", seconds, request_id)
-        return Start(duration_s=seconds, request_id=request_id, source=source)
+        return _duration_start(body["duration"], request_id, source)
     if "dose_j_cm2" in body:
-        dose = body["dose_j_cm2"]
-        if isinstance(dose, bool) or not isinstance(dose, int | float) or not _finite(dose):
-            return Rejection("invalid_dose", "'dose_j_cm2' must be a number", request_id)
-        if dose <= 0:
-            return Rejection("invalid_dose", "'dose_j_cm2' must be more than 0", request_id)
-        return Start(dose_j_cm2=float(dose), request_id=request_id, source=source)
+        return _dose_start(body["dose_j_cm2"], request_id, source)
     return Start(request_id=request_id, source=source)
+
+
+def _duration_start(
+    duration: object, request_id: str | None, source: Literal["homeassistant", "cli"]
+) -> Start | Rejection:
+    """A ``start`` for a duration, in seconds or as text such as ``"10m"``."""
+    seconds = _seconds(duration, "duration")
+    if isinstance(seconds, str):
+        return Rejection("invalid_duration", seconds, request_id)
+    return Start(duration_s=seconds, request_id=request_id, source=source)
+
+
+def _dose_start(
+    dose: object, request_id: str | None, source: Literal["homeassistant", "cli"]
+) -> Start | Rejection:
+    """A ``start`` for a dose: a finite number of J/cm² above 0."""
+    if isinstance(dose, bool) or not isinstance(dose, int | float) or not _finite(dose):
+        return Rejection("invalid_dose", "'dose_j_cm2' must be a number", request_id)
+    if dose <= 0:
+        return Rejection("invalid_dose", "'dose_j_cm2' must be more than 0", request_id)
+    return Start(dose_j_cm2=float(dose), request_id=request_id, source=source)
 
 
 def _finite(number: int | float) -> bool:
@@ -233,29 +262,32 @@ def parse_daemon_command(payload: bytes) -> DaemonCommand | Rejection:
     text = _decode(payload)
     if isinstance(text, Rejection):
         return text
-    body = _json_object(text)
-    if isinstance(body, Rejection):
-        return body
-    request_id = _request_id(body)
-    if isinstance(request_id, Rejection):
-        return request_id
+    parsed = _body(text)
+    if isinstance(parsed, Rejection):
+        return parsed
+    body, request_id = parsed
     action = body.get("action")
     if action == "stop_all":
         unknown = set(body) - {"action", "request_id"}
         return _unknown_keys(unknown, request_id) if unknown else StopAll(request_id)
     if action == "accept_offer":
-        offer = body.get("offer")
-        unknown = set(body) - {"action", "offer", "request_id"}
-        if unknown:
-            return _unknown_keys(unknown, request_id)
-        if not isinstance(offer, str) or not offer:
-            return Rejection("invalid_payload", "'offer' must name the offer to accept", request_id)
-        return AcceptOffer(offer, request_id)
+        return _accept_offer(body, request_id)
     return Rejection(
         "unknown_action",
         f"'action' must be 'stop_all' or 'accept_offer' (got {_quote(str(action))})",
         request_id,
     )
+
+
+def _accept_offer(body: dict[str, object], request_id: str | None) -> AcceptOffer | Rejection:
+    """An ``accept_offer`` names the offer it accepts, and nothing else."""
+    offer = body.get("offer")
+    unknown = set(body) - {"action", "offer", "request_id"}
+    if unknown:
+        return _unknown_keys(unknown, request_id)
+    if not isinstance(offer, str) or not offer:
+        return Rejection("invalid_payload", "'offer' must name the offer to accept", request_id)
+    return AcceptOffer(offer, request_id)
 
 
 def parse_routine_command(payload: bytes) -> RoutineCommand | Rejection:

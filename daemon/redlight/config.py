@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, time, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -39,6 +39,9 @@ from pydantic_settings import (
 
 from redlight.durations import format_duration, parse_duration
 from redlight.presets import PlugConfig, build_plug
+
+if TYPE_CHECKING:
+    from redlight.messages import Topics
 
 #: Safety rule 1: no session, step, schedule or command may keep a panel on longer than this.
 HARD_MAX_ON: Final = timedelta(minutes=15)
@@ -491,49 +494,60 @@ class Config(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        max_on = self.safety.max_on
-        for key in self.panels:
-            _check_id("panel", key)
-        for key in self.routines:
-            _check_id("routine", key)
-        for key in self.schedules:
-            _check_id("schedule", key)
+        """The checks that need more than one section; the first failure is the one reported."""
+        for kind, keys in (
+            ("panel", self.panels),
+            ("routine", self.routines),
+            ("schedule", self.schedules),
+        ):
+            for key in keys:
+                _check_id(kind, key)
         for key, panel in self.panels.items():
-            if panel.default_duration is not None and panel.default_duration > max_on:
-                raise ValueError(
-                    f"panels.{key}.default_duration: {format_duration(panel.default_duration)} "
-                    f"is more than safety.max_on ({format_duration(max_on)})"
-                )
-            if panel.default_duration is not None and panel.default_duration < timedelta(seconds=1):
-                raise ValueError(f"panels.{key}.default_duration: must be at least 1 second")
-            try:
-                plug = build_plug(key, panel.plug, base_topic=self.mqtt.base_topic)
-            except ValueError as error:
-                raise ValueError(f"panels.{key}.{error}") from None
-            if panel.min_power_w is not None and not plug.has_power:
-                raise ValueError(
-                    f"panels.{key}.min_power_w: the {panel.plug.preset} preset does not report "
-                    "power (tasmota, shelly_gen2 and zigbee2mqtt plugs that measure it do)"
-                )
+            self._check_panel(key, panel)
         for key, routine in self.routines.items():
             self._check_routine(key, routine)
         for key, schedule in self.schedules.items():
-            where = f"schedules.{key}"
-            if schedule.routine is not None and schedule.routine not in self.routines:
-                raise ValueError(f"{where}.routine: no routine named {schedule.routine!r}")
-            for name in schedule.panels or ():
-                if name not in self.panels:
-                    raise ValueError(f"{where}.panels: no panel named {name!r}")
-            if schedule.duration is not None and schedule.duration > max_on:
-                raise ValueError(
-                    f"{where}.duration: {format_duration(schedule.duration)} is more than "
-                    f"safety.max_on ({format_duration(max_on)})"
-                )
+            self._check_schedule(key, schedule)
         for where, topic in self._topics():
             problem = topic_problem(topic)
             if problem is not None:
                 raise ValueError(f"{where}: {problem} ({_shown(topic)})")
         return self
+
+    def _check_panel(self, key: str, panel: PanelConfig) -> None:
+        """Safety rule 1 for a panel's default, and a plug its preset can build."""
+        max_on = self.safety.max_on
+        if panel.default_duration is not None and panel.default_duration > max_on:
+            raise ValueError(
+                f"panels.{key}.default_duration: {format_duration(panel.default_duration)} "
+                f"is more than safety.max_on ({format_duration(max_on)})"
+            )
+        if panel.default_duration is not None and panel.default_duration < timedelta(seconds=1):
+            raise ValueError(f"panels.{key}.default_duration: must be at least 1 second")
+        try:
+            plug = build_plug(key, panel.plug, base_topic=self.mqtt.base_topic)
+        except ValueError as error:
+            raise ValueError(f"panels.{key}.{error}") from None
+        if panel.min_power_w is not None and not plug.has_power:
+            raise ValueError(
+                f"panels.{key}.min_power_w: the {panel.plug.preset} preset does not report "
+                "power (tasmota, shelly_gen2 and zigbee2mqtt plugs that measure it do)"
+            )
+
+    def _check_schedule(self, key: str, schedule: ScheduleConfig) -> None:
+        """A schedule names what exists, and safety rule 1 holds for its duration."""
+        where = f"schedules.{key}"
+        if schedule.routine is not None and schedule.routine not in self.routines:
+            raise ValueError(f"{where}.routine: no routine named {schedule.routine!r}")
+        for name in schedule.panels or ():
+            if name not in self.panels:
+                raise ValueError(f"{where}.panels: no panel named {name!r}")
+        max_on = self.safety.max_on
+        if schedule.duration is not None and schedule.duration > max_on:
+            raise ValueError(
+                f"{where}.duration: {format_duration(schedule.duration)} is more than "
+                f"safety.max_on ({format_duration(max_on)})"
+            )
 
     def _topics(self) -> Iterator[tuple[str, str]]:
         """Every topic redlight publishes or subscribes to, with the setting that shapes it.
@@ -542,7 +556,7 @@ class Config(BaseSettings):
         error names ``mqtt.base_topic`` rather than the first panel. A wildcard filter is
         checked with its '+' as the longest id it stands for.
         """
-        from redlight.hass import device_id, discovery_topic, panel_device_id
+        from redlight.hass import device_id, discovery_topic
         from redlight.messages import Topics
 
         base = self.mqtt.base_topic
@@ -556,26 +570,35 @@ class Config(BaseSettings):
             yield "homeassistant.discovery_prefix", discovery_topic(self, device_id(base))
             yield "homeassistant.status_topic", self.homeassistant.status_topic
         for key, panel in self.panels.items():
-            for topic in (
-                topics.panel_state(key),
-                topics.panel_set(key),
-                topics.panel_duration_set(key),
-                topics.panel_event(key),
-            ):
-                yield f"panels.{key}", topic
-            if self.homeassistant.enabled:
-                yield f"panels.{key}", discovery_topic(self, panel_device_id(base, key))
-            plug = build_plug(key, panel.plug, base_topic=base)
-            sent = [plug.command_topic, plug.failsafe_topic or ""]
-            sent += [m.topic for m in (*plug.state_request, *plug.power_request)]
-            for topic in [*sent, *plug.subscriptions]:
-                if topic:
-                    yield f"panels.{key}.plug", topic
+            yield from self._panel_topics(topics, key, panel)
         for key in self.routines:
             yield f"routines.{key}", topics.routine_set(key)
         for key in self.schedules:
             yield f"schedules.{key}", topics.schedule_set(key)
             yield f"schedules.{key}", topics.schedule_state(key)
+
+    def _panel_topics(
+        self, topics: Topics, key: str, panel: PanelConfig
+    ) -> Iterator[tuple[str, str]]:
+        """A panel's own topics, its discovery topic and every topic its plug is reached on."""
+        from redlight.hass import discovery_topic, panel_device_id
+
+        for topic in (
+            topics.panel_state(key),
+            topics.panel_set(key),
+            topics.panel_duration_set(key),
+            topics.panel_event(key),
+        ):
+            yield f"panels.{key}", topic
+        base = self.mqtt.base_topic
+        if self.homeassistant.enabled:
+            yield f"panels.{key}", discovery_topic(self, panel_device_id(base, key))
+        plug = build_plug(key, panel.plug, base_topic=base)
+        sent = [plug.command_topic, plug.failsafe_topic or ""]
+        sent += [m.topic for m in (*plug.state_request, *plug.power_request)]
+        for topic in [*sent, *plug.subscriptions]:
+            if topic:
+                yield f"panels.{key}.plug", topic
 
     def _check_routine(self, key: str, routine: RoutineConfig) -> None:
         """Safety rule 1: a routine may not keep a panel on longer than max_on in total."""

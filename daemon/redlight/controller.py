@@ -54,7 +54,9 @@ class Controller:
             return self._from_core(self.core.receive(topic, payload, retain, now), now)
         return self.dispatch(command, now)
 
-    def dispatch(self, command: Command | Refused, now: Now) -> list[Effect]:
+    def dispatch(  # noqa: PLR0911 - one case, one return, per kind of command
+        self, command: Command | Refused, now: Now
+    ) -> list[Effect]:
         """Carry out one routed command (or publish why it was refused)."""
         match command:
             case Refused():

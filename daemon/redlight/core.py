@@ -35,6 +35,7 @@ from redlight.effects import (
     SessionOpened,
     SettingChanged,
     event_effects,
+    rejection_event,
 )
 from redlight.limits import Limits
 from redlight.messages import Topics, clear_retained
@@ -99,18 +100,15 @@ class Core:
         new_id: Callable[[], str] | None = None,
         journal_wait_s: float = JOURNAL_WAIT_S,
     ) -> None:
-        """Build the panels from config; ``restored`` brings totals and settings from storage.
-
-        A session's ON waits for :meth:`journaled`, at most ``journal_wait_s``.
-        """
+        """The panels of ``config``, with ``restored`` from storage; an ON waits for
+        :meth:`journaled` at most ``journal_wait_s``."""
         self.config = config
         self.topics = Topics(config.mqtt.base_topic)
         safety = config.safety
         self.limits = Limits.from_safety(safety)
         self.max_on_s = self.limits.max_on_s
         self.poll_s = safety.poll_interval.total_seconds()
-        self.out = Outbox()
-        self.timers = Timers()
+        self.out, self.timers = Outbox(), Timers()
         confirm_s = safety.confirm_timeout.total_seconds()
         self.relays = RelayControl(self.out, self.timers, confirm_s, self.poll_s)
         restored = restored or Restored()
@@ -365,23 +363,11 @@ class Core:
             self.out.add(replace(clear_retained(topic), urgent=True))
         else:
             self.out.add(clear_retained(topic))
-        self.out.add(
-            LogLine(
-                "warning",
-                "retained_command_cleared",
-                {"topic": topic, "payload": payload[:64].decode("utf-8", "replace")},
-            )
-        )
+        text = payload[:64].decode("utf-8", "replace")
+        self.out.log("warning", "retained_command_cleared", topic=topic, payload=text)
 
-    def _reject(
-        self, panel: Panel | None, rejection: cmd.Rejection, now: Now, **extra: Any
-    ) -> None:
-        fields: dict[str, Any] = {"reason": rejection.reason, "message": rejection.message}
-        if rejection.allowed_at is not None:
-            fields["allowed_at"] = rejection.allowed_at
-        if rejection.request_id is not None:
-            fields["request_id"] = rejection.request_id
-        self._event("command_rejected", panel, now, **(fields | extra))
+    def _reject(self, panel: Panel | None, rejection: cmd.Rejection, now: Now) -> None:
+        self.out.add(rejection_event(rejection, panel.id if panel else None, now.wall))
 
     # ------------------------------------------------------------------ output
 

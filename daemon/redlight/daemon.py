@@ -11,7 +11,7 @@ from typing import Literal, TypeAlias
 import structlog
 
 from redlight.broker import BrokerClient, BrokerError, Message
-from redlight.config import Config, ConfigError, config_path, describe
+from redlight.config import Config, ConfigError, MqttConfig, config_path, describe
 from redlight.logs import configure_logging, register_secret
 from redlight.messages import Topics, status_message
 from redlight.mqtt import PahoClient, TlsOptions
@@ -52,8 +52,24 @@ def tls_options(config: Config) -> TlsOptions | None:
     mqtt = config.mqtt
     if not mqtt.address.tls:
         return None
-    files = {"tls_ca_file": mqtt.tls_ca_file, "tls_cert_file": mqtt.tls_cert_file}
-    files["tls_key_file"] = mqtt.tls_key_file
+    _check_readable(
+        {
+            "tls_ca_file": mqtt.tls_ca_file,
+            "tls_cert_file": mqtt.tls_cert_file,
+            "tls_key_file": mqtt.tls_key_file,
+        }
+    )
+    _check_loadable(mqtt)
+    return TlsOptions(
+        ca_file=mqtt.tls_ca_file,
+        cert_file=mqtt.tls_cert_file,
+        key_file=mqtt.tls_key_file,
+        insecure=mqtt.tls_insecure,
+    )
+
+
+def _check_readable(files: dict[str, Path | None]) -> None:
+    """Every configured TLS file can be read; a ``ConfigError`` line for each that cannot."""
     problems: list[str] = []
     for name, path in files.items():
         if path is None:
@@ -64,6 +80,11 @@ def tls_options(config: Config) -> TlsOptions | None:
             problems.append(f"mqtt.{name}: cannot read {path} ({error.strerror or error})")
     if problems:
         raise ConfigError(problems)
+
+
+def _check_loadable(mqtt: MqttConfig) -> None:
+    """The CA file and the certificate with its key are what OpenSSL can load."""
+    problems: list[str] = []
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if mqtt.tls_ca_file is not None:
         try:
@@ -84,12 +105,6 @@ def tls_options(config: Config) -> TlsOptions | None:
             )
     if problems:
         raise ConfigError(problems)
-    return TlsOptions(
-        ca_file=mqtt.tls_ca_file,
-        cert_file=mqtt.tls_cert_file,
-        key_file=mqtt.tls_key_file,
-        insecure=mqtt.tls_insecure,
-    )
 
 
 def run_daemon(

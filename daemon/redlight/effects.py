@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from redlight import commands as cmd
 from redlight.broker import Message
 from redlight.messages import Event, Topics, event_messages
 
@@ -130,6 +131,18 @@ class Outbox:
         out = sorted(self._effects, key=lambda effect: not urgent(effect))
         self._effects = []
         return out
+
+
+def rejection_event(
+    rejection: cmd.Rejection, panel: str | None, wall: datetime, **extra: Any
+) -> Event:
+    """``command_rejected``: reason and message, then ``allowed_at`` and ``request_id`` if set."""
+    fields: dict[str, Any] = {"reason": rejection.reason, "message": rejection.message}
+    if rejection.allowed_at is not None:
+        fields["allowed_at"] = rejection.allowed_at
+    if rejection.request_id is not None:
+        fields["request_id"] = rejection.request_id
+    return Event("command_rejected", panel, wall, fields | extra)
 
 
 def event_effects(topics: Topics, effects: Iterable[Effect]) -> list[Message]:

@@ -11,7 +11,6 @@ what any other client sees, and every command it sends goes through the same val
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from typing import Any, Final
 from redlight import __version__
 from redlight.broker import STATE_QOS, Message
 from redlight.config import Config
-from redlight.messages import Topics, clear_retained, dumps
+from redlight.messages import Topics, clear_retained, dumps, loads_object
 from redlight.presets import build_plug
 
 #: Every event type redlight publishes on a panel's event topic (SPEC §4).
@@ -96,6 +95,33 @@ def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
     topics = Topics(config.mqtt.base_topic)
     uid = panel_device_id(config.mqtt.base_topic, panel)
     state = topics.panel_state(panel)
+    return {
+        **_panel_controls(config, panel, uid, state),
+        **_panel_readings(uid, state),
+        "plug": {
+            "platform": "binary_sensor",
+            "unique_id": f"{uid}_plug",
+            "name": "Plug",
+            "device_class": "connectivity",
+            "entity_category": "diagnostic",
+            "state_topic": state,
+            "value_template": "{{ 'ON' if value_json.plug_online else 'OFF' }}",
+        },
+        **_relay_component(config, panel, uid, state),
+        "events": {
+            "platform": "event",
+            "unique_id": f"{uid}_events",
+            "name": "Session events",
+            "icon": "mdi:history",
+            "event_types": list(PANEL_EVENT_TYPES),
+            "state_topic": topics.panel_event(panel),
+        },
+    }
+
+
+def _panel_controls(config: Config, panel: str, uid: str, state: str) -> dict[str, dict[str, Any]]:
+    """What Home Assistant commands a panel with: the session switch and its length."""
+    topics = Topics(config.mqtt.base_topic)
     lowest, highest, step = length_bounds(config, panel)
     return {
         "session": {
@@ -127,6 +153,12 @@ def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
             "value_template": "{{ (value_json.default_duration_s / 60) | round(2) }}",
             "retain": False,
         },
+    }
+
+
+def _panel_readings(uid: str, state: str) -> dict[str, dict[str, Any]]:
+    """What a panel's state topic shows: when the session ends, its state, today's minutes."""
+    return {
         "ends": {
             "platform": "sensor",
             "unique_id": f"{uid}_ends",
@@ -156,24 +188,6 @@ def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
             "suggested_display_precision": 1,
             "state_topic": state,
             "value_template": "{{ (value_json.today_s / 60) | round(2) }}",
-        },
-        "plug": {
-            "platform": "binary_sensor",
-            "unique_id": f"{uid}_plug",
-            "name": "Plug",
-            "device_class": "connectivity",
-            "entity_category": "diagnostic",
-            "state_topic": state,
-            "value_template": "{{ 'ON' if value_json.plug_online else 'OFF' }}",
-        },
-        **_relay_component(config, panel, uid, state),
-        "events": {
-            "platform": "event",
-            "unique_id": f"{uid}_events",
-            "name": "Session events",
-            "icon": "mdi:history",
-            "event_types": list(PANEL_EVENT_TYPES),
-            "state_topic": topics.panel_event(panel),
         },
     }
 
@@ -233,9 +247,17 @@ def daemon_components(config: Config) -> dict[str, dict[str, Any]]:
             "retain": False,
         }
     for schedule_id, schedule in config.schedules.items():
-        label = schedule.name or schedule_id
-        state = topics.schedule_state(schedule_id)
-        components[f"schedule_{schedule_id}"] = {
+        components |= _schedule_components(topics, uid, schedule_id, schedule.name or schedule_id)
+    return components
+
+
+def _schedule_components(
+    topics: Topics, uid: str, schedule_id: str, label: str
+) -> dict[str, dict[str, Any]]:
+    """A schedule's enabled switch and its next-run sensor."""
+    state = topics.schedule_state(schedule_id)
+    return {
+        f"schedule_{schedule_id}": {
             "platform": "switch",
             "unique_id": f"{uid}_schedule_{schedule_id}",
             "name": f"{label} enabled",
@@ -248,16 +270,16 @@ def daemon_components(config: Config) -> dict[str, dict[str, Any]]:
             "value_template": "{{ 'ON' if value_json.enabled else 'OFF' }}",
             "retain": False,
             "optimistic": False,
-        }
-        components[f"schedule_{schedule_id}_next"] = {
+        },
+        f"schedule_{schedule_id}_next": {
             "platform": "sensor",
             "unique_id": f"{uid}_schedule_{schedule_id}_next",
             "name": f"{label} next run",
             "device_class": "timestamp",
             "state_topic": state,
             "value_template": "{{ value_json.next_run if value_json.next_run else None }}",
-        }
-    return components
+        },
+    }
 
 
 def discovery_topic(config: Config, device: str) -> str:
@@ -361,23 +383,13 @@ class HassBridge:
         """
         if not retain or not payload or not self.enabled:
             return []
-        try:
-            old = json.loads(payload)
-        except ValueError:
-            return []
-        if not isinstance(old, dict) or not self._ours(old):
+        old = loads_object(payload)  # None: a retained config someone else wrote
+        if old is None or not self._ours(old):
             return []
         current = self.payloads.get(topic)
         if current is None:
             return [clear_retained(topic)]
-        old_components = old.get("components")
-        if not isinstance(old_components, dict):
-            return []
-        gone = {
-            key: {"platform": value.get("platform")}
-            for key, value in old_components.items()
-            if key not in current["components"] and isinstance(value, dict)
-        }
+        gone = _gone_components(old, current)
         if not gone:
             return []
         reduced = dict(current, components=current["components"] | gone)
@@ -393,3 +405,15 @@ class HassBridge:
         return device.get("via_device") == self.uid or (
             isinstance(identifiers, list) and self.uid in identifiers
         )
+
+
+def _gone_components(old: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """The components of an old discovery payload that the current one no longer has."""
+    old_components = old.get("components")
+    if not isinstance(old_components, dict):
+        return {}
+    return {
+        key: {"platform": value.get("platform")}
+        for key, value in old_components.items()
+        if key not in current["components"] and isinstance(value, dict)
+    }

@@ -59,7 +59,7 @@ class Report:
     streak_days: int
 
 
-def build_report(
+def build_report(  # noqa: PLR0913 - the period and filter, keyword-only and named at each call
     config: Config,
     rows: Iterable[SessionRow],
     *,
@@ -73,30 +73,20 @@ def build_report(
     first = today - timedelta(days=days - 1)
     per_day: dict[date, dict[str, float]] = {first + timedelta(n): {} for n in range(days)}
     doses: dict[date, dict[str, float]] = {day: {} for day in per_day}
-    panels: dict[str, PanelTotals] = {}
-    for key, settings in config.panels.items():
-        if panel is None or key == panel:
-            name = config.panel_name(key)
-            panels[key] = PanelTotals(key, name, settings.area)
+    panels = {
+        key: PanelTotals(key, config.panel_name(key), settings.area)
+        for key, settings in config.panels.items()
+        if panel is None or key == panel
+    }
     done_days: set[date] = set()
     completed: list[SessionRow] = []
-    all_rows = sorted(rows, key=lambda r: r.started_at)
-    for row in all_rows:
+    for row in sorted(rows, key=lambda r: r.started_at):
         day = row.started_at.astimezone(zone).date()
-        seconds = row.actual_s or 0.0
         if row.reason == "completed":
             done_days.add(day)
             completed.append(row)
-        if day not in per_day or (panel is not None and row.panel != panel):
-            continue
-        totals = panels.setdefault(row.panel, PanelTotals(row.panel, row.panel, row.area))
-        totals.sessions += 1
-        totals.seconds += seconds
-        totals.dose_j_cm2 += row.dose_j_cm2 or 0.0
-        totals.reasons[row.reason or "open"] += 1
-        per_day[day][row.panel] = per_day[day].get(row.panel, 0.0) + seconds
-        if row.dose_j_cm2:
-            doses[day][row.panel] = doses[day].get(row.panel, 0.0) + row.dose_j_cm2
+        if day in per_day and (panel is None or row.panel == panel):
+            _count(row, panels, per_day[day], doses[day])
     return Report(
         first=first,
         last=today,
@@ -106,6 +96,24 @@ def build_report(
         adherence=_adherence(config, completed, first, now),
         streak_days=_streak(done_days, today),
     )
+
+
+def _count(
+    row: SessionRow,
+    panels: dict[str, PanelTotals],
+    day: dict[str, float],
+    day_doses: dict[str, float],
+) -> None:
+    """Add one session of the period to its panel's totals and to its day's."""
+    seconds = row.actual_s or 0.0
+    totals = panels.setdefault(row.panel, PanelTotals(row.panel, row.panel, row.area))
+    totals.sessions += 1
+    totals.seconds += seconds
+    totals.dose_j_cm2 += row.dose_j_cm2 or 0.0
+    totals.reasons[row.reason or "open"] += 1
+    day[row.panel] = day.get(row.panel, 0.0) + seconds
+    if row.dose_j_cm2:
+        day_doses[row.panel] = day_doses.get(row.panel, 0.0) + row.dose_j_cm2
 
 
 def _streak(done_days: set[date], today: date) -> int:

@@ -65,7 +65,9 @@ def admit(limits: Limits, panel: Panel, request: cmd.Start, at: Moment) -> float
     return _budget(limits, panel, duration_s, at, rid) or duration_s
 
 
-def _reachable(panel: Panel, at: Moment, rid: str | None) -> cmd.Rejection | None:
+def _reachable(  # noqa: PLR0911 - one refusal per check, in the order a user meets them
+    panel: Panel, at: Moment, rid: str | None
+) -> cmd.Rejection | None:
     """Why redlight cannot switch the panel on now: the broker, the plug, a session."""
     if not at.connected:
         return cmd.Rejection("disconnected", "redlight is not connected to the broker", rid)

@@ -77,7 +77,20 @@ def configure_logging(
     out = stream if stream is not None else sys.stderr
     journald = mode == "journald" or _is_journal_stream(out)
     console = mode == "console" or (mode == "auto" and not journald and _isatty(out))
+    shared = _shared_processors(journald=journald, console=console)
+    renderer: Processor
+    if console:
+        renderer = structlog.dev.ConsoleRenderer(colors=not journald and _isatty(out))
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    if journald:
+        renderer = _JournaldPrefix(renderer)
+    _install_handler(_formatter(shared, renderer), out, numeric)
+    _configure_structlog(shared)
 
+
+def _shared_processors(*, journald: bool, console: bool) -> list[Processor]:
+    """What structlog events and stdlib records both go through before rendering."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -89,16 +102,12 @@ def configure_logging(
             shared.append(structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False))
         else:
             shared.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
+    return shared
 
-    renderer: Processor
-    if console:
-        renderer = structlog.dev.ConsoleRenderer(colors=not journald and _isatty(out))
-    else:
-        renderer = structlog.processors.JSONRenderer()
-    if journald:
-        renderer = _JournaldPrefix(renderer)
 
-    formatter = structlog.stdlib.ProcessorFormatter(
+def _formatter(shared: list[Processor], renderer: Processor) -> logging.Formatter:
+    """The root handler's formatter: masks secrets, then renders."""
+    return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -110,6 +119,10 @@ def configure_logging(
             renderer,
         ],
     )
+
+
+def _install_handler(formatter: logging.Formatter, out: TextIO, numeric: int) -> None:
+    """Replace this module's root handler (and only it) with one writing to ``out``."""
     handler = logging.StreamHandler(out)
     handler.set_name(HANDLER_NAME)
     handler.setFormatter(formatter)
@@ -127,6 +140,9 @@ def configure_logging(
         logging.NOTSET if numeric <= logging.DEBUG else logging.WARNING
     )
 
+
+def _configure_structlog(shared: list[Processor]) -> None:
+    """structlog hands its events to stdlib logging, so one handler renders both."""
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -189,9 +205,7 @@ def _mask_secrets(logger: WrappedLogger, name: str, event_dict: EventDict) -> Ev
 
 def _mask(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, MASK)
-        return value
+        return _mask_text(value, secrets)
     if isinstance(value, dict):
         return {_mask(k, secrets): _mask(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
@@ -200,11 +214,24 @@ def _mask(value: Any, secrets: list[str]) -> Any:
         return type(value)(_mask(item, secrets) for item in value)
     if value is None or isinstance(value, bool | int | float):
         return value
-    # Any other object is rendered by str() or repr(); if either would show a secret, log the
-    # masked text instead of the object.
+    return _mask_object(value, secrets)
+
+
+def _mask_text(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+def _mask_object(value: object, secrets: list[str]) -> object:
+    """An object other than a container or a scalar, or its masked text if it shows a secret.
+
+    Such an object is rendered by str() or repr(); if either would show a secret, the masked
+    text is logged instead of the object.
+    """
     for text in (str(value), repr(value)):
         if any(secret in text for secret in secrets):
-            return _mask(text, secrets)
+            return _mask_text(text, secrets)
     return value
 
 

@@ -102,6 +102,15 @@ def dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def loads_object(payload: bytes) -> dict[str, Any] | None:
+    """A payload's JSON object, or None for anything else (not JSON, or not an object)."""
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def status_message(topics: Topics, *, online: bool) -> Message:
     """``<b>/status``: retained availability of redlight itself."""
     return Message(topics.status, "online" if online else "offline", retain=True, qos=STATE_QOS)

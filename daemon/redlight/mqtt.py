@@ -129,7 +129,7 @@ def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
 class PahoClient(BrokerClient):
     """A broker connection through paho-mqtt, with paho's own reconnect loop and backoff."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only connection settings, each named at every call
         self,
         *,
         host: str,
@@ -160,34 +160,7 @@ class PahoClient(BrokerClient):
         self._outbox = Outbox()
         self._unwritten: set[int] = set()
         self._drop_report: asyncio.TimerHandle | None = None
-
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=True,
-            protocol=paho.MQTTv311,
-            reconnect_on_failure=True,
-        )
-        # An exception in a callback must not kill paho's thread: the connection would die
-        # silently with the plugs in whatever state they were.
-        client.suppress_exceptions = True
-        client.enable_logger(_paho_logger())
-        client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY, max_delay=RECONNECT_MAX_DELAY)
-        try:
-            if will is not None:
-                client.will_set(will.topic, will.payload_bytes(), will.qos, will.retain)
-            if password is not None and username is None:
-                raise BrokerError("An MQTT password needs an MQTT username.")
-            if username is not None:
-                client.username_pw_set(username, password)
-            if tls is not None:
-                _configure_tls(client, tls)
-        except (ssl.SSLError, OSError, ValueError) as err:
-            # ``err`` never holds the password: paho only stores it, and TLS errors are about
-            # files. The message names the error type so the user knows where to look.
-            raise BrokerError(
-                f"Could not set up the MQTT connection ({type(err).__name__}: {err})."
-            ) from err
+        client = _paho_client(client_id, will=will, username=username, password=password, tls=tls)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -412,14 +385,7 @@ class PahoClient(BrokerClient):
             return
         log.warning("mqtt_disconnected", reason=str(reason_code))
         if self._short_lived.dropped(time.monotonic()):
-            log.warning(
-                "client_id_conflict",
-                client_id=self._client_id,
-                drops=CONFLICT_DROPS,
-                within_s=CONFLICT_WINDOW_S,
-                hint="the broker keeps closing the connection shortly after it opens; another "
-                "client may be using the same client id (set a unique mqtt.client_id)",
-            )
+            _warn_client_id_conflict(self._client_id)
         self._post(Disconnected(reason=str(reason_code)))
 
     def _on_subscribe(
@@ -485,21 +451,12 @@ class PahoClient(BrokerClient):
             self._stopped.set()
 
     def _drop_unsent(self) -> int:
-        """Forget QoS > 0 messages paho kept from the previous connection; return how many.
+        """Forget what paho and our outbox kept from the previous connection (safety rule 6).
 
-        Safety rule 6: an ON must never arrive late. paho keeps every unacknowledged QoS 1/2
-        PUBLISH in ``Client._out_messages`` across a connection loss and re-sends it right after
-        the next CONNACK (``_handle_connack`` walks that dict after calling ``on_connect``). A
-        command or state message from before an outage is stale by definition: the runtime
-        re-publishes state on ``Connected`` and commands are re-decided by the core. Clearing
-        the dict here, inside ``on_connect``, is the one point that is after the reconnect and
-        before paho's re-send. paho guards the dict with ``Client._out_message_mutex`` (an RLock
-        also taken by ``publish``); ``Client.drop_out_messages()`` does the same from paho 2.2.
+        Called inside ``on_connect``: after the reconnect and before paho's re-send (see
+        :func:`_clear_out_messages`). Returns how many messages paho had kept.
         """
-        with self._client._out_message_mutex:
-            count = len(self._client._out_messages)
-            self._client._out_messages.clear()
-            self._client._inflight_messages = 0
+        count = _clear_out_messages(self._client)
         # Our own outbox is the loop's: it is emptied there, before Connected is delivered.
         self._call_on_loop(self._restart_outbox)
         return count
@@ -508,6 +465,76 @@ class PahoClient(BrokerClient):
         """Remove one message paho queued for after a reconnect (see :meth:`_drop_unsent`)."""
         with self._client._out_message_mutex:
             self._client._out_messages.pop(mid, None)
+
+
+def _paho_client(
+    client_id: str,
+    *,
+    will: Message | None,
+    username: str | None,
+    password: str | None,
+    tls: TlsOptions | None,
+) -> paho.Client:
+    """A paho client for MQTT 3.1.1 with reconnect backoff; its settings errors as BrokerError."""
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=True,
+        protocol=paho.MQTTv311,
+        reconnect_on_failure=True,
+    )
+    # An exception in a callback must not kill paho's thread: the connection would die
+    # silently with the plugs in whatever state they were.
+    client.suppress_exceptions = True
+    client.enable_logger(_paho_logger())
+    client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY, max_delay=RECONNECT_MAX_DELAY)
+    try:
+        if will is not None:
+            client.will_set(will.topic, will.payload_bytes(), will.qos, will.retain)
+        if password is not None and username is None:
+            raise BrokerError("An MQTT password needs an MQTT username.")
+        if username is not None:
+            client.username_pw_set(username, password)
+        if tls is not None:
+            _configure_tls(client, tls)
+    except (ssl.SSLError, OSError, ValueError) as err:
+        # ``err`` never holds the password: paho only stores it, and TLS errors are about
+        # files. The message names the error type so the user knows where to look.
+        raise BrokerError(
+            f"Could not set up the MQTT connection ({type(err).__name__}: {err})."
+        ) from err
+    return client
+
+
+def _clear_out_messages(client: paho.Client) -> int:
+    """Forget QoS > 0 messages paho kept from the previous connection; return how many.
+
+    Safety rule 6: an ON must never arrive late. paho keeps every unacknowledged QoS 1/2
+    PUBLISH in ``Client._out_messages`` across a connection loss and re-sends it right after
+    the next CONNACK (``_handle_connack`` walks that dict after calling ``on_connect``). A
+    command or state message from before an outage is stale by definition: the runtime
+    re-publishes state on ``Connected`` and commands are re-decided by the core. Clearing
+    the dict inside ``on_connect`` is the one point that is after the reconnect and before
+    paho's re-send. paho guards the dict with ``Client._out_message_mutex`` (an RLock also
+    taken by ``publish``); ``Client.drop_out_messages()`` does the same from paho 2.2.
+    """
+    with client._out_message_mutex:
+        count = len(client._out_messages)
+        client._out_messages.clear()
+        client._inflight_messages = 0
+    return count
+
+
+def _warn_client_id_conflict(client_id: str) -> None:
+    """The broker keeps closing our connections soon after accepting them: say why it may."""
+    log.warning(
+        "client_id_conflict",
+        client_id=client_id,
+        drops=CONFLICT_DROPS,
+        within_s=CONFLICT_WINDOW_S,
+        hint="the broker keeps closing the connection shortly after it opens; another "
+        "client may be using the same client id (set a unique mqtt.client_id)",
+    )
 
 
 class _DemoteNotConnected(logging.Filter):

@@ -529,6 +529,23 @@ def build_plug(panel_id: str, config: PlugConfig, *, base_topic: str) -> Plug:
 
 def _overridden(plug: Plug, config: PlugConfig) -> Plug:
     """Apply the per-panel overrides on top of what the preset chose."""
+    changes: dict[str, Any] = _command_overrides(plug, config)
+    changes |= _state_overrides(
+        plug,
+        config,
+        payload_on=changes.get("payload_on", plug.payload_on),
+        payload_off=changes.get("payload_off", plug.payload_off),
+    )
+    changes |= _state_request_override(plug, config)
+    changes |= _availability_override(plug, config)
+    result = replace(plug, **changes)
+    if result.state_on & result.state_off:
+        raise ValueError("plug.state_on: must differ from plug.state_off")
+    return result
+
+
+def _command_overrides(plug: Plug, config: PlugConfig) -> dict[str, Any]:
+    """The command topic and the ON and OFF payloads a panel's table replaces."""
     changes: dict[str, Any] = {}
     if config.command_topic is not None:
         changes["command_topic"] = _check_topic("command_topic", config.command_topic)
@@ -539,13 +556,22 @@ def _overridden(plug: Plug, config: PlugConfig) -> Plug:
             changes["failsafe"] = "none"
     if config.payload_off is not None:
         changes["payload_off"] = config.payload_off
+    return changes
+
+
+def _state_overrides(
+    plug: Plug, config: PlugConfig, *, payload_on: str, payload_off: str
+) -> dict[str, Any]:
+    """Where the state is read and which readings mean on and off.
+
+    A generic plug with no ``state_on``/``state_off`` reads its own ON and OFF payloads back.
+    """
+    changes: dict[str, Any] = {}
     if config.state_topic is not None:
         topic = _check_topic("state_topic", config.state_topic)
         changes["states"] = (StateSource(topic, config.state_json_path),)
     elif config.state_json_path is not None:
         changes["states"] = tuple(StateSource(s.topic, config.state_json_path) for s in plug.states)
-    payload_on = changes.get("payload_on", plug.payload_on)
-    payload_off = changes.get("payload_off", plug.payload_off)
     if config.state_on is not None:
         changes["state_on"] = _folded(config.state_on)
     elif plug.preset == "generic":
@@ -554,37 +580,41 @@ def _overridden(plug: Plug, config: PlugConfig) -> Plug:
         changes["state_off"] = _folded(config.state_off)
     elif plug.preset == "generic":
         changes["state_off"] = _folded(payload_off)
+    return changes
+
+
+def _state_request_override(plug: Plug, config: PlugConfig) -> dict[str, Any]:
+    """The query that asks the plug for its state, replaced whole or in its payload."""
     if config.state_request_topic is not None:
         topic = _check_topic("state_request_topic", config.state_request_topic)
-        changes["state_request"] = (_command(topic, config.state_request_payload or ""),)
-    elif config.state_request_payload is not None:
+        return {"state_request": (_command(topic, config.state_request_payload or ""),)}
+    if config.state_request_payload is not None:
         if not plug.state_request:
             raise ValueError("plug.state_request_payload: needs plug.state_request_topic")
-        changes["state_request"] = (
-            _command(plug.state_request[0].topic, config.state_request_payload),
-        )
+        return {
+            "state_request": (_command(plug.state_request[0].topic, config.state_request_payload),)
+        }
+    return {}
+
+
+def _availability_override(plug: Plug, config: PlugConfig) -> dict[str, Any]:
+    """The plug's own availability topic and payloads; other sources (a bridge) are kept."""
     if config.availability_topic is not None:
         topic = _check_topic("availability_topic", config.availability_topic)
-        changes["availability"] = (
-            AvailabilitySource(
-                topic,
-                config.payload_available or "online",
-                config.payload_not_available or "offline",
-            ),
+        source = AvailabilitySource(
+            topic,
+            config.payload_available or "online",
+            config.payload_not_available or "offline",
         )
-    elif config.payload_available is not None or config.payload_not_available is not None:
+        return {"availability": (source,)}
+    if config.payload_available is not None or config.payload_not_available is not None:
         if not plug.availability:
             raise ValueError("plug.payload_available: needs plug.availability_topic")
         first = plug.availability[0]
-        changes["availability"] = (
-            AvailabilitySource(
-                first.topic,
-                config.payload_available or first.online,
-                config.payload_not_available or first.offline,
-            ),
-            *plug.availability[1:],
+        source = AvailabilitySource(
+            first.topic,
+            config.payload_available or first.online,
+            config.payload_not_available or first.offline,
         )
-    result = replace(plug, **changes)
-    if result.state_on & result.state_off:
-        raise ValueError("plug.state_on: must differ from plug.state_off")
-    return result
+        return {"availability": (source, *plug.availability[1:])}
+    return {}

@@ -24,6 +24,7 @@ from typing import Any, TypeAlias
 
 from redlight import commands as cmd
 from redlight.config import Config
+from redlight.effects import rejection_event
 from redlight.messages import Event
 
 
@@ -103,19 +104,9 @@ Command: TypeAlias = (
 )
 
 
-def rejection_event(
-    rejection: cmd.Rejection, panel: str | None, wall: datetime, **extra: Any
-) -> Event:
-    """``command_rejected``: reason and message, then ``allowed_at`` and ``request_id`` if set."""
-    fields: dict[str, Any] = {"reason": rejection.reason, "message": rejection.message}
-    if rejection.allowed_at is not None:
-        fields["allowed_at"] = rejection.allowed_at
-    if rejection.request_id is not None:
-        fields["request_id"] = rejection.request_id
-    return Event("command_rejected", panel, wall, fields | extra)
-
-
-def route(config: Config, topic: str, payload: bytes, retain: bool) -> Command | Refused | None:
+def route(  # noqa: PLR0911 - one return per topic form, read top to bottom like SPEC §4
+    config: Config, topic: str, payload: bytes, retain: bool
+) -> Command | Refused | None:
     """The command a message on ``topic`` carries, why it is refused, or ``None``: not a command
     (another topic, a retained message for the core to clear, an empty payload)."""
     prefix = config.mqtt.base_topic + "/"

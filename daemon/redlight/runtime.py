@@ -186,7 +186,7 @@ def _exposures(
 class Runtime:
     """Runs the controller (and the core below it) against a broker until told to stop."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the adapters, keyword-only and named at every call
         self,
         config: Config,
         broker: BrokerClient,
@@ -215,22 +215,21 @@ class Runtime:
         )
         self.controller = Controller(config, self.core, self.routines, self.schedules)
         self.clock_jobs = ScheduleClock(config, self._fired)
-        # Later days' totals are read from history (off the loop) and answered through the queue.
-        known = date.fromisoformat(restored.day) if restored and restored.day else None
-        self.clock = ClockWatch(
-            writer.path if writer is not None else None,
-            known,
-            lambda day, rows: self.inbox.put(_DayTotals(day, rows)),
-        )
+        self.clock = self._clock_watch(writer, restored)
         commands = set(self.core.topics.command_filters())
         self.inbox: Inbox[Item] = Inbox(
             self.core.topics.base, set(self.core.subscriptions()) - commands
         )
-        self._queue = self.inbox.queue  # for tests that look into it
         self.recorder = Recorder(writer, lambda: self.inbox.put(_Wake()))
         self.connected_once = asyncio.Event()
         self._announce_pending = False
         self._rejections = RejectionGate()
+
+    def _clock_watch(self, writer: HistoryWriter | None, restored: Restored | None) -> ClockWatch:
+        """Later days' totals are read from history (off the loop), answered through the queue."""
+        known = date.fromisoformat(restored.day) if restored and restored.day else None
+        path = writer.path if writer is not None else None
+        return ClockWatch(path, known, lambda day, rows: self.inbox.put(_DayTotals(day, rows)))
 
     def now(self) -> Now:
         """The current time on both clocks."""

@@ -58,7 +58,7 @@ class SessionEnded:
 class Sessions:
     """Starts, switches on and ends the sessions of every panel."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the parts it works with, keyword-only and named at the call
         self,
         limits: Limits,
         *,
@@ -228,19 +228,14 @@ class Sessions:
             cooldown = timedelta(seconds=self.limits.cooldown_s)
             until = session.started_mono + actual_s + self.limits.cooldown_s
             self._cool(panel, until, ended + cooldown)
-        self._record_end(panel, session, now, reason, request_id, actual_s, ended)
+        self._record_end(panel, session, now, reason, request_id)
 
     def _record_end(
-        self,
-        panel: Panel,
-        session: Session,
-        now: Now,
-        reason: str,
-        request_id: str | None,
-        actual_s: float,
-        ended: datetime,
+        self, panel: Panel, session: Session, now: Now, reason: str, request_id: str | None
     ) -> None:
         """The events and the history row of an ended session."""
+        actual_s = session.elapsed(now.mono)
+        ended = session.started_wall + timedelta(seconds=actual_s)
         dose = actual_s * panel.irradiance / 1000 if panel.irradiance is not None else None
         if session.source == "external" and reason == "cutoff":
             # Safety rule 2: an ON redlight did not start was cut off at max_on.

@@ -123,13 +123,13 @@ async def test_the_inbound_queue_is_bounded_and_plug_reports_all_get_through(rig
     """Commands past the bound are dropped (counted, logged); no plug report ever is."""
     assert isinstance(rig.runtime.broker, MemoryClient)
     sink = rig.runtime.broker._dispatch  # the memory client's hand-off, as paho's thread does
-    assert rig.runtime._queue.empty()
+    assert rig.runtime.inbox.queue.empty()
     with capture_logs() as logs:
         for n in range(5 * INBOUND_COMMANDS):
             sink(Received(PANEL_SET, b"junk"))
             if n % 100 == 0:
                 sink(Received(PLUG_STATE, b"ON" if n % 200 else b"OFF"))
-        queued = list(rig.runtime._queue._queue)  # type: ignore[attr-defined]
+        queued = list(rig.runtime.inbox.queue._queue)  # type: ignore[attr-defined]
         reports = [i for i in queued if isinstance(i, Received) and i.topic == PLUG_STATE]
         commands = [i for i in queued if isinstance(i, Received) and i.topic == PANEL_SET]
         assert len(reports) == 50
@@ -137,10 +137,10 @@ async def test_the_inbound_queue_is_bounded_and_plug_reports_all_get_through(rig
         # Once the backlog is worked off, commands are taken again (the plug's last report
         # was ON, so this start is refused as already_running: an answer either way).
         for _ in range(100_000):
-            if rig.runtime._queue.empty():
+            if rig.runtime.inbox.queue.empty():
                 break
             await asyncio.sleep(0)  # a loop turn for the runtime, not a wait for time
-        assert rig.runtime._queue.empty()
+        assert rig.runtime.inbox.queue.empty()
         ok = rig.broker.next(PANEL_EVENT, lambda m: body(m).get("request_id") == "after")
         rig.command("hip_left", {"action": "start", "duration": "1m", "request_id": "after"})
         await asyncio.wait_for(ok, WAIT_S)
