@@ -1,4 +1,5 @@
-"""A recording event sink for broker adapter tests (the memory broker and paho alike)."""
+"""Broker test kit: a recording event sink for adapter tests (the memory broker and paho
+alike), and the intruder that takes another client's id on a real broker."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from redlight.broker import BrokerEvent, Connected, Disconnected, Received
+from redlight.mqtt import PahoClient
 
 #: Generous bound on every wait: events normally arrive in milliseconds (paho reconnects ~1 s).
 WAIT_S: Final = 10.0
@@ -47,3 +49,18 @@ class Events:
     def received(self, prefix: str = "t/") -> list[Received]:
         """Every message received so far under ``prefix``."""
         return [e for e in self.history if isinstance(e, Received) and e.topic.startswith(prefix)]
+
+
+def intruder(port: int, client_id: str) -> PahoClient:
+    """A bare paho client (no will, credentials or TLS) of the broker on 127.0.0.1 that connects
+    with ``client_id``: the broker then drops whoever holds that id, and each side's reconnect
+    drops the other (a second ``redlight run``, a copied config)."""
+    return PahoClient(
+        host="127.0.0.1",
+        port=port,
+        client_id=client_id,
+        will=None,
+        username=None,
+        password=None,
+        tls=None,
+    )

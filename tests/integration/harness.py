@@ -25,6 +25,8 @@ from tests.mosquitto import MosquittoBroker
 
 #: Generous bounds: the machines are small and shared. Precise timing is the benchmark's job.
 WAIT_S = 15.0
+#: The client id config_text gives the daemon (the one an intruder takes, to make a conflict).
+DAEMON_CLIENT_ID = "redlight-under-test"
 
 
 @dataclass
@@ -331,7 +333,7 @@ def config_text(
     lines = [
         "[mqtt]",
         f'url = "mqtt://127.0.0.1:{port}"',
-        'client_id = "redlight-under-test"',
+        f'client_id = "{DAEMON_CLIENT_ID}"',
         "[storage]",
         f'path = "{db}"',
         "[safety]",

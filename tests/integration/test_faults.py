@@ -52,8 +52,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from redlight.mqtt import PahoClient
 from redlight.storage import History
+from tests.brokerkit import intruder
 from tests.integration.faultkit import (
     CONFIRM_S,
     GRACE_S,
@@ -87,7 +87,15 @@ from tests.integration.faultkit import (
     up,
     written_again,
 )
-from tests.integration.harness import WAIT_S, Observer, System, is_off, is_on, until
+from tests.integration.harness import (
+    DAEMON_CLIENT_ID,
+    WAIT_S,
+    Observer,
+    System,
+    is_off,
+    is_on,
+    until,
+)
 from tests.integration.reliability import ROW, Recorder, Row
 
 pytestmark = pytest.mark.integration
@@ -431,22 +439,14 @@ async def client_id_fight_session(system: System, row: Row) -> None:
     daemon = await up(system, ["tasmota"])
     plug = system.plugs["tasmota"]
     await start_session(system, "tasmota", 4)
-    intruder = PahoClient(
-        host="127.0.0.1",
-        port=system.broker.port,
-        client_id="redlight-under-test",  # the daemon's, from config_text
-        will=None,
-        username=None,
-        password=None,
-        tls=None,
-    )
-    intruder.start(lambda event: None)
+    other = intruder(system.broker.port, DAEMON_CLIENT_ID)
+    other.start(lambda event: None)
     try:
         conflict = await daemon.wait_logged("client_id_conflict", within=2 * WAIT_S)
         await until(plug, is_off, within=WAIT_S)
     finally:
-        await intruder.stop()
-    assert conflict["client_id"] == "redlight-under-test"
+        await other.stop()
+    assert conflict["client_id"] == DAEMON_CLIENT_ID
     row.deadline_to_off_s = late(plug, 4)
     by = "its PulseTime" if plug.timer_fired else "redlight's OFF"
     row.happened = f"client_id_conflict logged; switched off by {by} despite the fight"
