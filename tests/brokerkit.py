@@ -1,5 +1,5 @@
 """Broker test kit: a recording event sink for adapter tests (the memory broker and paho
-alike), and the intruder that takes another client's id on a real broker."""
+alike), and a paho client of a local broker (also the intruder that takes another's id)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from redlight.broker import BrokerEvent, Connected, Disconnected, Received
-from redlight.mqtt import PahoClient
+from redlight.mqtt import PahoClient, TlsOptions
 
 #: Generous bound on every wait: events normally arrive in milliseconds (paho reconnects ~1 s).
 WAIT_S: Final = 10.0
@@ -51,16 +51,25 @@ class Events:
         return [e for e in self.history if isinstance(e, Received) and e.topic.startswith(prefix)]
 
 
-def intruder(port: int, client_id: str) -> PahoClient:
-    """A bare paho client (no will, credentials or TLS) of the broker on 127.0.0.1 that connects
-    with ``client_id``: the broker then drops whoever holds that id, and each side's reconnect
-    drops the other (a second ``redlight run``, a copied config)."""
+def paho_client(
+    port: int,
+    client_id: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: TlsOptions | None = None,
+) -> PahoClient:
+    """A client of a broker on 127.0.0.1, without a will.
+
+    With the daemon's client id it is the intruder of the client-id conflict tests: the broker
+    drops whoever held the id, and each side's reconnect drops the other.
+    """
     return PahoClient(
         host="127.0.0.1",
         port=port,
         client_id=client_id,
         will=None,
-        username=None,
-        password=None,
-        tls=None,
+        username=username,
+        password=password,
+        tls=tls,
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from redlight.broker import Connected
-from tests.brokerkit import Events, intruder
+from tests.brokerkit import Events, paho_client
 from tests.integration.harness import DAEMON_CLIENT_ID, PRESETS, WAIT_S, Daemon, config_text
 from tests.mosquitto import MosquittoBroker, deny_subscriptions, dynsec_plugin
 
@@ -167,16 +167,16 @@ async def test_another_client_with_the_same_client_id_is_named(
     path.write_text(config_text(broker.port, tmp_path / "h.db", {}))
     daemon = Daemon(path, tmp_path / "daemon.log")
     daemon.start()
-    other = intruder(broker.port, DAEMON_CLIENT_ID)
+    intruder = paho_client(broker.port, DAEMON_CLIENT_ID)
     events = Events()
     try:
         await daemon.wait_logged("mqtt_connected")
-        other.start(events)
+        intruder.start(events)
         await events.next(Connected)
         # Each side is taken over within about a second of connecting (paho's reconnect delay).
         conflict = await daemon.wait_logged("client_id_conflict", within=2 * WAIT_S)
     finally:
-        await other.stop()
+        await intruder.stop()
         daemon.stop_now()
     assert conflict["level"] == "warning"
     assert conflict["client_id"] == DAEMON_CLIENT_ID

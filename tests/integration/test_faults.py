@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import pytest
 
 from redlight.storage import History
-from tests.brokerkit import intruder
+from tests.brokerkit import paho_client
 from tests.integration.faultkit import (
     CONFIRM_S,
     GRACE_S,
@@ -439,13 +439,13 @@ async def client_id_fight_session(system: System, row: Row) -> None:
     daemon = await up(system, ["tasmota"])
     plug = system.plugs["tasmota"]
     await start_session(system, "tasmota", 4)
-    other = intruder(system.broker.port, DAEMON_CLIENT_ID)
-    other.start(lambda event: None)
+    intruder = paho_client(system.broker.port, DAEMON_CLIENT_ID)
+    intruder.start(lambda event: None)
     try:
         conflict = await daemon.wait_logged("client_id_conflict", within=2 * WAIT_S)
         await until(plug, is_off, within=WAIT_S)
     finally:
-        await other.stop()
+        await intruder.stop()
     assert conflict["client_id"] == DAEMON_CLIENT_ID
     row.deadline_to_off_s = late(plug, 4)
     by = "its PulseTime" if plug.timer_fired else "redlight's OFF"
