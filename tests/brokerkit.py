@@ -1,4 +1,5 @@
-"""A recording event sink for broker adapter tests (the memory broker and paho alike)."""
+"""Broker test kit: a recording event sink for adapter tests (the memory broker and paho
+alike), and a paho client of a local broker (also the intruder that takes another's id)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from redlight.broker import BrokerEvent, Connected, Disconnected, Received
+from redlight.mqtt import PahoClient, TlsOptions
 
 #: Generous bound on every wait: events normally arrive in milliseconds (paho reconnects ~1 s).
 WAIT_S: Final = 10.0
@@ -47,3 +49,27 @@ class Events:
     def received(self, prefix: str = "t/") -> list[Received]:
         """Every message received so far under ``prefix``."""
         return [e for e in self.history if isinstance(e, Received) and e.topic.startswith(prefix)]
+
+
+def paho_client(
+    port: int,
+    client_id: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls: TlsOptions | None = None,
+) -> PahoClient:
+    """A client of a broker on 127.0.0.1, without a will.
+
+    With the daemon's client id it is the intruder of the client-id conflict tests: the broker
+    drops whoever held the id, and each side's reconnect drops the other.
+    """
+    return PahoClient(
+        host="127.0.0.1",
+        port=port,
+        client_id=client_id,
+        will=None,
+        username=username,
+        password=password,
+        tls=tls,
+    )

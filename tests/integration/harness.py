@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -19,12 +20,14 @@ from paho.mqtt.client import topic_matches_sub
 
 from redlight.broker import Connected, Message, Received
 from redlight.mqtt import PahoClient
-from redlight.presets import PlugConfig
+from redlight.presets import PlugConfig, build_plug
 from redlight.simplug import SimulatedPlug
 from tests.mosquitto import MosquittoBroker
 
 #: Generous bounds: the machines are small and shared. Precise timing is the benchmark's job.
 WAIT_S = 15.0
+#: The client id config_text gives the daemon (the one an intruder takes, to make a conflict).
+DAEMON_CLIENT_ID = "redlight-under-test"
 
 
 @dataclass
@@ -331,7 +334,7 @@ def config_text(
     lines = [
         "[mqtt]",
         f'url = "mqtt://127.0.0.1:{port}"',
-        'client_id = "redlight-under-test"',
+        f'client_id = "{DAEMON_CLIENT_ID}"',
         "[storage]",
         f'path = "{db}"',
         "[safety]",
@@ -424,16 +427,28 @@ class System:
         """Start the daemon and wait until it says online and has switched the plugs off.
 
         ``off`` names the plugs to wait for (default: all; a cut-off plug cannot answer).
+        Switched off means both: redlight reports the plug off, and the plug has received every
+        start-up OFF (rule 8) redlight sent before that report. The report alone can be the
+        answer to a state query sent just before an OFF, and a button pressed before that OFF
+        arrives is then switched off by it (seen once in a full integration run under load).
         """
         assert self.daemon is not None
         mark = self.observer.mark()
+        names = list(self.plugs if off is None else off)
+        before = {name: len(self.plugs[name].commands) for name in names}
         self.daemon.start()
         await self.observer.wait("redlight/status", lambda m: m.payload == b"online", since=mark)
-        for name in self.plugs if off is None else off:
+        for name in names:
             await self.observer.wait(
                 f"redlight/panel/{name}/state",
                 lambda m: m.json()["plug"] == "off",
                 since=mark,
+            )
+            # Redlight sends plug commands before its state, so the observer has seen each OFF.
+            offs = off_commands(self.plugs[name])
+            sent = sum((m.topic, m.payload) in offs for m in self.observer.seen[mark:])
+            await until(
+                self.plugs[name], functools.partial(received_offs, since=before[name], count=sent)
             )
 
     def command(self, panel: str, payload: str | dict[str, Any]) -> int:
@@ -460,6 +475,18 @@ async def until(
     """Wait (bounded) until a simulated plug's state satisfies ``condition``."""
     async with asyncio.timeout(within):
         await plug.wait_for(condition)
+
+
+def off_commands(plug: SimulatedPlug) -> frozenset[tuple[str, bytes]]:
+    """Topic and payload of each message of redlight's OFF for this plug."""
+    built = build_plug(plug.panel_id, plug.config, base_topic=plug.base_topic)
+    return frozenset((m.topic, m.payload_bytes()) for m in built.turn_off())
+
+
+def received_offs(plug: SimulatedPlug, *, since: int, count: int) -> bool:
+    """The plug has received ``count`` OFF messages after its first ``since`` commands."""
+    offs = off_commands(plug)
+    return sum((c.topic, c.payload) in offs for c in plug.commands[since:]) >= count
 
 
 def is_on(plug: SimulatedPlug) -> bool:

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from redlight.broker import Connected
-from redlight.mqtt import PahoClient
-from tests.brokerkit import Events
-from tests.integration.harness import PRESETS, WAIT_S, Daemon, config_text
+from tests.brokerkit import Events, paho_client
+from tests.integration.harness import DAEMON_CLIENT_ID, PRESETS, WAIT_S, Daemon, config_text
 from tests.mosquitto import MosquittoBroker, deny_subscriptions, dynsec_plugin
 
 pytestmark = pytest.mark.integration
@@ -168,15 +167,7 @@ async def test_another_client_with_the_same_client_id_is_named(
     path.write_text(config_text(broker.port, tmp_path / "h.db", {}))
     daemon = Daemon(path, tmp_path / "daemon.log")
     daemon.start()
-    intruder = PahoClient(
-        host="127.0.0.1",
-        port=broker.port,
-        client_id="redlight-under-test",  # the id config_text gives the daemon
-        will=None,
-        username=None,
-        password=None,
-        tls=None,
-    )
+    intruder = paho_client(broker.port, DAEMON_CLIENT_ID)
     events = Events()
     try:
         await daemon.wait_logged("mqtt_connected")
@@ -188,6 +179,6 @@ async def test_another_client_with_the_same_client_id_is_named(
         await intruder.stop()
         daemon.stop_now()
     assert conflict["level"] == "warning"
-    assert conflict["client_id"] == "redlight-under-test"
+    assert conflict["client_id"] == DAEMON_CLIENT_ID
     assert conflict["drops"] == 3  # redlight.mqtt.CONFLICT_DROPS
     assert "another client may be using the same client id" in conflict["hint"]

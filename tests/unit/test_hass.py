@@ -329,7 +329,7 @@ async def test_discovery_on_connect_again_after_birth_and_removal_of_leftovers()
     sent = loop.time()
     active = json.loads((await counted).payload)
     assert active == {"active_sessions": 1, "running": ["hip_left"]}
-    assert loop.time() - sent <= 1.01  # a second, and the runtime's 10 µs of timer slack
+    assert loop.time() - sent <= 1.0 + 1e-3  # a second (and the runtime's 10 µs of timer slack)
     runtime.request_shutdown()
     assert await task == 0
     await plug.stop()

@@ -33,28 +33,8 @@ from redlight.broker import (
     Message,
 )
 from redlight.mqtt import PahoClient, ShortLivedConnections, TlsOptions, parse_broker_url
-from tests.brokerkit import WAIT_S, Events
+from tests.brokerkit import WAIT_S, Events, paho_client
 from tests.mosquitto import MosquittoBroker, mosquitto_binary
-
-
-def paho_client(
-    port: int,
-    client_id: str,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    tls: TlsOptions | None = None,
-) -> PahoClient:
-    """A client of a broker on 127.0.0.1."""
-    return PahoClient(
-        host="127.0.0.1",
-        port=port,
-        client_id=client_id,
-        will=None,
-        username=username,
-        password=password,
-        tls=tls,
-    )
 
 
 @pytest.mark.parametrize(

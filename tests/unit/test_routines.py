@@ -127,7 +127,7 @@ async def test_routine_runs_its_steps_in_order_with_the_pause(hips: Hips) -> Non
     hips.send("redlight/routine/post_run/set", "START")
     finished = body(await done)
     assert finished["reason"] == "completed"
-    assert loop.time() - t0 == pytest.approx(420 + 45 + 500, abs=1)
+    assert loop.time() - t0 == pytest.approx(420 + 45 + 500, abs=1e-3)
     assert hips.kinds() == [
         "routine_started",
         "routine_step",
@@ -140,7 +140,7 @@ async def test_routine_runs_its_steps_in_order_with_the_pause(hips: Hips) -> Non
         "routine_finished",
     ]
     steps = [(at - t0, e) for at, e in hips.seen if e["event_type"] == "routine_step"]
-    assert [round(at) for at, _ in steps] == [0, 420, 465]
+    assert [at for at, _ in steps] == pytest.approx([0, 420, 465], abs=1e-3)
     assert steps[1][1]["prompt"] == "Turn to your right side"
     assert steps[1][1]["pause_s"] == 45
     right_start = next(
@@ -150,8 +150,8 @@ async def test_routine_runs_its_steps_in_order_with_the_pause(hips: Hips) -> Non
     )
     assert (right_start["source"], right_start["duration_s"]) == ("routine", 500)
     assert right_start["dose_j_cm2"] == 25
-    assert [round(s) for s in hips.plugs["hip_left"].on_seconds()] == [420]
-    assert [round(s) for s in hips.plugs["hip_right"].on_seconds()] == [500]
+    assert hips.plugs["hip_left"].on_seconds() == pytest.approx([420], abs=1e-3)
+    assert hips.plugs["hip_right"].on_seconds() == pytest.approx([500], abs=1e-3)
 
 
 async def test_stop_during_the_pause_cancels_the_rest(hips: Hips) -> None:
@@ -226,4 +226,4 @@ async def test_a_dose_becomes_the_right_length(hips: Hips) -> None:
     assert body(await started)["duration_s"] == 600
     finished = hips.event("session_finished", panel="hip_right")
     got = body(await finished)
-    assert got["dose_j_cm2"] == pytest.approx(30, abs=0.1)
+    assert got["dose_j_cm2"] == pytest.approx(30, abs=1e-3)

@@ -159,11 +159,11 @@ async def test_full_fifteen_minute_session_in_virtual_time(rig: Rig) -> None:
     rig.command("hip_left", {"action": "start", "duration": "15m"})
     assert body(await started)["duration_s"] == 900
     assert body(await finished)["reason"] == "completed"
-    assert loop.time() - t0 == pytest.approx(900, abs=0.5)
+    assert loop.time() - t0 == pytest.approx(900, abs=1e-3)
     assert rig.plug.on_commands == 1
     assert not rig.plug.is_on
     [on_for] = rig.plug.on_seconds()
-    assert on_for == pytest.approx(900, abs=0.5)
+    assert on_for == pytest.approx(900, abs=1e-3)
     # Rule 5: Tasmota's own timer was armed for the session + the 30 s margin.
     assert rig.plug.pulsetime == 1030
 
@@ -191,7 +191,7 @@ async def test_watchdog_is_fed_from_the_event_loop() -> None:
     pings = [at for at, what in notifier.sent if what == "WATCHDOG=1"]
     assert len(pings) >= 120 / 15
     gaps = [b - a for a, b in itertools.pairwise(pings)]
-    assert max(gaps) <= 15.5
+    assert max(gaps) <= 15.0 + 1e-3, gaps
 
 
 async def test_deadline_passing_while_the_broker_is_down(rig: Rig) -> None:
@@ -205,7 +205,7 @@ async def test_deadline_passing_while_the_broker_is_down(rig: Rig) -> None:
     back = loop.time()
     rig.broker.start()
     await rig.plug.wait_for(lambda plug: not plug.is_on)
-    assert loop.time() - back < 1.0
+    assert loop.time() - back < 1e-3, loop.time() - back
     assert rig.plug.on_commands == 1
 
 
@@ -255,7 +255,7 @@ async def test_locked_database_never_delays_the_off(tmp_path: Path) -> None:
     finally:
         locker.execute("ROLLBACK")
         locker.close()
-    assert off_after == pytest.approx(30, abs=0.5)
+    assert off_after == pytest.approx(30, abs=1e-3)
     assert not rig.plug.is_on
     assert any(entry["event"] == "storage_error" for entry in logs)
 
@@ -332,7 +332,7 @@ async def test_core_start_through_apply_uses_the_same_path(rig: Rig) -> None:
     await rig.plug.wait_for(lambda plug: plug.is_on)
     await rig.plug.wait_for(lambda plug: not plug.is_on)
     [on_for] = rig.plug.on_seconds()
-    assert on_for == pytest.approx(45, abs=0.5)
+    assert on_for == pytest.approx(45, abs=1e-3)
 
 
 async def test_a_confirmation_waiting_in_the_backlog_is_not_taken_for_silence() -> None:

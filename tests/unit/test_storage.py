@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -445,16 +444,16 @@ def test_locked_database_never_holds_up_the_caller(db: Path) -> None:
         assert history.get_setting("k") == "after"
 
 
-@pytest.mark.skipif(
-    hasattr(os, "geteuid") and os.geteuid() == 0,
-    reason="root ignores directory permissions",
-)
 def test_read_only_directory_is_reported_without_raising(tmp_path: Path) -> None:
     """In a directory it cannot write, the writer reports errors and History.open raises; once
-    the directory is writable again the writes land."""
+    the directory is writable again the writes land.
+
+    The directory is a link to /proc, where nobody can create a file: not even root, who
+    ignores a directory's mode bits (so this runs as root too, as here and in CI). Making it
+    writable again is pointing the path at a real directory.
+    """
     directory = tmp_path / "ro"
-    directory.mkdir()
-    directory.chmod(0o500)
+    directory.symlink_to("/proc", target_is_directory=True)
     db = directory / "history.db"
     attempts = threading.Semaphore(0)
     history_writer = HistoryWriter(db, retry_s=(0.01, 0.05), fault=lambda _: attempts.release())
@@ -466,11 +465,11 @@ def test_read_only_directory_is_reported_without_raising(tmp_path: Path) -> None
                 assert attempts.acquire(timeout=5.0)
         with pytest.raises(StorageError):
             History.open(db)
-        directory.chmod(0o700)
+        directory.unlink()
+        directory.mkdir()
         assert history_writer.flush(5.0)
     finally:
         history_writer.close(timeout=5.0)
-        directory.chmod(0o700)
     assert history_writer.errors >= 1
     assert storage_errors(logs)[0]["operation"] == "session_opened"
     with History.open(db) as history:
