@@ -1,4 +1,4 @@
-"""The paho-mqtt adapter of the broker port: a real MQTT 3.1.1 connection with reconnection.
+"""The paho-mqtt adapter of the broker port: a real MQTT 5 or 3.1.1 connection with reconnection.
 
 paho runs its network loop on its own thread. Its callbacks never touch redlight's state: they
 only hand events to the asyncio loop with ``call_soon_threadsafe`` (one owner of state), where the
@@ -38,6 +38,7 @@ from redlight.broker import (
     Outbox,
     Received,
 )
+from redlight.config import MqttProtocol
 from redlight.config import parse_broker_url as _parse_url
 
 log = structlog.get_logger("redlight.mqtt")
@@ -57,6 +58,11 @@ FILTERS_PER_PACKET: Final = 100
 #: of two connections with one client id without a word, so the two clients take turns.
 CONFLICT_DROPS: Final = 3
 CONFLICT_WINDOW_S: Final = 30.0
+#: MQTT 5 CONNACK: the broker does not speak the protocol version asked for (a 3.1.1-only
+#: broker answers 1, which paho reports as this).
+UNSUPPORTED_PROTOCOL: Final = 0x84
+#: MQTT 5 DISCONNECT: another connection with our client id took the session over.
+SESSION_TAKEN_OVER: Final = 0x8E
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +146,11 @@ class PahoClient(BrokerClient):
         password: str | None,
         tls: TlsOptions | None,
         keepalive: int = 30,
+        protocol: MqttProtocol = "3.1.1",
     ) -> None:
         """Configure the connection; nothing touches the network until :meth:`start`."""
         self._host = host
+        self._protocol = protocol
         self._port = port
         self._keepalive = keepalive
         self._client_id = client_id
@@ -160,7 +168,9 @@ class PahoClient(BrokerClient):
         self._outbox = Outbox()
         self._unwritten: set[int] = set()
         self._drop_report: asyncio.TimerHandle | None = None
-        client = _paho_client(client_id, will=will, username=username, password=password, tls=tls)
+        client = _paho_client(
+            client_id, protocol, will=will, username=username, password=password, tls=tls
+        )
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -177,11 +187,21 @@ class PahoClient(BrokerClient):
         self._loop = asyncio.get_running_loop()
         self._sink = sink
         self._stopped = asyncio.Event()
+        # MQTT 5: a clean start on every connection, and no session expiry interval (so 0): the
+        # broker forgets the session when the connection ends, as 3.1.1's clean session does.
+        # Nothing may wait at the broker for a redlight that is away (safety rule 6). paho
+        # ignores the flag on 3.1.1, where the client's clean_session does the same.
         try:
-            self._client.connect_async(self._host, self._port, self._keepalive)
+            self._client.connect_async(self._host, self._port, self._keepalive, clean_start=True)
         except ValueError as err:
             raise BrokerError(f"Invalid MQTT broker address ({err}).") from err
-        log.info("mqtt_connecting", host=self._host, port=self._port, client_id=self._client_id)
+        log.info(
+            "mqtt_connecting",
+            host=self._host,
+            port=self._port,
+            client_id=self._client_id,
+            protocol=self._protocol,
+        )
         self._client.loop_start()
 
     def publish(self, message: Message) -> bool:
@@ -342,7 +362,15 @@ class PahoClient(BrokerClient):
         if reason_code.is_failure:
             # A refusal (bad password, not authorised, ...) is not a connection: deliver
             # nothing and let paho retry with backoff, so a fixed broker config heals itself.
-            log.error("mqtt_connect_refused", reason=str(reason_code), host=self._host)
+            if reason_code.value == UNSUPPORTED_PROTOCOL:
+                log.error(
+                    "mqtt_connect_refused",
+                    reason=str(reason_code),
+                    host=self._host,
+                    hint='the broker does not speak MQTT 5: set mqtt.protocol = "3.1.1"',
+                )
+            else:
+                log.error("mqtt_connect_refused", reason=str(reason_code), host=self._host)
             return
         dropped = self._drop_unsent()
         if dropped:
@@ -384,8 +412,14 @@ class PahoClient(BrokerClient):
             # runtime never heard Connected, so there is no connection to lose.
             return
         log.warning("mqtt_disconnected", reason=str(reason_code))
-        if self._short_lived.dropped(time.monotonic()):
-            _warn_client_id_conflict(self._client_id)
+        repeated = self._short_lived.dropped(time.monotonic())
+        if reason_code.value == SESSION_TAKEN_OVER:
+            # MQTT 5 says so at once; 3.1.1 shows it only as a pattern of short connections.
+            _warn_client_id_conflict(self._client_id, reason=str(reason_code))
+        elif repeated:
+            _warn_client_id_conflict(
+                self._client_id, drops=CONFLICT_DROPS, within_s=CONFLICT_WINDOW_S
+            )
         self._post(Disconnected(reason=str(reason_code)))
 
     def _on_subscribe(
@@ -467,22 +501,32 @@ class PahoClient(BrokerClient):
             self._client._out_messages.pop(mid, None)
 
 
-def _paho_client(
+def _paho_client(  # noqa: PLR0913 - the connection settings, each named at the one call
     client_id: str,
+    protocol: MqttProtocol,
     *,
     will: Message | None,
     username: str | None,
     password: str | None,
     tls: TlsOptions | None,
 ) -> paho.Client:
-    """A paho client for MQTT 3.1.1 with reconnect backoff; its settings errors as BrokerError."""
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=True,
-        protocol=paho.MQTTv311,
-        reconnect_on_failure=True,
-    )
+    """A paho client for MQTT 5 or 3.1.1 with reconnect backoff; settings errors as BrokerError."""
+    if protocol == "5":
+        # MQTT 5 has no clean session flag: the clean start is asked for at each connect.
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            reconnect_on_failure=True,
+        )
+    else:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=True,
+            protocol=paho.MQTTv311,
+            reconnect_on_failure=True,
+        )
     # An exception in a callback must not kill paho's thread: the connection would die
     # silently with the plugs in whatever state they were.
     client.suppress_exceptions = True
@@ -525,13 +569,12 @@ def _clear_out_messages(client: paho.Client) -> int:
     return count
 
 
-def _warn_client_id_conflict(client_id: str) -> None:
-    """The broker keeps closing our connections soon after accepting them: say why it may."""
+def _warn_client_id_conflict(client_id: str, **evidence: object) -> None:
+    """Another client seems to use our client id: say so, with what showed it."""
     log.warning(
         "client_id_conflict",
         client_id=client_id,
-        drops=CONFLICT_DROPS,
-        within_s=CONFLICT_WINDOW_S,
+        **evidence,
         hint="the broker keeps closing the connection shortly after it opens; another "
         "client may be using the same client id (set a unique mqtt.client_id)",
     )

@@ -24,6 +24,7 @@ from redlight.broker import (
     Message,
     Received,
 )
+from redlight.config import MqttProtocol
 from redlight.membroker import MemoryBroker, MemoryClient
 from redlight.mqtt import PahoClient
 from tests.brokerkit import Events
@@ -140,10 +141,11 @@ class MemoryAdapter(Adapter):
 class MosquittoAdapter(Adapter):
     """paho clients of a private mosquitto."""
 
-    def __init__(self, broker: MosquittoBroker) -> None:
-        """Clients of ``broker``, which is running."""
+    def __init__(self, broker: MosquittoBroker, protocol: MqttProtocol) -> None:
+        """Clients of ``broker``, which is running, speaking ``protocol``."""
         super().__init__()
         self.broker = broker
+        self.protocol: MqttProtocol = protocol
 
     def make_client(self, client_id: str, will: Message | None) -> BrokerClient:
         """A paho client without credentials or TLS."""
@@ -155,6 +157,7 @@ class MosquittoAdapter(Adapter):
             username=None,
             password=None,
             tls=None,
+            protocol=self.protocol,
         )
 
     def drop(self, peer: Peer) -> None:
@@ -173,14 +176,22 @@ class MosquittoAdapter(Adapter):
         await asyncio.to_thread(self.broker.start)
 
 
-@pytest.fixture(params=["memory", pytest.param("mosquitto", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("mosquitto-3.1.1", marks=pytest.mark.integration),
+        pytest.param("mosquitto-5", marks=pytest.mark.integration),
+    ]
+)
 async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[Adapter]:
-    """Each broker implementation in turn; its clients are stopped afterwards."""
+    """Each broker implementation in turn (paho on each protocol); clients stopped afterwards."""
     built: Adapter
     if request.param == "memory":
         built = MemoryAdapter()
     else:
-        built = MosquittoAdapter(request.getfixturevalue("mosquitto"))
+        protocol = request.param.removeprefix("mosquitto-")
+        assert protocol in ("5", "3.1.1")
+        built = MosquittoAdapter(request.getfixturevalue("mosquitto"), protocol)
     try:
         yield built
     finally:

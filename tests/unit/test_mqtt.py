@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from paho.mqtt.client import MQTTMessageInfo
+from paho.mqtt.client import DisconnectFlags, MQTTMessageInfo
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -32,6 +32,7 @@ from redlight.broker import (
     Disconnected,
     Message,
 )
+from redlight.config import MqttProtocol
 from redlight.mqtt import PahoClient, ShortLivedConnections, TlsOptions, parse_broker_url
 from tests.brokerkit import WAIT_S, Events, paho_client
 from tests.mosquitto import MosquittoBroker, mosquitto_binary
@@ -152,31 +153,87 @@ def signal_on(event_name: str, flag: asyncio.Event) -> Processor:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_wrong_password_is_logged_without_the_password(
-    password_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+    password_broker: MosquittoBroker,
+    caplog: pytest.LogCaptureFixture,
+    protocol: MqttProtocol,
 ) -> None:
-    """A refused login is logged at error with the reason, never with the password."""
+    """A refused login is logged at error with the reason, never with the password.
+
+    mosquitto 2 gives the same reason on both protocols (MQTT 5's 0x87 is 3.1.1's code 5).
+    """
     secret = "Wr0ng-Hunter2-Secret"  # noqa: S105 - the deliberately wrong password under test
-    client = paho_client(password_broker.port, "refused", username="redlight", password=secret)
+    client = paho_client(
+        password_broker.port, "refused", username="redlight", password=secret, protocol=protocol
+    )
+    with caplog.at_level(logging.DEBUG):
+        refused, logs = await refusal(client)
+
+    assert refused["log_level"] == "error"
+    assert refused["reason"] == "Not authorized"
+    assert "Sending CONNECT" in caplog.text  # paho's own logging is routed and was captured
+    assert secret not in caplog.text
+    assert secret not in repr(logs)
+
+
+async def refusal(client: PahoClient) -> tuple[EventDict, list[EventDict]]:
+    """Start ``client`` until the broker refuses it: the refusal's log entry, and every entry.
+
+    A refused connection is no connection: the sink hears nothing.
+    """
     sink = Events()
     refused_logged = asyncio.Event()
-    with (
-        capture_logs([signal_on("mqtt_connect_refused", refused_logged)]) as logs,
-        caplog.at_level(logging.DEBUG),
-    ):
+    with capture_logs([signal_on("mqtt_connect_refused", refused_logged)]) as logs:
         client.start(sink)
         try:
             await asyncio.wait_for(refused_logged.wait(), WAIT_S)
         finally:
             await client.stop()
-
-    refused = next(e for e in logs if e["event"] == "mqtt_connect_refused")
-    assert refused["log_level"] == "error"
-    assert refused["reason"] == "Not authorized"
     assert sink.history == []
-    assert "Sending CONNECT" in caplog.text  # paho's own logging is routed and was captured
-    assert secret not in caplog.text
-    assert secret not in repr(logs)
+    return next(e for e in logs if e["event"] == "mqtt_connect_refused"), logs
+
+
+async def _answer_connect_as_3_1_1_only(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """A broker that lacks MQTT 5: any CONNECT gets 3.1.1's "unacceptable protocol version"."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        await reader.readexactly(2)  # the CONNECT's fixed header; its length fits one byte here
+        writer.write(b"\x20\x02\x00\x01")
+        await writer.drain()
+        await reader.read()  # until paho closes the connection
+    writer.close()
+
+
+async def test_a_broker_without_mqtt_5_is_one_error_with_the_3_1_1_hint() -> None:
+    """Refused for its protocol version, redlight on 5 says to set ``mqtt.protocol = "3.1.1"``."""
+    server = await asyncio.start_server(_answer_connect_as_3_1_1_only, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        refused, _ = await refusal(paho_client(port, "too-new", protocol="5"))
+
+    assert refused["log_level"] == "error"
+    assert refused["reason"] == "Unsupported protocol version"
+    assert refused["hint"] == 'the broker does not speak MQTT 5: set mqtt.protocol = "3.1.1"'
+
+
+async def test_a_session_taken_over_on_5_is_a_client_id_conflict_at_once() -> None:
+    """MQTT 5's DISCONNECT "Session taken over" (0x8E) is reported on the first drop.
+
+    mosquitto 2.0.11 closes the old connection without that DISCONNECT (its log says "closing
+    old connection"), so the broker's packet is played into paho's callback here.
+    """
+    client = paho_client(1, "same-id", protocol="5")
+    client._loop = asyncio.get_running_loop()
+    client._connected = True
+    taken_over = ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E)
+    with capture_logs() as logs:
+        client._on_disconnect(client._client, None, DisconnectFlags(True), taken_over, None)
+
+    conflict = next(e for e in logs if e["event"] == "client_id_conflict")
+    assert conflict["client_id"] == "same-id"
+    assert conflict["reason"] == "Session taken over"
 
 
 class Proxy:
