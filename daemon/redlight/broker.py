@@ -170,8 +170,17 @@ class BrokerClient(abc.ABC):
         """
 
     @abc.abstractmethod
-    def subscribe(self, topics: Sequence[str]) -> None:
-        """Subscribe to topic filters (QoS 1); a no-op while disconnected."""
+    def subscribe(self, topics: Sequence[str], *, commands: bool = False) -> None:
+        """Subscribe to topic filters (QoS 1); a no-op while disconnected.
+
+        ``commands`` marks filters that carry commands: redlight's own command topics and the
+        plug command topics it watches for retained commands (safety rule 7). On MQTT 5 they
+        are subscribed with Retain As Published, so a retained command published while
+        redlight is connected still arrives flagged (to be cleared, never obeyed), and with No
+        Local, so redlight does not hear its own plug commands back. MQTT 3.1.1 has neither:
+        there the flag changes nothing. Subscribing a filter again replaces its options, so a
+        filter is given with the same ``commands`` every time.
+        """
 
     @abc.abstractmethod
     def unsubscribe(self, topics: Sequence[str]) -> None:

@@ -25,6 +25,7 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from redlight.broker import (
     STATE_QOS,
@@ -171,6 +172,10 @@ class PahoClient(BrokerClient):
         client = _paho_client(
             client_id, protocol, will=will, username=username, password=password, tls=tls
         )
+        self._client = self._wired(client)
+
+    def _wired(self, client: paho.Client) -> paho.Client:
+        """``client`` with this adapter's callbacks set."""
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -178,7 +183,7 @@ class PahoClient(BrokerClient):
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_socket_open = _no_delay
-        self._client = client
+        return client
 
     # -- the port --------------------------------------------------------------------------
 
@@ -289,13 +294,21 @@ class PahoClient(BrokerClient):
         assert self._loop is not None
         self._drop_report = self._loop.call_later(DROP_REPORT_S, self._report_drops)
 
-    def subscribe(self, topics: Sequence[str]) -> None:
-        """Subscribe to the filters at QoS 1; a no-op while disconnected."""
+    def subscribe(self, topics: Sequence[str], *, commands: bool = False) -> None:
+        """Subscribe to the filters at QoS 1; a no-op while disconnected.
+
+        On MQTT 5, ``commands`` filters get Retain As Published and No Local (see the port).
+        """
         if not self.connected:
             return
+        with_options = commands and self._protocol == "5"
+        options = SubscribeOptions(qos=STATE_QOS, noLocal=True, retainAsPublished=True)
         for chunk in _chunks(topics):
             try:
-                rc, mid = self._client.subscribe([(topic, STATE_QOS) for topic in chunk])
+                if with_options:
+                    rc, mid = self._client.subscribe([(topic, options) for topic in chunk])
+                else:
+                    rc, mid = self._client.subscribe([(topic, STATE_QOS) for topic in chunk])
             except ValueError as err:
                 raise BrokerError(f"Invalid MQTT topic filter ({err}).") from err
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -511,22 +524,15 @@ def _paho_client(  # noqa: PLR0913 - the connection settings, each named at the 
     tls: TlsOptions | None,
 ) -> paho.Client:
     """A paho client for MQTT 5 or 3.1.1 with reconnect backoff; settings errors as BrokerError."""
-    if protocol == "5":
+    five = protocol == "5"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
         # MQTT 5 has no clean session flag: the clean start is asked for at each connect.
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=paho.MQTTv5,
-            reconnect_on_failure=True,
-        )
-    else:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=True,
-            protocol=paho.MQTTv311,
-            reconnect_on_failure=True,
-        )
+        clean_session=None if five else True,
+        protocol=paho.MQTTv5 if five else paho.MQTTv311,
+        reconnect_on_failure=True,
+    )
     # An exception in a callback must not kill paho's thread: the connection would die
     # silently with the plugs in whatever state they were.
     client.suppress_exceptions = True
