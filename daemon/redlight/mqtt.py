@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
 import sys
@@ -23,6 +24,7 @@ from typing import Any, Final
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -234,7 +236,11 @@ class PahoClient(BrokerClient):
         """Hand one message to paho; its mid, or ``None`` when it was not taken."""
         try:
             info = self._client.publish(
-                message.topic, message.payload_bytes(), message.qos, message.retain
+                message.topic,
+                message.payload_bytes(),
+                message.qos,
+                message.retain,
+                properties=self._publish_properties(message),
             )
         except ValueError as err:
             # A bad topic is a bug upstream, but it must not take the event loop down with it.
@@ -249,6 +255,14 @@ class PahoClient(BrokerClient):
             )
             return None
         return info.mid
+
+    def _publish_properties(self, message: Message) -> Properties | None:
+        """MQTT 5's Message Expiry Interval for a message that has one; ``None`` otherwise."""
+        if message.expiry_s is None or self._protocol != "5":
+            return None
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.MessageExpiryInterval = max(1, math.ceil(message.expiry_s))
+        return properties
 
     def _drain(self) -> None:
         """Hand waiting normal messages to paho while fewer than the limit are unwritten."""

@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho_mqtt
 import pytest
 from paho.mqtt.client import DisconnectFlags, MQTTMessageInfo
-from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -31,6 +32,7 @@ from redlight.broker import (
     Connected,
     Disconnected,
     Message,
+    Received,
 )
 from redlight.config import MqttProtocol
 from redlight.mqtt import PahoClient, ShortLivedConnections, TlsOptions, parse_broker_url
@@ -236,6 +238,98 @@ async def test_a_session_taken_over_on_5_is_a_client_id_conflict_at_once() -> No
     assert conflict["reason"] == "Session taken over"
 
 
+class PersistentPlug:
+    """A 3.1.1 plug with a persistent session (as Tasmota can be): the broker queues for it."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        """A plug of the broker on ``port`` that listens on ``topic`` at QoS 1."""
+        self.port = port
+        self.topic = topic
+        self.payloads: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._client: paho_mqtt.Client | None = None
+
+    def _connection(self) -> paho_mqtt.Client:
+        """A new paho client for one visit: like the adapter's, started once and stopped once."""
+        client = paho_mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="persistent-plug",
+            clean_session=False,
+            protocol=paho_mqtt.MQTTv311,
+        )
+        client.on_connect = lambda c, *_: c.subscribe(self.topic, 1)
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_subscribe(self, *_: object) -> None:
+        self._loop.call_soon_threadsafe(self._changed.set)
+
+    def _on_message(self, client: paho_mqtt.Client, userdata: Any, message: Any) -> None:
+        self._loop.call_soon_threadsafe(self._got, bytes(message.payload))
+
+    def _got(self, payload: bytes) -> None:
+        self.payloads.append(payload)
+        self._changed.set()
+
+    async def online(self) -> None:
+        """Connect (the broker hands over what it queued) and wait until subscribed."""
+        self._changed.clear()
+        self._client = self._connection()
+        await asyncio.to_thread(self._client.connect, "127.0.0.1", self.port)
+        self._client.loop_start()
+        async with asyncio.timeout(WAIT_S):
+            await self._changed.wait()
+
+    async def offline(self) -> None:
+        """Disconnect cleanly: the session, and its subscription, stay on the broker."""
+        assert self._client is not None
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+
+    async def heard(self, payload: bytes) -> None:
+        """Wait until ``payload`` has arrived."""
+        async with asyncio.timeout(WAIT_S):
+            while payload not in self.payloads:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("protocol", "delivered"), [("5", []), ("3.1.1", [b"ON"])])
+async def test_a_message_that_expired_never_reaches_a_plug_that_was_away(
+    mosquitto: MosquittoBroker, protocol: MqttProtocol, delivered: list[bytes]
+) -> None:
+    """Rule 6 at the broker: on MQTT 5 an ON queued for an absent plug expires there.
+
+    The plug speaks 3.1.1 and keeps a persistent session, so the broker queues for it; on
+    3.1.1 redlight cannot ask for an expiry and the late ON arrives. QoS 1 here: mosquitto
+    queues redlight's QoS 0 commands only with ``queue_qos0_messages``, where the same holds.
+    """
+    plug = PersistentPlug(mosquitto.port, "t/plug/power")
+    await plug.online()
+    await plug.offline()
+    client = paho_client(mosquitto.port, "expiring", protocol=protocol)
+    events = Events()
+    client.start(events)
+    await events.next(Connected)
+    client.subscribe(["t/sync"])
+    assert client.publish(Message("t/plug/power", "ON", qos=1, expiry_s=1))
+    assert client.publish(Message("t/plug/power", "barrier", qos=1))
+    assert client.publish(Message("t/sync", "queued", qos=1))
+    await events.next(Received, lambda e: e.topic == "t/sync")
+    # The plug stays away past the expiry (mosquitto counts whole seconds): that is the case.
+    await asyncio.sleep(2.5)
+    try:
+        await plug.online()
+        await plug.heard(b"barrier")
+    finally:
+        await plug.offline()
+        await client.stop()
+    assert plug.payloads == [*delivered, b"barrier"]
+
+
 class Proxy:
     """A TCP relay to mosquitto that can swallow the client's packets and cut connections.
 
@@ -389,7 +483,14 @@ class FakePaho:
         """Always connected."""
         return True
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> MQTTMessageInfo:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: Properties | None = None,
+    ) -> MQTTMessageInfo:
         """Take the message as paho would: queued for its network thread to write."""
         info = MQTTMessageInfo(len(self.handed) + 1)
         info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
