@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from redlight.broker import BrokerEvent, Connected, Disconnected, Received
+from redlight.config import MqttProtocol
 from redlight.mqtt import PahoClient, TlsOptions
 
 #: Generous bound on every wait: events normally arrive in milliseconds (paho reconnects ~1 s).
@@ -58,6 +59,7 @@ def paho_client(
     username: str | None = None,
     password: str | None = None,
     tls: TlsOptions | None = None,
+    protocol: MqttProtocol = "3.1.1",
 ) -> PahoClient:
     """A client of a broker on 127.0.0.1, without a will.
 
@@ -72,4 +74,5 @@ def paho_client(
         username=username,
         password=password,
         tls=tls,
+        protocol=protocol,
     )

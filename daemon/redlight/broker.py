@@ -20,8 +20,11 @@ class Message:
     """One MQTT message to publish: built by pure functions, published only by an adapter.
 
     ``urgent`` marks a plug command (safety rule 12): an adapter hands it to the connection at
-    once, ahead of every normal message still waiting, however many there are. It is how the
-    message is sent, not what it says, so it takes no part in equality.
+    once, ahead of every normal message still waiting, however many there are. ``expiry_s``
+    asks an MQTT 5 broker to discard the message if it could not deliver it within that many
+    seconds (whole seconds on the wire, rounded up; ignored on 3.1.1): how a plug ON is kept
+    from arriving late (safety rule 6). Both say how the message is sent, not what it says, so
+    they take no part in equality.
     """
 
     topic: str
@@ -29,6 +32,7 @@ class Message:
     retain: bool = False
     qos: int = 0
     urgent: bool = field(default=False, compare=False)
+    expiry_s: float | None = field(default=None, compare=False)
 
     def payload_bytes(self) -> bytes:
         """The payload as bytes (text is UTF-8)."""
@@ -170,8 +174,17 @@ class BrokerClient(abc.ABC):
         """
 
     @abc.abstractmethod
-    def subscribe(self, topics: Sequence[str]) -> None:
-        """Subscribe to topic filters (QoS 1); a no-op while disconnected."""
+    def subscribe(self, topics: Sequence[str], *, commands: bool = False) -> None:
+        """Subscribe to topic filters (QoS 1); a no-op while disconnected.
+
+        ``commands`` marks filters that carry commands: redlight's own command topics and the
+        plug command topics it watches for retained commands (safety rule 7). On MQTT 5 they
+        are subscribed with Retain As Published, so a retained command published while
+        redlight is connected still arrives flagged (to be cleared, never obeyed), and with No
+        Local, so redlight does not hear its own plug commands back. MQTT 3.1.1 has neither:
+        there the flag changes nothing. Subscribing a filter again replaces its options, so a
+        filter is given with the same ``commands`` every time.
+        """
 
     @abc.abstractmethod
     def unsubscribe(self, topics: Sequence[str]) -> None:

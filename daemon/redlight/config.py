@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -192,10 +192,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: The MQTT protocol versions redlight speaks to the broker (plugs speak whatever they speak).
+MqttProtocol: TypeAlias = Literal["5", "3.1.1"]
+
+
 class MqttConfig(_Model):
     """How to reach the broker, and where redlight's own topics live."""
 
     url: str = "mqtt://127.0.0.1:1883"
+    #: ``"3.1.1"`` for a broker that lacks MQTT 5 (see the README's MQTT section).
+    protocol: MqttProtocol = "3.1.1"
     username: str | None = None
     password: SecretStr | None = None
     base_topic: str = "redlight"
@@ -218,6 +224,14 @@ class MqttConfig(_Model):
     @classmethod
     def _broker_url(cls, value: str) -> str:
         parse_broker_url(value)
+        return value
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: Any) -> Any:
+        # ``protocol = 5`` in TOML is a number; it means the same as ``"5"``.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
         return value
 
     @field_validator("base_topic")

@@ -38,6 +38,7 @@ def broker_from_config(config: Config, *, client_id: str, will: Message | None) 
             username=config.mqtt.username,
             password=password,
             tls=tls_options(config),
+            protocol=config.mqtt.protocol,
         )
     except BrokerError as error:
         raise ConfigError([f"mqtt: {error}"]) from None

@@ -5,7 +5,10 @@ outage, subscriptions do not survive a reconnect, a dropped client's last will i
 a clean stop sends no will. Like the paho adapter, a client sends an urgent message at once and
 normal ones through an :class:`~redlight.broker.Outbox`, :data:`~redlight.broker.UNWRITTEN_LIMIT`
 of them per loop iteration (the model of a connection that writes that many packets at a time),
-so an urgent message overtakes normal ones still waiting. Every event reaches a client's sink
+so an urgent message overtakes normal ones still waiting. Made with ``protocol="5"`` it models
+MQTT 5's Retain As Published and No Local on command subscriptions (see
+:meth:`~redlight.broker.BrokerClient.subscribe`); it keeps no session for an offline client, so
+a message expiry has nothing to expire and is ignored. Every event reaches a client's sink
 through ``loop.call_soon``, never synchronously, so ordering is that of the loop and no caller
 is re-entered. No threads and no sleeps: it runs as well under virtual time (``looptime``) as
 under real time.
@@ -30,6 +33,7 @@ from redlight.broker import (
     Outbox,
     Received,
 )
+from redlight.config import MqttProtocol
 
 MessagePredicate = Callable[[Message], bool]
 
@@ -54,8 +58,9 @@ class _Waiter:
 class MemoryBroker:
     """An MQTT broker in memory, with fault injection (client drops, broker outages)."""
 
-    def __init__(self) -> None:
-        """An empty broker that is up."""
+    def __init__(self, protocol: MqttProtocol = "3.1.1") -> None:
+        """An empty broker that is up; its clients speak ``protocol``."""
+        self.protocol: MqttProtocol = protocol
         #: Retained payloads by topic, kept across :meth:`stop`/:meth:`start`.
         self.retained = RetainedMessages()
         #: Everything the broker accepted, in order, as (publishing client id, message);
@@ -147,9 +152,18 @@ class MemoryBroker:
                 # MQTT: an empty retained payload deletes the retained message.
                 self.retained.pop(message.topic, None)
         for client in list(self._clients.values()):
-            if client.connected and client._matches(message.topic):
-                # Live delivery never carries the retain flag, exactly like mosquitto.
-                client._deliver(Received(message.topic, payload, retain=False))
+            if not client.connected:
+                continue
+            matching = client._matching(message.topic)
+            if not matching:
+                continue
+            # MQTT 5 subscription options (only ever set on 5): one copy per client, as
+            # mosquitto sends when subscriptions overlap.
+            if client is self._clients.get(client_id) and all(matching):
+                continue  # No Local: the sender does not hear itself on its command filters
+            # Live delivery carries the retain flag only with Retain As Published, like mosquitto.
+            retain = message.retain and any(matching)
+            client._deliver(Received(message.topic, payload, retain=retain))
         self._notify_waiters(stored)
 
     def _notify_waiters(self, message: Message) -> None:
@@ -178,7 +192,9 @@ class MemoryClient(BrokerClient):
         self._sink: EventSink | None = None
         self._connected = False
         self._stopped = False
-        self._subscriptions: set[str] = set()
+        #: Subscribed filters, each with whether it has MQTT 5's command options (see
+        #: :meth:`subscribe`): Retain As Published and No Local.
+        self._subscriptions: dict[str, bool] = {}
         self._outbox = Outbox()
         self._writing = False
         #: Normal messages dropped at the outbox's bound, in all.
@@ -226,18 +242,24 @@ class MemoryClient(BrokerClient):
             self._writing = True
             self._loop.call_soon(self._write)
 
-    def subscribe(self, topics: Sequence[str]) -> None:
-        """Subscribe; matching retained messages follow with ``retain=True``."""
+    def subscribe(self, topics: Sequence[str], *, commands: bool = False) -> None:
+        """Subscribe; matching retained messages follow with ``retain=True``.
+
+        On a broker made with ``protocol="5"``, ``commands`` filters get Retain As Published
+        and No Local; on 3.1.1 the flag changes nothing, as on a real broker.
+        """
         if not self.connected:
             return
-        self._subscriptions.update(topics)
+        options = commands and self._broker.protocol == "5"
+        self._subscriptions.update(dict.fromkeys(topics, options))
         for topic, payload in list(self._broker.retained.items()):
             if any(topic_matches_sub(f, topic) for f in topics):
                 self._deliver(Received(topic, payload, retain=True))
 
     def unsubscribe(self, topics: Sequence[str]) -> None:
         """Drop subscriptions."""
-        self._subscriptions.difference_update(topics)
+        for topic in topics:
+            self._subscriptions.pop(topic, None)
 
     @property
     def connected(self) -> bool:
@@ -261,8 +283,9 @@ class MemoryClient(BrokerClient):
 
     # -- used by MemoryBroker ------------------------------------------------------------------
 
-    def _matches(self, topic: str) -> bool:
-        return any(topic_matches_sub(f, topic) for f in self._subscriptions)
+    def _matching(self, topic: str) -> list[bool]:
+        """The command-options flag of each subscribed filter that matches ``topic``."""
+        return [o for f, o in self._subscriptions.items() if topic_matches_sub(f, topic)]
 
     def _deliver(self, event: BrokerEvent) -> None:
         if self._loop is not None:

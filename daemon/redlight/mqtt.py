@@ -1,4 +1,4 @@
-"""The paho-mqtt adapter of the broker port: a real MQTT 3.1.1 connection with reconnection.
+"""The paho-mqtt adapter of the broker port: a real MQTT 5 or 3.1.1 connection with reconnection.
 
 paho runs its network loop on its own thread. Its callbacks never touch redlight's state: they
 only hand events to the asyncio loop with ``call_soon_threadsafe`` (one owner of state), where the
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
 import sys
@@ -23,8 +24,10 @@ from typing import Any, Final
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from redlight.broker import (
     STATE_QOS,
@@ -38,6 +41,7 @@ from redlight.broker import (
     Outbox,
     Received,
 )
+from redlight.config import MqttProtocol
 from redlight.config import parse_broker_url as _parse_url
 
 log = structlog.get_logger("redlight.mqtt")
@@ -57,6 +61,11 @@ FILTERS_PER_PACKET: Final = 100
 #: of two connections with one client id without a word, so the two clients take turns.
 CONFLICT_DROPS: Final = 3
 CONFLICT_WINDOW_S: Final = 30.0
+#: MQTT 5 CONNACK: the broker does not speak the protocol version asked for (a 3.1.1-only
+#: broker answers 1, which paho reports as this).
+UNSUPPORTED_PROTOCOL: Final = 0x84
+#: MQTT 5 DISCONNECT: another connection with our client id took the session over.
+SESSION_TAKEN_OVER: Final = 0x8E
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +149,11 @@ class PahoClient(BrokerClient):
         password: str | None,
         tls: TlsOptions | None,
         keepalive: int = 30,
+        protocol: MqttProtocol = "3.1.1",
     ) -> None:
         """Configure the connection; nothing touches the network until :meth:`start`."""
         self._host = host
+        self._protocol = protocol
         self._port = port
         self._keepalive = keepalive
         self._client_id = client_id
@@ -160,7 +171,13 @@ class PahoClient(BrokerClient):
         self._outbox = Outbox()
         self._unwritten: set[int] = set()
         self._drop_report: asyncio.TimerHandle | None = None
-        client = _paho_client(client_id, will=will, username=username, password=password, tls=tls)
+        client = _paho_client(
+            client_id, protocol, will=will, username=username, password=password, tls=tls
+        )
+        self._client = self._wired(client)
+
+    def _wired(self, client: paho.Client) -> paho.Client:
+        """``client`` with this adapter's callbacks set."""
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -168,7 +185,7 @@ class PahoClient(BrokerClient):
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_socket_open = _no_delay
-        self._client = client
+        return client
 
     # -- the port --------------------------------------------------------------------------
 
@@ -177,11 +194,21 @@ class PahoClient(BrokerClient):
         self._loop = asyncio.get_running_loop()
         self._sink = sink
         self._stopped = asyncio.Event()
+        # MQTT 5: a clean start on every connection, and no session expiry interval (so 0): the
+        # broker forgets the session when the connection ends, as 3.1.1's clean session does.
+        # Nothing may wait at the broker for a redlight that is away (safety rule 6). paho
+        # ignores the flag on 3.1.1, where the client's clean_session does the same.
         try:
-            self._client.connect_async(self._host, self._port, self._keepalive)
+            self._client.connect_async(self._host, self._port, self._keepalive, clean_start=True)
         except ValueError as err:
             raise BrokerError(f"Invalid MQTT broker address ({err}).") from err
-        log.info("mqtt_connecting", host=self._host, port=self._port, client_id=self._client_id)
+        log.info(
+            "mqtt_connecting",
+            host=self._host,
+            port=self._port,
+            client_id=self._client_id,
+            protocol=self._protocol,
+        )
         self._client.loop_start()
 
     def publish(self, message: Message) -> bool:
@@ -209,7 +236,11 @@ class PahoClient(BrokerClient):
         """Hand one message to paho; its mid, or ``None`` when it was not taken."""
         try:
             info = self._client.publish(
-                message.topic, message.payload_bytes(), message.qos, message.retain
+                message.topic,
+                message.payload_bytes(),
+                message.qos,
+                message.retain,
+                properties=self._publish_properties(message),
             )
         except ValueError as err:
             # A bad topic is a bug upstream, but it must not take the event loop down with it.
@@ -224,6 +255,14 @@ class PahoClient(BrokerClient):
             )
             return None
         return info.mid
+
+    def _publish_properties(self, message: Message) -> Properties | None:
+        """MQTT 5's Message Expiry Interval for a message that has one; ``None`` otherwise."""
+        if message.expiry_s is None or self._protocol != "5":
+            return None
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.MessageExpiryInterval = max(1, math.ceil(message.expiry_s))
+        return properties
 
     def _drain(self) -> None:
         """Hand waiting normal messages to paho while fewer than the limit are unwritten."""
@@ -269,13 +308,21 @@ class PahoClient(BrokerClient):
         assert self._loop is not None
         self._drop_report = self._loop.call_later(DROP_REPORT_S, self._report_drops)
 
-    def subscribe(self, topics: Sequence[str]) -> None:
-        """Subscribe to the filters at QoS 1; a no-op while disconnected."""
+    def subscribe(self, topics: Sequence[str], *, commands: bool = False) -> None:
+        """Subscribe to the filters at QoS 1; a no-op while disconnected.
+
+        On MQTT 5, ``commands`` filters get Retain As Published and No Local (see the port).
+        """
         if not self.connected:
             return
+        with_options = commands and self._protocol == "5"
+        options = SubscribeOptions(qos=STATE_QOS, noLocal=True, retainAsPublished=True)
         for chunk in _chunks(topics):
             try:
-                rc, mid = self._client.subscribe([(topic, STATE_QOS) for topic in chunk])
+                if with_options:
+                    rc, mid = self._client.subscribe([(topic, options) for topic in chunk])
+                else:
+                    rc, mid = self._client.subscribe([(topic, STATE_QOS) for topic in chunk])
             except ValueError as err:
                 raise BrokerError(f"Invalid MQTT topic filter ({err}).") from err
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -342,7 +389,15 @@ class PahoClient(BrokerClient):
         if reason_code.is_failure:
             # A refusal (bad password, not authorised, ...) is not a connection: deliver
             # nothing and let paho retry with backoff, so a fixed broker config heals itself.
-            log.error("mqtt_connect_refused", reason=str(reason_code), host=self._host)
+            if reason_code.value == UNSUPPORTED_PROTOCOL:
+                log.error(
+                    "mqtt_connect_refused",
+                    reason=str(reason_code),
+                    host=self._host,
+                    hint='the broker does not speak MQTT 5: set mqtt.protocol = "3.1.1"',
+                )
+            else:
+                log.error("mqtt_connect_refused", reason=str(reason_code), host=self._host)
             return
         dropped = self._drop_unsent()
         if dropped:
@@ -384,8 +439,14 @@ class PahoClient(BrokerClient):
             # runtime never heard Connected, so there is no connection to lose.
             return
         log.warning("mqtt_disconnected", reason=str(reason_code))
-        if self._short_lived.dropped(time.monotonic()):
-            _warn_client_id_conflict(self._client_id)
+        repeated = self._short_lived.dropped(time.monotonic())
+        if reason_code.value == SESSION_TAKEN_OVER:
+            # MQTT 5 says so at once; 3.1.1 shows it only as a pattern of short connections.
+            _warn_client_id_conflict(self._client_id, reason=str(reason_code))
+        elif repeated:
+            _warn_client_id_conflict(
+                self._client_id, drops=CONFLICT_DROPS, within_s=CONFLICT_WINDOW_S
+            )
         self._post(Disconnected(reason=str(reason_code)))
 
     def _on_subscribe(
@@ -467,20 +528,23 @@ class PahoClient(BrokerClient):
             self._client._out_messages.pop(mid, None)
 
 
-def _paho_client(
+def _paho_client(  # noqa: PLR0913 - the connection settings, each named at the one call
     client_id: str,
+    protocol: MqttProtocol,
     *,
     will: Message | None,
     username: str | None,
     password: str | None,
     tls: TlsOptions | None,
 ) -> paho.Client:
-    """A paho client for MQTT 3.1.1 with reconnect backoff; its settings errors as BrokerError."""
+    """A paho client for MQTT 5 or 3.1.1 with reconnect backoff; settings errors as BrokerError."""
+    five = protocol == "5"
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        clean_session=True,
-        protocol=paho.MQTTv311,
+        # MQTT 5 has no clean session flag: the clean start is asked for at each connect.
+        clean_session=None if five else True,
+        protocol=paho.MQTTv5 if five else paho.MQTTv311,
         reconnect_on_failure=True,
     )
     # An exception in a callback must not kill paho's thread: the connection would die
@@ -525,13 +589,12 @@ def _clear_out_messages(client: paho.Client) -> int:
     return count
 
 
-def _warn_client_id_conflict(client_id: str) -> None:
-    """The broker keeps closing our connections soon after accepting them: say why it may."""
+def _warn_client_id_conflict(client_id: str, **evidence: object) -> None:
+    """Another client seems to use our client id: say so, with what showed it."""
     log.warning(
         "client_id_conflict",
         client_id=client_id,
-        drops=CONFLICT_DROPS,
-        within_s=CONFLICT_WINDOW_S,
+        **evidence,
         hint="the broker keeps closing the connection shortly after it opens; another "
         "client may be using the same client id (set a unique mqtt.client_id)",
     )

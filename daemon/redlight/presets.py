@@ -70,6 +70,10 @@ class PlugAvailability:
 PlugReport = PlugState | PlugAvailability
 
 
+#: Seconds an MQTT 5 broker may hold a plug ON (and the off-timer sent with it) before it
+#: discards it: the default ``safety.confirm_timeout``, after which redlight has given up on an
+#: unconfirmed ON and switches the panel off. An OFF has no expiry: late is better than never.
+ON_EXPIRY_S: Final = 5.0
 #: Tasmota's PulseTime: 1..111 count tenths of a second, 112 and up count seconds + 100.
 PULSETIME_TENTHS_MAX: Final = 111
 PULSETIME_MAX: Final = 64900
@@ -208,7 +212,8 @@ class Plug:
         if failsafe_s is not None and self.failsafe == "pulsetime":
             assert self.failsafe_topic is not None
             # Sent before the ON: Tasmota starts PulseTime when the relay goes on.
-            messages.append(_command(self.failsafe_topic, str(tasmota_pulsetime(failsafe_s))))
+            arming = _command(self.failsafe_topic, str(tasmota_pulsetime(failsafe_s)))
+            messages.append(replace(arming, expiry_s=ON_EXPIRY_S))
         elif failsafe_s is not None and self.failsafe == "toggle_after":
             payload = _rpc(
                 self.rpc_src,
@@ -220,7 +225,8 @@ class Plug:
             )
         elif failsafe_s is not None and self.failsafe == "on_time":
             payload = json.dumps({"state": "ON", "on_time": _whole_seconds(failsafe_s)})
-        messages.append(_command(self.command_topic, payload))
+        # Safety rule 6 at the broker: an ON (with its timer) that cannot land soon never does.
+        messages.append(replace(_command(self.command_topic, payload), expiry_s=ON_EXPIRY_S))
         if self.ask_after_on and failsafe_s is not None:
             messages.extend(self.state_request)
         return messages

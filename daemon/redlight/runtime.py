@@ -372,7 +372,10 @@ class Runtime:
     def _on_connected(self, now: Now) -> None:
         first = not self.core.ready
         log.info("broker_connected", first=first)
-        self.broker.subscribe(self.core.subscriptions() + self.hass.subscriptions())
+        filters = self.core.subscriptions() + self.hass.subscriptions()
+        commands = command_subscriptions(self.core)
+        self.broker.subscribe([f for f in filters if f in commands], commands=True)
+        self.broker.subscribe([f for f in filters if f not in commands])
         effects = self.controller.connect(now)
         if first:
             # Rule 8: the sessions a crash left open were closed at start-up; now they are told.
@@ -492,6 +495,18 @@ def interrupted_events(
         for row in rows
         if row.panel in panels
     ]
+
+
+def command_subscriptions(core: Core) -> frozenset[str]:
+    """The filters subscribed with the broker's command options (see ``BrokerClient.subscribe``).
+
+    redlight's own command filters, and the plug command topics watched for retained commands
+    (safety rule 7). Everything else, plug reports and Home Assistant's topics among it, is a
+    plain subscription: a live retained state or discovery message there stays unflagged, as
+    the code reading them expects.
+    """
+    plugs = {panel.plug.command_topic for panel in core.panels.values()}
+    return frozenset(core.topics.command_filters()) | plugs
 
 
 def open_history(config: Config) -> tuple[History | None, HistoryWriter]:

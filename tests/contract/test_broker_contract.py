@@ -24,6 +24,7 @@ from redlight.broker import (
     Message,
     Received,
 )
+from redlight.config import MqttProtocol
 from redlight.membroker import MemoryBroker, MemoryClient
 from redlight.mqtt import PahoClient
 from tests.brokerkit import Events
@@ -48,8 +49,12 @@ class Peer:
         self.client.start(self.events)
         await self.events.next(Connected)
 
-    async def subscribe(self, filters: Sequence[str]) -> None:
+    async def subscribe(self, filters: Sequence[str], *, commands: bool = False) -> None:
         """Subscribe and wait until the broker has applied it (proven by an echo)."""
+        if commands:
+            # The sync topic stays a plain subscription: No Local would swallow its echo.
+            self.client.subscribe(filters, commands=True)
+            filters = []
         self.client.subscribe([*filters, f"{SYNC_ROOT}/{self.client_id}"])
         await self.sync()
 
@@ -73,9 +78,10 @@ class Peer:
 class Adapter(abc.ABC):
     """Builds clients of one broker implementation and injects its faults."""
 
-    def __init__(self) -> None:
-        """No clients yet."""
+    def __init__(self, protocol: MqttProtocol) -> None:
+        """No clients yet; they speak ``protocol``."""
         self.peers: list[Peer] = []
+        self.protocol: MqttProtocol = protocol
 
     @abc.abstractmethod
     def make_client(self, client_id: str, will: Message | None) -> BrokerClient:
@@ -114,10 +120,10 @@ class Adapter(abc.ABC):
 class MemoryAdapter(Adapter):
     """The in-memory broker."""
 
-    def __init__(self) -> None:
-        """A fresh broker."""
-        super().__init__()
-        self.broker = MemoryBroker()
+    def __init__(self, protocol: MqttProtocol) -> None:
+        """A fresh broker whose clients speak ``protocol``."""
+        super().__init__(protocol)
+        self.broker = MemoryBroker(protocol)
 
     def make_client(self, client_id: str, will: Message | None) -> BrokerClient:
         """A memory client."""
@@ -140,9 +146,9 @@ class MemoryAdapter(Adapter):
 class MosquittoAdapter(Adapter):
     """paho clients of a private mosquitto."""
 
-    def __init__(self, broker: MosquittoBroker) -> None:
-        """Clients of ``broker``, which is running."""
-        super().__init__()
+    def __init__(self, broker: MosquittoBroker, protocol: MqttProtocol) -> None:
+        """Clients of ``broker``, which is running, speaking ``protocol``."""
+        super().__init__(protocol)
         self.broker = broker
 
     def make_client(self, client_id: str, will: Message | None) -> BrokerClient:
@@ -155,6 +161,7 @@ class MosquittoAdapter(Adapter):
             username=None,
             password=None,
             tls=None,
+            protocol=self.protocol,
         )
 
     def drop(self, peer: Peer) -> None:
@@ -173,14 +180,23 @@ class MosquittoAdapter(Adapter):
         await asyncio.to_thread(self.broker.start)
 
 
-@pytest.fixture(params=["memory", pytest.param("mosquitto", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "memory-3.1.1",
+        "memory-5",
+        pytest.param("mosquitto-3.1.1", marks=pytest.mark.integration),
+        pytest.param("mosquitto-5", marks=pytest.mark.integration),
+    ]
+)
 async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[Adapter]:
-    """Each broker implementation in turn; its clients are stopped afterwards."""
+    """Each broker implementation on each protocol in turn; clients stopped afterwards."""
+    kind, protocol = request.param.split("-")
+    assert protocol in ("5", "3.1.1")
     built: Adapter
-    if request.param == "memory":
-        built = MemoryAdapter()
+    if kind == "memory":
+        built = MemoryAdapter(protocol)
     else:
-        built = MosquittoAdapter(request.getfixturevalue("mosquitto"))
+        built = MosquittoAdapter(request.getfixturevalue("mosquitto"), protocol)
     try:
         yield built
     finally:
@@ -231,6 +247,45 @@ async def test_retained_message_is_delivered_on_subscribe_and_cleared_by_empty(
     carol = await adapter.connected_peer("carol")
     await carol.subscribe(["t/r"])  # the echo that ends this proves nothing came before it
     assert carol.events.received() == []
+
+
+async def test_a_live_retained_command_keeps_its_flag_on_5_only(adapter: Adapter) -> None:
+    """Retain As Published: on MQTT 5 a command filter hears a live retained message as retained.
+
+    Safety rule 7 then recognises it and clears it. MQTT 3.1.1 has no such option: there it
+    arrives unflagged, the documented 3.1.1 limitation. Plain filters are unflagged on both.
+    """
+    alice = await adapter.connected_peer("alice")
+    bob = await adapter.connected_peer("bob")
+    await alice.subscribe(["t/cmd"], commands=True)
+    await alice.subscribe(["t/plain"])
+
+    assert bob.client.publish(Message("t/cmd", "ON", retain=True, qos=STATE_QOS))
+    assert bob.client.publish(Message("t/plain", "ON", retain=True, qos=STATE_QOS))
+    await bob.barrier(alice, "t/cmd")
+
+    assert alice.events.received() == [
+        Received("t/cmd", b"ON", retain=adapter.protocol == "5"),
+        Received("t/plain", b"ON", retain=False),
+        Received("t/cmd", b"barrier", retain=False),
+    ]
+
+
+async def test_a_command_filter_does_not_echo_the_subscriber_on_5(adapter: Adapter) -> None:
+    """No Local: on MQTT 5 a client does not hear its own messages on its command filters.
+
+    On 3.1.1 it does; plain filters echo on both (the contract's sync relies on it).
+    """
+    alice = await adapter.connected_peer("alice")
+    bob = await adapter.connected_peer("bob")
+    await alice.subscribe(["t/cmd"], commands=True)
+
+    assert alice.client.publish(Message("t/cmd", "OFF", urgent=True))
+    await alice.sync()  # the broker has routed alice's OFF before bob's barrier
+    await bob.barrier(alice, "t/cmd")
+
+    own = [Received("t/cmd", b"OFF")] if adapter.protocol == "3.1.1" else []
+    assert alice.events.received() == [*own, Received("t/cmd", b"barrier")]
 
 
 async def test_wildcard_filters_match_like_mqtt(adapter: Adapter) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from paho.mqtt.client import topic_matches_sub
 
 from redlight.broker import Connected, Message, Received
+from redlight.config import MqttProtocol
 from redlight.mqtt import PahoClient
 from redlight.presets import PlugConfig, build_plug
 from redlight.simplug import SimulatedPlug
@@ -325,8 +326,9 @@ def config_text(
     safety: str = "",
     extra: str = "",
     settings: Mapping[str, Mapping[str, Any]] | None = None,
+    protocol: MqttProtocol = "3.1.1",
 ) -> str:
-    """A config file for the daemon under test.
+    """A config file for the daemon under test, speaking ``protocol`` to the broker.
 
     ``settings`` adds keys to a panel's table (e.g. ``default_duration``); ``extra`` is appended
     after the panels (routines, schedules).
@@ -334,6 +336,7 @@ def config_text(
     lines = [
         "[mqtt]",
         f'url = "mqtt://127.0.0.1:{port}"',
+        f'protocol = "{protocol}"',
         f'client_id = "{DAEMON_CLIENT_ID}"',
         "[storage]",
         f'path = "{db}"',
@@ -401,12 +404,13 @@ class System:
         extra: str = "",
         links: Collection[str] = (),
         db: Path | None = None,
+        protocol: MqttProtocol = "3.1.1",
     ) -> Daemon:
         """Start plugs for ``presets`` (one panel each, named after the preset) and the daemon.
 
         ``settings`` and ``extra`` go into the config file as :func:`config_text` describes;
         the plugs named in ``links`` connect through a :class:`PlugLink` a test can cut; ``db``
-        replaces the history database's path.
+        replaces the history database's path; the daemon speaks ``protocol`` to the broker.
         """
         self.db_path = db
         panels = {name: PRESETS[name] for name in presets}
@@ -417,7 +421,8 @@ class System:
                 await link.start()
             self.plugs[name] = await start_plug(self.broker.port, name, plug, name, link=link)
         path = self.tmp / "config.toml"
-        path.write_text(config_text(self.broker.port, self.db, panels, safety, extra, settings))
+        text = config_text(self.broker.port, self.db, panels, safety, extra, settings, protocol)
+        path.write_text(text)
         self.daemon = Daemon(path, self.tmp / "daemon.log")
         if start:
             await self.start_daemon()

@@ -172,6 +172,30 @@ async def test_retained_on_on_a_command_topic_is_ignored_and_cleared(system: Sys
     assert not system.plugs["esphome"].is_on
 
 
+async def test_on_5_a_live_retained_on_is_cleared_not_obeyed(system: System) -> None:
+    """MQTT 5: a retained ON published while redlight is connected is cleared, never obeyed.
+
+    Retain As Published keeps the flag on the command topic and on the watched plug command
+    topic alike (the 3.1.1 limitation in the README is gone).
+    """
+    daemon = await system.up(["tasmota"], protocol="5")
+    mark = system.observer.mark()
+    system.observer.publish("redlight/panel/tasmota/set", "ON", retain=True)
+    await system.observer.wait("redlight/panel/tasmota/set", lambda m: m.payload == b"", since=mark)
+    # Barrier: the daemon handles messages in order, so once this answer is out, a wrong ON
+    # caused by the retained message would already have been published.
+    barrier = system.command("tasmota", "not a command")
+    await system.observer.event("command_rejected", since=barrier, panel="tasmota")
+    assert system.plugs["tasmota"].on_commands == 0
+
+    system.observer.publish("cmnd/sim_tasmota/POWER", "ON", retain=True)
+    await system.observer.wait("cmnd/sim_tasmota/POWER", lambda m: m.payload == b"", since=mark)
+    barrier = system.command("tasmota", "not a command")  # its log lines are written by now
+    await system.observer.event("command_rejected", since=barrier, panel="tasmota")
+    cleared = [e["topic"] for e in daemon.logged("retained_command_cleared")]
+    assert cleared == ["redlight/panel/tasmota/set", "cmnd/sim_tasmota/POWER"]
+
+
 async def test_barrage_of_malformed_payloads(system: System) -> None:
     """Hundreds of malformed commands are all rejected (counted in coalesced command_rejected
     events: the first at once, then ``suppressed`` once a second); the daemon keeps working."""

@@ -337,6 +337,25 @@ def test_a_password_without_a_username_is_a_config_error(tmp_path: Path) -> None
     assert found == ["mqtt.password: needs mqtt.username too (MQTT sends no password without one)"]
 
 
+@pytest.mark.parametrize(("written", "protocol"), [('"5"', "5"), ("5", "5"), ('"3.1.1"', "3.1.1")])
+def test_the_mqtt_protocol_is_5_or_3_1_1(tmp_path: Path, written: str, protocol: str) -> None:
+    """``mqtt.protocol`` takes MQTT 5 (as text or a number) or 3.1.1."""
+    config = load_config(write(tmp_path, f"[mqtt]\nprotocol = {written}\n" + MINIMAL))
+    assert config.mqtt.protocol == protocol
+
+
+def test_the_mqtt_protocol_defaults_to_3_1_1(tmp_path: Path) -> None:
+    """Without ``mqtt.protocol`` redlight speaks MQTT 3.1.1, as before the setting existed."""
+    assert load_config(write(tmp_path, MINIMAL)).mqtt.protocol == "3.1.1"
+
+
+@pytest.mark.parametrize("written", ['"3.1"', "4", '"v5"', "true"])
+def test_another_mqtt_protocol_is_one_line_naming_both(tmp_path: Path, written: str) -> None:
+    """Any other protocol is one line that names the two accepted values."""
+    found = problems(tmp_path, f"[mqtt]\nprotocol = {written}\n" + MINIMAL)
+    assert found == ["mqtt.protocol: Input should be '5' or '3.1.1'"]
+
+
 # ---------------------------------------------------------------------- limits at the boundary
 
 

@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho_mqtt
 import pytest
-from paho.mqtt.client import MQTTMessageInfo
-from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.client import DisconnectFlags, MQTTMessageInfo
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -31,7 +32,9 @@ from redlight.broker import (
     Connected,
     Disconnected,
     Message,
+    Received,
 )
+from redlight.config import MqttProtocol
 from redlight.mqtt import PahoClient, ShortLivedConnections, TlsOptions, parse_broker_url
 from tests.brokerkit import WAIT_S, Events, paho_client
 from tests.mosquitto import MosquittoBroker, mosquitto_binary
@@ -152,31 +155,179 @@ def signal_on(event_name: str, flag: asyncio.Event) -> Processor:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_wrong_password_is_logged_without_the_password(
-    password_broker: MosquittoBroker, caplog: pytest.LogCaptureFixture
+    password_broker: MosquittoBroker,
+    caplog: pytest.LogCaptureFixture,
+    protocol: MqttProtocol,
 ) -> None:
-    """A refused login is logged at error with the reason, never with the password."""
+    """A refused login is logged at error with the reason, never with the password.
+
+    mosquitto 2 gives the same reason on both protocols (MQTT 5's 0x87 is 3.1.1's code 5).
+    """
     secret = "Wr0ng-Hunter2-Secret"  # noqa: S105 - the deliberately wrong password under test
-    client = paho_client(password_broker.port, "refused", username="redlight", password=secret)
+    client = paho_client(
+        password_broker.port, "refused", username="redlight", password=secret, protocol=protocol
+    )
+    with caplog.at_level(logging.DEBUG):
+        refused, logs = await refusal(client)
+
+    assert refused["log_level"] == "error"
+    assert refused["reason"] == "Not authorized"
+    assert "Sending CONNECT" in caplog.text  # paho's own logging is routed and was captured
+    assert secret not in caplog.text
+    assert secret not in repr(logs)
+
+
+async def refusal(client: PahoClient) -> tuple[EventDict, list[EventDict]]:
+    """Start ``client`` until the broker refuses it: the refusal's log entry, and every entry.
+
+    A refused connection is no connection: the sink hears nothing.
+    """
     sink = Events()
     refused_logged = asyncio.Event()
-    with (
-        capture_logs([signal_on("mqtt_connect_refused", refused_logged)]) as logs,
-        caplog.at_level(logging.DEBUG),
-    ):
+    with capture_logs([signal_on("mqtt_connect_refused", refused_logged)]) as logs:
         client.start(sink)
         try:
             await asyncio.wait_for(refused_logged.wait(), WAIT_S)
         finally:
             await client.stop()
-
-    refused = next(e for e in logs if e["event"] == "mqtt_connect_refused")
-    assert refused["log_level"] == "error"
-    assert refused["reason"] == "Not authorized"
     assert sink.history == []
-    assert "Sending CONNECT" in caplog.text  # paho's own logging is routed and was captured
-    assert secret not in caplog.text
-    assert secret not in repr(logs)
+    return next(e for e in logs if e["event"] == "mqtt_connect_refused"), logs
+
+
+async def _answer_connect_as_3_1_1_only(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """A broker that lacks MQTT 5: any CONNECT gets 3.1.1's "unacceptable protocol version"."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        await reader.readexactly(2)  # the CONNECT's fixed header; its length fits one byte here
+        writer.write(b"\x20\x02\x00\x01")
+        await writer.drain()
+        await reader.read()  # until paho closes the connection
+    writer.close()
+
+
+async def test_a_broker_without_mqtt_5_is_one_error_with_the_3_1_1_hint() -> None:
+    """Refused for its protocol version, redlight on 5 says to set ``mqtt.protocol = "3.1.1"``."""
+    server = await asyncio.start_server(_answer_connect_as_3_1_1_only, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        refused, _ = await refusal(paho_client(port, "too-new", protocol="5"))
+
+    assert refused["log_level"] == "error"
+    assert refused["reason"] == "Unsupported protocol version"
+    assert refused["hint"] == 'the broker does not speak MQTT 5: set mqtt.protocol = "3.1.1"'
+
+
+async def test_a_session_taken_over_on_5_is_a_client_id_conflict_at_once() -> None:
+    """MQTT 5's DISCONNECT "Session taken over" (0x8E) is reported on the first drop.
+
+    mosquitto 2.0.11 closes the old connection without that DISCONNECT (its log says "closing
+    old connection"), so the broker's packet is played into paho's callback here.
+    """
+    client = paho_client(1, "same-id", protocol="5")
+    client._loop = asyncio.get_running_loop()
+    client._connected = True
+    taken_over = ReasonCode(PacketTypes.DISCONNECT, identifier=0x8E)
+    with capture_logs() as logs:
+        client._on_disconnect(client._client, None, DisconnectFlags(True), taken_over, None)
+
+    conflict = next(e for e in logs if e["event"] == "client_id_conflict")
+    assert conflict["client_id"] == "same-id"
+    assert conflict["reason"] == "Session taken over"
+
+
+class PersistentPlug:
+    """A 3.1.1 plug with a persistent session (as Tasmota can be): the broker queues for it."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        """A plug of the broker on ``port`` that listens on ``topic`` at QoS 1."""
+        self.port = port
+        self.topic = topic
+        self.payloads: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._client: paho_mqtt.Client | None = None
+
+    def _connection(self) -> paho_mqtt.Client:
+        """A new paho client for one visit: like the adapter's, started once and stopped once."""
+        client = paho_mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="persistent-plug",
+            clean_session=False,
+            protocol=paho_mqtt.MQTTv311,
+        )
+        client.on_connect = lambda c, *_: c.subscribe(self.topic, 1)
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_subscribe(self, *_: object) -> None:
+        self._loop.call_soon_threadsafe(self._changed.set)
+
+    def _on_message(self, client: paho_mqtt.Client, userdata: Any, message: Any) -> None:
+        self._loop.call_soon_threadsafe(self._got, bytes(message.payload))
+
+    def _got(self, payload: bytes) -> None:
+        self.payloads.append(payload)
+        self._changed.set()
+
+    async def online(self) -> None:
+        """Connect (the broker hands over what it queued) and wait until subscribed."""
+        self._changed.clear()
+        self._client = self._connection()
+        await asyncio.to_thread(self._client.connect, "127.0.0.1", self.port)
+        self._client.loop_start()
+        async with asyncio.timeout(WAIT_S):
+            await self._changed.wait()
+
+    async def offline(self) -> None:
+        """Disconnect cleanly: the session, and its subscription, stay on the broker."""
+        assert self._client is not None
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+
+    async def heard(self, payload: bytes) -> None:
+        """Wait until ``payload`` has arrived."""
+        async with asyncio.timeout(WAIT_S):
+            while payload not in self.payloads:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("protocol", "delivered"), [("5", []), ("3.1.1", [b"ON"])])
+async def test_a_message_that_expired_never_reaches_a_plug_that_was_away(
+    mosquitto: MosquittoBroker, protocol: MqttProtocol, delivered: list[bytes]
+) -> None:
+    """Rule 6 at the broker: on MQTT 5 an ON queued for an absent plug expires there.
+
+    The plug speaks 3.1.1 and keeps a persistent session, so the broker queues for it; on
+    3.1.1 redlight cannot ask for an expiry and the late ON arrives. QoS 1 here: mosquitto
+    queues redlight's QoS 0 commands only with ``queue_qos0_messages``, where the same holds.
+    """
+    plug = PersistentPlug(mosquitto.port, "t/plug/power")
+    await plug.online()
+    await plug.offline()
+    client = paho_client(mosquitto.port, "expiring", protocol=protocol)
+    events = Events()
+    client.start(events)
+    await events.next(Connected)
+    client.subscribe(["t/sync"])
+    assert client.publish(Message("t/plug/power", "ON", qos=1, expiry_s=1))
+    assert client.publish(Message("t/plug/power", "barrier", qos=1))
+    assert client.publish(Message("t/sync", "queued", qos=1))
+    await events.next(Received, lambda e: e.topic == "t/sync")
+    # The plug stays away past the expiry (mosquitto counts whole seconds): that is the case.
+    await asyncio.sleep(2.5)
+    try:
+        await plug.online()
+        await plug.heard(b"barrier")
+    finally:
+        await plug.offline()
+        await client.stop()
+    assert plug.payloads == [*delivered, b"barrier"]
 
 
 class Proxy:
@@ -332,7 +483,14 @@ class FakePaho:
         """Always connected."""
         return True
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> MQTTMessageInfo:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: Properties | None = None,
+    ) -> MQTTMessageInfo:
         """Take the message as paho would: queued for its network thread to write."""
         info = MQTTMessageInfo(len(self.handed) + 1)
         info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS

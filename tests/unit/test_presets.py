@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from redlight.broker import Message
 from redlight.presets import (
+    ON_EXPIRY_S,
     Plug,
     PlugAvailability,
     PlugConfig,
@@ -157,6 +158,30 @@ def test_zigbee2mqtt_on_time_is_opt_in() -> None:
     assert json.loads(on[0].payload) == {"state": "ON", "on_time": 630}
     # A timed ON gets no optimistic state from Zigbee2MQTT: ask for it.
     assert on[1].topic == "zigbee2mqtt/Panel plug right/get"
+
+
+EVERY_PRESET = [
+    {"preset": "tasmota", "topic": "t"},
+    {"preset": "shelly_gen1", "id": "shellyplug-s-1"},
+    {"preset": "shelly_gen2", "prefix": "shellyplusplugs-2"},
+    {"preset": "zigbee2mqtt", "device": "d", "failsafe": True},
+    {"preset": "esphome", "node": "n", "switch": "relay"},
+]
+
+
+@pytest.mark.parametrize("table", EVERY_PRESET, ids=lambda t: t["preset"])
+@pytest.mark.parametrize("failsafe_s", [None, 630])
+def test_every_on_and_its_arming_expire_and_no_off_does(
+    table: dict[str, Any], failsafe_s: float | None
+) -> None:
+    """Rule 6 at an MQTT 5 broker: an ON and its off-timer expire; an OFF and queries never do."""
+    p = plug(**table)
+    commands = {p.command_topic} | ({p.failsafe_topic} if p.failsafe_topic else set())
+    on = p.turn_on(failsafe_s)
+    expected = [(m.topic, ON_EXPIRY_S if m.topic in commands else None) for m in on]
+    assert [(m.topic, m.expiry_s) for m in on] == expected
+    assert (p.command_topic, ON_EXPIRY_S) in expected
+    assert {m.expiry_s for m in p.turn_off() + p.ask_state()} == {None}
 
 
 def test_zigbee2mqtt_availability_both_forms_and_the_bridge() -> None:

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from redlight import commands as cmd
 from redlight.broker import Message, Received
-from redlight.config import Config
+from redlight.config import Config, MqttProtocol
 from redlight.core import Now, Restored
 from redlight.membroker import MemoryBroker, MemoryClient
 from redlight.messages import Topics, status_message
@@ -118,9 +118,9 @@ def body(message: Message) -> dict[str, Any]:
     return value
 
 
-async def make_rig(config: Config, **runtime_args: Any) -> Rig:
+async def make_rig(config: Config, protocol: MqttProtocol = "3.1.1", **runtime_args: Any) -> Rig:
     """Start a plug, a user and the runtime on a fresh memory broker; wait until online."""
-    broker = MemoryBroker()
+    broker = MemoryBroker(protocol)
     will = status_message(Topics("redlight"), online=False)
     runtime_args.setdefault("notifier", RecordingNotifier())
     runtime = Runtime(config, broker.client("redlight", will=will), clock=clock, **runtime_args)
@@ -233,6 +233,31 @@ async def test_a_retained_on_on_the_command_topic_is_ignored_and_cleared() -> No
     await plug.stop()
     assert plug.on_commands == 0
     assert "redlight/panel/hip_left/set" not in broker.retained
+
+
+async def test_on_5_a_live_retained_on_is_cleared_not_obeyed() -> None:
+    """Rule 7 on MQTT 5: a retained ON published while redlight is connected starts nothing.
+
+    Retain As Published keeps its flag, so it is recognised and cleared like one waiting at
+    start-up (on 3.1.1 it would arrive unflagged, the README's documented limitation).
+    """
+    rig = await make_rig(left_only(), protocol="5")
+    try:
+        cleared = rig.broker.next(
+            "redlight/panel/hip_left/set", lambda m: m.retain and m.payload_bytes() == b""
+        )
+        assert rig.user.publish(Message("redlight/panel/hip_left/set", "ON", retain=True))
+        await cleared
+        # The barrier: a plain start after the clearing is the first and only session.
+        started = rig.event("session_started", panel="hip_left")
+        rig.command("hip_left", {"action": "start", "duration": "1m", "request_id": "after"})
+        assert body(await started)["request_id"] == "after"
+    finally:
+        await rig.stop()
+
+    events = [body(m) for m in rig.broker.messages_on("redlight/event")]
+    assert [e["request_id"] for e in events if e["event_type"] == "session_started"] == ["after"]
+    assert "redlight/panel/hip_left/set" not in rig.broker.retained
 
 
 async def test_locked_database_never_delays_the_off(tmp_path: Path) -> None:
