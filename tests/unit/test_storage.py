@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -465,8 +466,12 @@ def test_read_only_directory_is_reported_without_raising(tmp_path: Path) -> None
                 assert attempts.acquire(timeout=5.0)
         with pytest.raises(StorageError):
             History.open(db)
-        directory.unlink()
-        directory.mkdir()
+        # Re-pointed at once (a new link renamed over the old one): a path that is missing for
+        # a moment would let the writer's next retry create the directory itself.
+        real = tmp_path / "real"
+        real.mkdir()
+        (tmp_path / "ro.new").symlink_to(real, target_is_directory=True)
+        os.replace(tmp_path / "ro.new", directory)
         assert history_writer.flush(5.0)
     finally:
         history_writer.close(timeout=5.0)
