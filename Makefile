@@ -8,7 +8,7 @@ HA_PYTHON ?= $(shell python3.13 -c 'import sys; print(sys.executable)' 2>/dev/nu
 	|| echo /root/.pyenv/versions/3.13.0/bin/python3.13)
 HA_VENV := .ha-venv
 
-.PHONY: venv test test-unit test-integration test-ha lint demo bench clean
+.PHONY: venv test test-unit test-integration test-ha ha-chroot lint demo bench clean
 
 $(BIN)/redlight: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,17 +44,27 @@ reliability: venv
 $(HA_VENV)/bin/hass:
 	$(HA_PYTHON) -m venv $(HA_VENV)
 	$(HA_VENV)/bin/pip install --quiet --upgrade pip
-	$(HA_VENV)/bin/pip install --quiet homeassistant
+	$(HA_VENV)/bin/pip install --quiet homeassistant==2025.4.4
 	$(HA_VENV)/bin/python -c "import json, pathlib, homeassistant; \
 	    m = pathlib.Path(homeassistant.__file__).parent / 'components/mqtt/manifest.json'; \
 	    print(*json.loads(m.read_text())['requirements'])" \
 	    | xargs $(HA_VENV)/bin/pip install --quiet
 	@touch $@
 
-## test-ha: redlight's discovery against the real Home Assistant core (not part of `make test`)
-test-ha: venv $(HA_VENV)/bin/hass
+# Today's Home Assistant needs Python >= 3.14.2: a Debian sid chroot, built once (tools/ha-chroot.sh);
+# tools/ha-python runs its interpreter as if it were a local one.
+HA_ROOT := .ha-2026
+
+ha-chroot:
+	tools/ha-chroot.sh $(abspath $(HA_ROOT))
+
+## test-ha: redlight's discovery against the real Home Assistant core (not part of `make test`),
+## on 2025.4.4 (the oldest supported, .ha-venv) and 2026.11 (today's, in the chroot).
+test-ha: venv $(HA_VENV)/bin/hass ha-chroot
 	REDLIGHT_HA_PYTHON=$(abspath $(HA_VENV))/bin/python $(BIN)/python -m pytest \
 	    tests/integration/test_homeassistant.py
+	REDLIGHT_HA_ROOT=$(abspath $(HA_ROOT)) REDLIGHT_HA_PYTHON=$(abspath tools/ha-python) \
+	    $(BIN)/python -m pytest tests/integration/test_homeassistant.py
 
 lint: venv
 	$(BIN)/ruff check daemon tests bench

@@ -40,22 +40,26 @@ log = logging.getLogger(__name__)
 
 
 def _ha_python() -> tuple[str | None, str]:
-    """The Python that runs Home Assistant, or None and why the test cannot run."""
+    """The Python that runs Home Assistant and its version, or None and why it cannot run."""
     python = os.environ.get(HA_PYTHON_ENV)
     if not python:
         return None, f"{HA_PYTHON_ENV} is not set (make test-ha sets it to a Home Assistant venv)"
     try:
         probe = subprocess.run(
-            [python, "-c", "import homeassistant"], capture_output=True, timeout=60, check=False
+            [python, "-c", "from homeassistant.const import __version__; print(__version__)"],
+            capture_output=True,
+            timeout=60,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as error:
         return None, f"{HA_PYTHON_ENV}={python} cannot run: {error}"
     if probe.returncode != 0:
         return None, f"{HA_PYTHON_ENV}={python} cannot import homeassistant"
-    return python, ""
+    return python, probe.stdout.decode().strip()
 
 
-HA_PYTHON, SKIP_REASON = _ha_python()
+HA_PYTHON, HA_VERSION = _ha_python()
+SKIP_REASON = HA_VERSION
 
 pytestmark = [
     pytest.mark.integration,
@@ -279,7 +283,7 @@ class HomeAssistant:
         entry: dict[str, Any] = {
             "created_at": created,
             "modified_at": created,
-            "data": {"broker": "127.0.0.1", "port": self.broker_port},
+            "data": {"broker": "127.0.0.1", "port": self.broker_port} | self.protocol(),
             "discovery_keys": {},
             "disabled_by": None,
             "domain": "mqtt",
@@ -307,6 +311,16 @@ class HomeAssistant:
                 indent=2,
             )
         )
+
+    def protocol(self) -> dict[str, str]:
+        """The broker protocol of Home Assistant's own MQTT connection, as its users have it.
+
+        2026.6 made MQTT 5 the default and migrates existing entries to it; before, an entry
+        without ``protocol`` meant 3.1.1.
+        """
+        assert HA_VERSION is not None
+        year, month = (int(part) for part in HA_VERSION.split(".")[:2])
+        return {"protocol": "5"} if (year, month) >= (2026, 6) else {}
 
     def start(self) -> None:
         """Start the process; its console output goes next to its log."""
