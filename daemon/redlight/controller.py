@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from redlight import commands as cmd
 from redlight.config import Config
 from redlight.core import Core, Effect, Now, Source
-from redlight.effects import urgent
+from redlight.effects import urgent_first
 from redlight.router import (
     Command,
     Refused,
@@ -153,9 +153,4 @@ class Controller:
 def _plug_first(parts: Iterable[list[Effect]]) -> list[Effect]:
     """Several parts' effects as one list in the core's order: urgent ones (plug commands)
     first, so nothing can delay an OFF; the rest in order."""
-    first: list[Effect] = []
-    rest: list[Effect] = []
-    for effects in parts:
-        for effect in effects:
-            (first if urgent(effect) else rest).append(effect)
-    return first + rest
+    return urgent_first(effect for effects in parts for effect in effects)

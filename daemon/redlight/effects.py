@@ -104,6 +104,11 @@ def urgent(effect: Effect) -> bool:
     return isinstance(effect, Message) and effect.urgent
 
 
+def urgent_first(effects: Iterable[Effect]) -> list[Effect]:
+    """``effects`` with the urgent ones first; a stable sort keeps each group in order."""
+    return sorted(effects, key=lambda effect: not urgent(effect))
+
+
 class Outbox:
     """Effects collected during one step of the core, handed out urgent ones first."""
 
@@ -128,8 +133,7 @@ class Outbox:
 
     def take(self) -> list[Effect]:
         """Everything collected, urgent first (a stable sort keeps the rest in order)."""
-        out = sorted(self._effects, key=lambda effect: not urgent(effect))
-        self._effects = []
+        out, self._effects = urgent_first(self._effects), []
         return out
 
 
