@@ -152,9 +152,13 @@ def _warn_if_world_readable(path: Path) -> None:
 
 async def _main(config: Config, broker: BrokerClient) -> int:
     from redlight.runtime import Runtime, open_history, restore, system_now
+    from redlight.storage import HistoryWriter
 
-    history, writer = open_history(config)
+    history = open_history(config)
     restored, interrupted = restore(history, config, system_now().wall)
+    # After the reader's writes, so that the writer's first one (it starts the WAL at once, off
+    # the first ON's way) does not make them wait for the lock.
+    writer = HistoryWriter(config.storage.path)
     if history is not None:
         history.close()
     for row in interrupted:

@@ -509,12 +509,10 @@ def command_subscriptions(core: Core) -> frozenset[str]:
     return frozenset(core.topics.command_filters()) | plugs
 
 
-def open_history(config: Config) -> tuple[History | None, HistoryWriter]:
+def open_history(config: Config) -> History | None:
     """Open storage; a broken database is reported loudly and the daemon runs without it."""
-    writer = HistoryWriter(config.storage.path)
     try:
-        history: History | None = History.open(config.storage.path)
+        return History.open(config.storage.path)
     except StorageError as error:
         log.error("storage_unavailable", path=str(config.storage.path), error=str(error))
-        history = None
-    return history, writer
+        return None

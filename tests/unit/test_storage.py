@@ -61,6 +61,18 @@ def writer(db: Path) -> Iterator[HistoryWriter]:
     history_writer.close(timeout=5.0)
 
 
+def test_the_writer_starts_the_wal_before_the_first_journal_row(
+    writer: HistoryWriter, db: Path
+) -> None:
+    """Rule 8's ON waits for the first journal row: the two syncs of starting a WAL (its header,
+    a new file's directory) happen when the writer starts, not in that row's commit."""
+    assert writer.flush(timeout=5.0)
+    wal = db.with_name(db.name + "-wal")
+    # The header (32 bytes) and at least one frame (24 bytes and a page) are on disk.
+    assert wal.stat().st_size > 32 + 24
+    assert writer.errors == 0
+
+
 def storage_errors(logs: Sequence[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     """The ``storage_error`` entries among captured log entries."""
     return [entry for entry in logs if entry["event"] == "storage_error"]

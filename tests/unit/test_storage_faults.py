@@ -147,11 +147,12 @@ def test_deleted_database_is_recreated_and_the_next_rows_land_in_it(
 
 
 def test_database_deleted_before_the_first_write_is_noticed(db: Path, faults: Faults) -> None:
-    """The file there when the writer started (the daemon read it) and gone by its first
+    """The file the writer opened on starting (the daemon had read it) and gone by its first
     write is reported as replaced too, not silently started afresh."""
     History.open(db).close()
     writer = HistoryWriter(db, retry_s=FAST, fault=faults)
     try:
+        assert writer.flush(5.0)  # it has opened the file (and started its WAL) on starting
         db.unlink()
         with capture_logs() as logs:
             writer.session_opened(session("s1"))
