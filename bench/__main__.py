@@ -31,6 +31,11 @@ from bench.probe import probe_report, run_probe
 from bench.profile import summarise
 from bench.report import figures, flood_report, json_line, table
 from bench.scenarios import FULL, QUICK, Plan, progress, run, run_flood
+from bench.startupmsgs import (
+    run_startup_messages,
+    startup_messages_figures,
+    startup_messages_report,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         "busy (the daemon instrumented through a sitecustomize module; about 3 minutes)",
     )
     parser.add_argument(
+        "--startup-messages",
+        action="store_true",
+        help="run only the count of messages the daemon is sent while 1,000 panels start, on "
+        "MQTT 3.1.1 and on 5 (No Local), from the broker's debug log (about 1 minute)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the working directory (logs, configs)"
     )
     args = parser.parse_args(argv)
@@ -103,6 +114,10 @@ def _measure(args: argparse.Namespace, plan: Plan, root: Path, load: float) -> l
     """Run what ``args`` ask for in ``root``; the lines of its report."""
     if args.idle_lateness:
         return [probe_report(run_probe(root))]
+    if args.startup_messages:
+        counted = run_startup_messages(root)
+        figs = startup_messages_figures(counted) | {"source": source()}
+        return [*startup_messages_report(counted), json.dumps(figs)]
     if args.slow_disk or args.quarter_core:
         return constrained(root, slow_disk=args.slow_disk, quarter=args.quarter_core)
     if args.flood_only:

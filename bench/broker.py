@@ -49,10 +49,15 @@ def free_port() -> int:
 class Mosquitto:
     """A mosquitto process on 127.0.0.1 whose config and log live in ``directory``."""
 
-    def __init__(self, directory: Path, *, nodelay: bool = False) -> None:
-        """Prepare (not start) a broker on a free port; ``nodelay`` sets ``set_tcp_nodelay``."""
+    def __init__(
+        self, directory: Path, *, nodelay: bool = False, log_publishes: bool = False
+    ) -> None:
+        """Prepare (not start) a broker on a free port; ``nodelay`` sets ``set_tcp_nodelay``;
+        ``log_publishes`` logs every packet (``log_type debug``), so each PUBLISH a client
+        was sent can be counted (it costs the broker CPU: only where counting is the point)."""
         self.directory = directory
         self.nodelay = nodelay
+        self.log_publishes = log_publishes
         self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -72,6 +77,7 @@ class Mosquitto:
                 "log_type error",
                 "log_type warning",
                 "log_type notice",
+                *(["log_type debug"] if self.log_publishes else []),
                 # The default (1000 QoS 1 messages queued per client) drops messages in the
                 # start-up burst of 1,000 panels; the benchmark must see every one it counts.
                 "max_queued_messages 0",

@@ -171,16 +171,20 @@ class Rig:
         nodelay: bool = False,
         env: Mapping[str, str] | None = None,
         cgroup: Path | None = None,
+        log_publishes: bool = False,
     ) -> None:
         """Lay out the phase's directory; nothing starts until :meth:`up`.
 
-        ``env`` and ``cgroup`` are the daemon's alone (see :class:`bench.daemon.Daemon`).
+        ``env`` and ``cgroup`` are the daemon's alone (see :class:`bench.daemon.Daemon`);
+        ``log_publishes`` is the broker's (see :class:`bench.broker.Mosquitto`).
         """
         self.root = root / name
         self.root.mkdir(parents=True)
         self.name = name
         self.panels = panel_ids(panels)
-        self.broker = Mosquitto(self.root / "mosquitto", nodelay=nodelay)
+        self.broker = Mosquitto(
+            self.root / "mosquitto", nodelay=nodelay, log_publishes=log_publishes
+        )
         config = self.root / "config.toml"
         self.history = self.root / "history.db"
         config.write_text(config_text(self.broker.port, self.history, self.panels))
@@ -278,9 +282,12 @@ def rig(
     nodelay: bool = False,
     env: Mapping[str, str] | None = None,
     cgroup: Path | None = None,
+    log_publishes: bool = False,
 ) -> Iterator[Rig]:
     """A :class:`Rig` that is up inside the block and torn down after it, however it ends."""
-    setup = Rig(root, name, panels, nodelay=nodelay, env=env, cgroup=cgroup)
+    setup = Rig(
+        root, name, panels, nodelay=nodelay, env=env, cgroup=cgroup, log_publishes=log_publishes
+    )
     try:
         setup.up()
         yield setup

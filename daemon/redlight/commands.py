@@ -50,9 +50,9 @@ class StopAll:
 
 @dataclass(frozen=True, slots=True)
 class AcceptOffer:
-    """Accept a schedule's offer to start a session."""
+    """Accept a schedule's offer to start a session (``None``: the newest open offer)."""
 
-    offer: str
+    offer: str | None
     request_id: str | None = None
 
 
@@ -280,13 +280,17 @@ def parse_daemon_command(payload: bytes) -> DaemonCommand | Rejection:
 
 
 def _accept_offer(body: dict[str, object], request_id: str | None) -> AcceptOffer | Rejection:
-    """An ``accept_offer`` names the offer it accepts, and nothing else."""
+    """An ``accept_offer`` names the offer it accepts (or none: the newest), nothing else."""
     offer = body.get("offer")
     unknown = set(body) - {"action", "offer", "request_id"}
     if unknown:
         return _unknown_keys(unknown, request_id)
-    if not isinstance(offer, str) or not offer:
-        return Rejection("invalid_payload", "'offer' must name the offer to accept", request_id)
+    if offer is not None and (not isinstance(offer, str) or not offer):
+        return Rejection(
+            "invalid_payload",
+            "'offer' must name the offer to accept (or be left out: the newest open offer)",
+            request_id,
+        )
     return AcceptOffer(offer, request_id)
 
 

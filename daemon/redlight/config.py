@@ -200,8 +200,8 @@ class MqttConfig(_Model):
     """How to reach the broker, and where redlight's own topics live."""
 
     url: str = "mqtt://127.0.0.1:1883"
-    #: ``"3.1.1"`` for a broker that lacks MQTT 5 (see the README's MQTT section).
-    protocol: MqttProtocol = "3.1.1"
+    #: MQTT 5 by default; ``"3.1.1"`` for a broker that lacks it (the README's MQTT section).
+    protocol: MqttProtocol = "5"
     username: str | None = None
     password: SecretStr | None = None
     base_topic: str = "redlight"

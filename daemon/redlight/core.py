@@ -147,6 +147,7 @@ class Core:
             TimerKind.POLL_ANSWER: relays.poll_unanswered,
             TimerKind.POLL: relays.poll,
             TimerKind.COOLDOWN_END: sessions.cooldown_over,
+            TimerKind.TODAY: sessions.today_moved,
         }
 
     @property

@@ -22,7 +22,8 @@ from redlight.config import Config
 from redlight.messages import Topics, clear_retained, dumps, loads_object
 from redlight.presets import build_plug
 
-#: Every event type redlight publishes on a panel's event topic (SPEC §4).
+#: Every event type redlight publishes on a panel's event topic (SPEC §4); ``relay_stuck``
+#: only where the panel's power is verified (``min_power_w``).
 PANEL_EVENT_TYPES: Final = (
     "session_started",
     "session_finished",
@@ -30,12 +31,21 @@ PANEL_EVENT_TYPES: Final = (
     "command_rejected",
     "plug_unresponsive",
     "plug_recovered",
-    "routine_step",
     "ending_soon",
-    "schedule_offer",
     "relay_stuck",
     "off_not_obeyed",
 )
+#: The event types of no panel, which only ``<b>/event`` carries: routines, offers, refusals.
+DAEMON_EVENT_TYPES: Final = (
+    "routine_started",
+    "routine_step",
+    "routine_finished",
+    "schedule_offer",
+    "command_rejected",
+)
+#: ``<b>/event`` also carries a copy of every panel event: the redlight device's event entity
+#: renders those empty, which Home Assistant ignores (at debug level), and takes only its own.
+_DAEMON_EVENTS_ONLY: Final = "{{ value if value_json.panel is none else '' }}"
 #: The values of the ``State`` enum sensor.
 PANEL_STATES: Final = ("idle", "running", "cooldown", "fault")
 
@@ -53,7 +63,38 @@ def panel_device_id(base_topic: str, panel: str) -> str:
 
 
 def _origin() -> dict[str, Any]:
+    # No support_url: redlight has no public address yet, and a made-up one would mislead.
     return {"name": "redlight", "sw_version": __version__}
+
+
+def entity_prefix(base_topic: str) -> str:
+    """The start of every entity id: ``redlight``, and the base topic where it is another.
+
+    A search for "redlight" in Home Assistant's entity list finds every entity, and two
+    instances (one per base topic) never propose the same entity id.
+    """
+    slug = _slug(base_topic)
+    return "redlight" if slug in ("", "redlight") else f"redlight_{slug}"
+
+
+def _slug(text: str) -> str:
+    """``text`` as Home Assistant's object ids spell it: lower case, ``_`` between words."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _with_entity_ids(
+    prefix: str, components: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each component's ``default_entity_id``: ``<platform>.<prefix>_<its name>``, e.g.
+    ``switch.redlight_hip_left_session``, ``button.redlight_stop_all_sessions``.
+
+    Home Assistant uses it only when it first adds the entity; a user's rename stays.
+    """
+    return {
+        key: component
+        | {"default_entity_id": f"{component['platform']}.{prefix}_{_slug(component['name'])}"}
+        for key, component in components.items()
+    }
 
 
 def _availability(topics: Topics) -> list[dict[str, str]]:
@@ -95,7 +136,9 @@ def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
     topics = Topics(config.mqtt.base_topic)
     uid = panel_device_id(config.mqtt.base_topic, panel)
     state = topics.panel_state(panel)
-    return {
+    verified = config.panels[panel].min_power_w is not None
+    event_types = [t for t in PANEL_EVENT_TYPES if verified or t != "relay_stuck"]
+    components = {
         **_panel_controls(config, panel, uid, state),
         **_panel_readings(uid, state),
         "plug": {
@@ -113,10 +156,11 @@ def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
             "unique_id": f"{uid}_events",
             "name": "Session events",
             "icon": "mdi:history",
-            "event_types": list(PANEL_EVENT_TYPES),
+            "event_types": event_types,
             "state_topic": topics.panel_event(panel),
         },
     }
+    return _with_entity_ids(f"{entity_prefix(config.mqtt.base_topic)}_{_slug(panel)}", components)
 
 
 def _panel_controls(config: Config, panel: str, uid: str, state: str) -> dict[str, dict[str, Any]]:
@@ -144,6 +188,7 @@ def _panel_controls(config: Config, panel: str, uid: str, state: str) -> dict[st
             "icon": "mdi:timer-cog-outline",
             "device_class": "duration",
             "unit_of_measurement": "min",
+            "entity_category": "config",
             "min": lowest,
             "max": highest,
             "step": step,
@@ -248,6 +293,33 @@ def daemon_components(config: Config) -> dict[str, dict[str, Any]]:
         }
     for schedule_id, schedule in config.schedules.items():
         components |= _schedule_components(topics, uid, schedule_id, schedule.name or schedule_id)
+    components |= _daemon_events(config, topics, uid)
+    return _with_entity_ids(entity_prefix(base), components)
+
+
+def _daemon_events(config: Config, topics: Topics, uid: str) -> dict[str, dict[str, Any]]:
+    """The events of no panel (routines, offers, refusals), and ``Accept offer`` where a
+    schedule offers."""
+    routines = bool(config.routines) or any(s.routine for s in config.schedules.values())
+    offers = any(s.mode == "offer" for s in config.schedules.values())
+    event_types = [
+        t
+        for t in DAEMON_EVENT_TYPES
+        if (routines or not t.startswith("routine_")) and (offers or t != "schedule_offer")
+    ]
+    components: dict[str, dict[str, Any]] = {
+        "events": {
+            "platform": "event",
+            "unique_id": f"{uid}_events",
+            "name": "Events",
+            "icon": "mdi:calendar-alert",
+            "event_types": event_types,
+            "state_topic": topics.daemon_event,
+            "value_template": _DAEMON_EVENTS_ONLY,
+        }
+    }
+    if offers:
+        components["accept_offer"] = _accept_button(topics, uid)
     return components
 
 
@@ -282,6 +354,30 @@ def _schedule_components(
     }
 
 
+def _accept_button(topics: Topics, uid: str) -> dict[str, Any]:
+    """``Accept offer``: the newest open offer. Available only while one is open: its second
+    availability topic is ``<b>/offer``, retained, and both must say so (``all``)."""
+    return {
+        "platform": "button",
+        "unique_id": f"{uid}_accept_offer",
+        "name": "Accept offer",
+        "icon": "mdi:check-circle",
+        "command_topic": topics.daemon_set,
+        "payload_press": dumps({"action": "accept_offer"}),
+        "retain": False,
+        "availability_mode": "all",
+        "availability": [
+            *_availability(topics),
+            {
+                "topic": topics.offer,
+                "value_template": "{{ 'open' if value_json.offer else 'none' }}",
+                "payload_available": "open",
+                "payload_not_available": "none",
+            },
+        ],
+    }
+
+
 def discovery_topic(config: Config, device: str) -> str:
     """``<discovery_prefix>/device/<device>/config``."""
     return f"{config.homeassistant.discovery_prefix}/device/{device}/config"
@@ -308,14 +404,16 @@ def discovery_payloads(config: Config) -> dict[str, dict[str, Any]]:
     }
     for panel_id, panel in config.panels.items():
         plug = build_plug(panel_id, panel.plug, base_topic=base)
-        device = {
+        # What redlight knows is true: a panel on a plug of this kind. Not who made the plug,
+        # nor its firmware's version (redlight's own version is in ``origin``).
+        device: dict[str, Any] = {
             "identifiers": [panel_device_id(base, panel_id)],
             "name": config.panel_name(panel_id),
-            "manufacturer": "redlight",
-            "model": plug.model,
-            "sw_version": __version__,
+            "model": f"Panel on a {plug.model}",
             "via_device": uid,
         }
+        if panel.area:
+            device["suggested_area"] = panel.area
         payloads[discovery_topic(config, panel_device_id(base, panel_id))] = _payload(
             device, topics, panel_components(config, panel_id)
         )

@@ -33,6 +33,11 @@ class Topics:
         return f"{self.base}/state"
 
     @property
+    def offer(self) -> str:
+        """The newest open schedule offer, retained (``{"offer": null}`` while none is)."""
+        return f"{self.base}/offer"
+
+    @property
     def daemon_event(self) -> str:
         """Every event, daemon-wide and per panel."""
         return f"{self.base}/event"

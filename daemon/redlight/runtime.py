@@ -398,10 +398,13 @@ class Runtime:
         self._switch_on_journaled()
 
     def _schedule_states(self) -> list[Effect]:
-        return [
+        states: list[Effect] = [
             self.schedules.state_message(key, self.clock_jobs.next_run(key))
             for key in self.config.schedules
         ]
+        if any(s.mode == "offer" for s in self.config.schedules.values()):
+            states.append(self.schedules.offer_message())
+        return states
 
     def _rejection_key(self, event: Event) -> str | None:
         """A configured routine or schedule has rejections of its own: ``redlight routine``

@@ -125,7 +125,9 @@ class Schedules:
     def withdraw_offers(self, now: Now) -> list[Effect]:
         """``stop_all``: every open offer is withdrawn."""
         out: list[Effect] = [self._offer_event(o, now, "withdrawn") for o in self.offers.values()]
-        self.offers.clear()
+        if self.offers:
+            self.offers.clear()
+            out.append(self.offer_message())
         return out
 
     def toggle(self, schedule_id: str, enabled: bool, now: Now) -> list[Effect]:
@@ -167,22 +169,28 @@ class Schedules:
                 now.wall + timedelta(seconds=OFFER_TTL_S),
             )
             self.offers[offer.id] = offer
-            return [self._offer_event(offer, now, "open")]
+            return [self._offer_event(offer, now, "open"), self.offer_message()]
         return self._launch(schedule_id, schedule, now)
 
-    def accept(self, offer_id: str, now: Now, request_id: str | None = None) -> list[Effect]:
-        """``accept_offer``: start what the offer proposed, if it is still open."""
-        offer = self.offers.pop(offer_id, None)
+    def accept(self, offer_id: str | None, now: Now, request_id: str | None = None) -> list[Effect]:
+        """``accept_offer``: start what the offer proposed, if it is still open (``None``: the
+        newest open offer, the one ``<b>/offer`` shows and Home Assistant's button accepts)."""
+        if offer_id is None:
+            newest = self._newest()
+            offer_id = newest.id if newest is not None else None
+        offer = self.offers.pop(offer_id, None) if offer_id is not None else None
         if offer is None:
+            which = "no open offer" if offer_id is None else f"no open offer {offer_id!r}"
             fields: dict[str, Any] = {
                 "reason": "unknown_offer",
-                "message": f"there is no open offer {offer_id!r} (offers expire after 10 minutes)",
-                "offer": offer_id,
+                "message": f"there is {which} (offers expire after 10 minutes)",
             }
+            if offer_id is not None:
+                fields["offer"] = offer_id
             if request_id is not None:
                 fields["request_id"] = request_id
             return [Event("command_rejected", None, now.wall, fields)]
-        out: list[Effect] = [self._offer_event(offer, now, "accepted")]
+        out: list[Effect] = [self._offer_event(offer, now, "accepted"), self.offer_message()]
         out.extend(self._launch(offer.schedule, self.config.schedules[offer.schedule], now))
         return out
 
@@ -193,11 +201,28 @@ class Schedules:
             if now.mono >= offer.expires_mono:
                 del self.offers[offer.id]
                 out.append(self._offer_event(offer, now, "expired"))
+        if out:
+            out.append(self.offer_message())
         return out
 
     def next_wakeup(self) -> float | None:
         """When the earliest offer expires."""
         return min((o.expires_mono for o in self.offers.values()), default=None)
+
+    def offer_message(self) -> Message:
+        """``<b>/offer``, retained: the newest open offer, or ``{"offer": null}``."""
+        newest = self._newest()
+        body: dict[str, Any] = {"offer": None}
+        if newest is not None:
+            body = {
+                "offer": newest.id,
+                "schedule": newest.schedule,
+                "expires_at": iso(newest.expires_wall),
+            }
+        return Message(self.topics.offer, dumps(body), True, STATE_QOS)
+
+    def _newest(self) -> _Offer | None:
+        return max(self.offers.values(), key=lambda o: o.expires_mono, default=None)
 
     def state_message(self, schedule_id: str, next_run: datetime | None) -> Message:
         """``<b>/schedule/<id>/state``, retained: enabled, and the next run with its offset."""

@@ -25,6 +25,9 @@ from redlight.view import Board, ends_wall, num
 
 #: ``ending_soon`` is announced this long before a session ends.
 ENDING_SOON_S: Final = 30.0
+#: A running session's state is published again this often, so that ``today_s`` (Home
+#: Assistant's "Today") moves during the session, not only when it ends.
+TODAY_EVERY_S: Final = 60.0
 #: Power verification: ask the plug for its power this long after it confirmed ON, and judge
 #: it this long after (a panel needs a moment to draw its full power; plugs average).
 POWER_ASK_S: Final = 3.0
@@ -165,6 +168,7 @@ class Sessions:
         self.timers.arm(panel.index, TimerKind.DEADLINE, session.deadline)
         if session.duration_s > ENDING_SOON_S:
             self.timers.arm(panel.index, TimerKind.ENDING_SOON, session.deadline - ENDING_SOON_S)
+        self.timers.arm(panel.index, TimerKind.TODAY, now.mono + TODAY_EVERY_S)
 
     def switch_on(self, panel: Panel, now: Now) -> None:
         """Safety rules 5 and 6: the one ON, with the plug's own timer armed for what is left."""
@@ -211,7 +215,7 @@ class Sessions:
         session = panel.session
         assert session is not None
         self.relays.send_off(panel, now)
-        for kind in (TimerKind.DEADLINE, TimerKind.ENDING_SOON, TimerKind.JOURNAL):
+        for kind in (TimerKind.DEADLINE, TimerKind.ENDING_SOON, TimerKind.JOURNAL, TimerKind.TODAY):
             self.timers.disarm(panel.index, kind)
         self.timers.disarm(panel.index, TimerKind.POWER_ASK)
         self.timers.disarm(panel.index, TimerKind.POWER_CHECK)
@@ -325,6 +329,12 @@ class Sessions:
 
     def cooldown_over(self, panel: Panel, now: Now) -> None:
         panel.cooldown_wall = None
+
+    def today_moved(self, panel: Panel, now: Now) -> None:
+        """A minute of the session went by: its state (``today_s``) is published again."""
+        self.board.touch(panel)
+        if panel.session is not None:
+            self.timers.arm(panel.index, TimerKind.TODAY, now.mono + TODAY_EVERY_S)
 
     def ask_power(self, panel: Panel, now: Now) -> None:
         if self.relays.connected:

@@ -35,6 +35,8 @@ class TimerKind(IntEnum):
     POLL = 8
     #: The cooldown is over: the panel's state reads idle again.
     COOLDOWN_END = 9
+    #: A running session's minute is up: its state is published again, so ``today_s`` moves.
+    TODAY = 10
 
 
 class Timers:

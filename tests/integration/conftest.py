@@ -14,20 +14,26 @@ from pathlib import Path
 import pytest
 
 from tests.integration import reliability
-from tests.integration.harness import Observer, System
+from tests.integration.harness import Observer, System, default_protocol
 from tests.mosquitto import MosquittoBroker
 
 _STARTED = pytest.StashKey[float]()
 
 
 @pytest.fixture
-async def system(tmp_path: Path) -> AsyncIterator[System]:
-    """A private mosquitto on a free port with an observer; plugs and daemon come per test."""
+async def system(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[System]:
+    """A private mosquitto on a free port with an observer; plugs and daemon come per test.
+
+    The daemon speaks MQTT 5 (its default), or what a test parametrizes ``system`` with
+    indirectly (``"5"`` or ``"3.1.1"``), or what ``REDLIGHT_TEST_PROTOCOL`` says for the whole
+    run (``make test-3.1.1``).
+    """
     broker = MosquittoBroker(tmp_path / "mosquitto")
     broker.start()
     observer = Observer(broker.port)
     await observer.start()
-    sut = System(tmp_path, broker, observer)
+    protocol = getattr(request, "param", None) or default_protocol()
+    sut = System(tmp_path, broker, observer, protocol=protocol)
     try:
         yield sut
     finally:

@@ -319,6 +319,14 @@ async def start_plug(
     return sim
 
 
+def default_protocol() -> MqttProtocol:
+    """The daemon's protocol in a run: ``REDLIGHT_TEST_PROTOCOL``, else its own default, 5."""
+    chosen = os.environ.get("REDLIGHT_TEST_PROTOCOL", "5")
+    if chosen not in ("5", "3.1.1"):
+        raise ValueError(f'REDLIGHT_TEST_PROTOCOL must be "5" or "3.1.1" (got {chosen!r})')
+    return "5" if chosen == "5" else "3.1.1"
+
+
 def config_text(
     port: int,
     db: Path,
@@ -326,7 +334,7 @@ def config_text(
     safety: str = "",
     extra: str = "",
     settings: Mapping[str, Mapping[str, Any]] | None = None,
-    protocol: MqttProtocol = "3.1.1",
+    protocol: MqttProtocol = "5",
 ) -> str:
     """A config file for the daemon under test, speaking ``protocol`` to the broker.
 
@@ -388,6 +396,8 @@ class System:
     links: dict[str, PlugLink] = field(default_factory=dict)
     daemon: Daemon | None = None
     db_path: Path | None = None
+    #: What the daemon speaks to the broker unless a test says otherwise.
+    protocol: MqttProtocol = "5"
 
     @property
     def db(self) -> Path:
@@ -404,13 +414,14 @@ class System:
         extra: str = "",
         links: Collection[str] = (),
         db: Path | None = None,
-        protocol: MqttProtocol = "3.1.1",
+        protocol: MqttProtocol | None = None,
     ) -> Daemon:
         """Start plugs for ``presets`` (one panel each, named after the preset) and the daemon.
 
         ``settings`` and ``extra`` go into the config file as :func:`config_text` describes;
         the plugs named in ``links`` connect through a :class:`PlugLink` a test can cut; ``db``
-        replaces the history database's path; the daemon speaks ``protocol`` to the broker.
+        replaces the history database's path; the daemon speaks ``protocol`` to the broker
+        (default: the system's, see the ``system`` fixture).
         """
         self.db_path = db
         panels = {name: PRESETS[name] for name in presets}
@@ -421,7 +432,9 @@ class System:
                 await link.start()
             self.plugs[name] = await start_plug(self.broker.port, name, plug, name, link=link)
         path = self.tmp / "config.toml"
-        text = config_text(self.broker.port, self.db, panels, safety, extra, settings, protocol)
+        text = config_text(
+            self.broker.port, self.db, panels, safety, extra, settings, protocol or self.protocol
+        )
         path.write_text(text)
         self.daemon = Daemon(path, self.tmp / "daemon.log")
         if start:

@@ -33,6 +33,8 @@ class Row:
     fault: str
     phase: str
     preset: str
+    #: What the daemon spoke to the broker.
+    protocol: str
     happened: str = ""
     #: Seconds from the session's deadline to the plug's confirmed OFF (None: no deadline).
     deadline_to_off_s: float | None = None
@@ -41,7 +43,8 @@ class Row:
     def cells(self) -> list[str]:
         """The table cells, in the header's order."""
         measured = "-" if self.deadline_to_off_s is None else f"{self.deadline_to_off_s:+.2f} s"
-        return [self.fault, self.phase, self.preset, self.happened, measured, self.outcome]
+        cells = [self.fault, self.phase, self.preset, self.protocol, self.happened, measured]
+        return [*cells, self.outcome]
 
 
 @dataclass
@@ -97,15 +100,15 @@ def render(rows: Sequence[Row], *, args: Sequence[str], elapsed_s: float, notes:
         "",
         notes.strip(),
         "",
-        "| fault | phase | preset | what happened | deadline → OFF | result |",
-        "|---|---|---|---|---|---|",
+        "| fault | phase | preset | MQTT | what happened | deadline → OFF | result |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         cells = [c.replace("|", "\\|").replace("\n", " ") for c in row.cells()]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if failed:
-        which = ", ".join(f"{r.fault}/{r.phase}" for r in failed)
+        which = ", ".join(f"{r.fault}/{r.phase}/{r.protocol}" for r in failed)
         lines.append(f"**Summary: {len(failed)} of {len(rows)} cases failed: {which}.**")
     else:
         lines.append(f"**Summary: all invariants held in all {len(rows)} cases.**")

@@ -49,11 +49,13 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, Final
 
 import pytest
 
 from redlight.storage import History
 from tests.brokerkit import paho_client
+from tests.integration import reliability
 from tests.integration.faultkit import (
     CONFIRM_S,
     GRACE_S,
@@ -783,28 +785,41 @@ async def retained_own_command_startup(system: System, row: Row) -> None:
 
 @case("retained_own_cmd", "idle", "zigbee2mqtt")
 async def retained_own_command_idle(system: System, row: Row) -> None:
-    """A retained start sent to redlight runs once; the broker's replay of it is ignored."""
+    """A retained start sent to redlight while it runs: on MQTT 5 it arrives flagged (Retain
+    As Published), so it is cleared and never run; on 3.1.1 it arrives unflagged and runs once
+    as a command, and the broker's replay after a restart is ignored and cleared."""
     daemon = await up(system, ["zigbee2mqtt"])
     plug = system.plugs["zigbee2mqtt"]
     topic = "redlight/panel/zigbee2mqtt/set"
     mark = system.observer.mark()
     system.observer.publish(topic, '{"action": "start", "duration": 2}', retain=True)
-    # Delivered live, it carries no retain flag (MQTT 3.1.1): an ordinary command, and it runs.
-    await system.observer.event("session_finished", since=mark, reason="completed")
-    await until(plug, is_off)
-    row.deadline_to_off_s = late(plug, 2)
-    assert_on_time(row.deadline_to_off_s)
-    # The broker replays it, flagged, when redlight subscribes again: ignored and cleared.
+    if system.protocol == "5":
+        await cleared(system, daemon, topic)
+        await barrier(system, "zigbee2mqtt")
+        assert plug.on_commands == 0
+        assert system.observer.events("session_started", since=mark) == []
+        live = "live: flagged (MQTT 5), ignored and cleared"
+    else:
+        # Delivered live, it carries no retain flag: an ordinary command, and it runs.
+        await system.observer.event("session_finished", since=mark, reason="completed")
+        await until(plug, is_off)
+        row.deadline_to_off_s = late(plug, 2)
+        assert_on_time(row.deadline_to_off_s)
+        live = "live: unflagged (MQTT 3.1.1), ran once as a command"
+    ran = plug.on_commands
+    # After a restart the broker replays what it still holds, flagged (on 5 nothing: it was
+    # cleared at once): ignored and cleared, never run.
     mark = system.observer.mark()
     system.broker.restart()
     await online_at(system, mark, within=30)
-    await cleared(system, daemon, topic)
+    if system.protocol == "3.1.1":
+        await cleared(system, daemon, topic)
     await barrier(system, "zigbee2mqtt")
-    assert plug.on_commands == 1
+    assert plug.on_commands == ran
     assert len(daemon.logged("retained_command_cleared")) == 1
-    row.happened = "live: ran once as a command; replay after a broker restart: ignored, cleared"
+    row.happened = f"{live}; after a broker restart: nothing run, the topic clear"
     assert_invariant(system)
-    assert await history(system, 1) == ["completed"]
+    assert await history(system, ran) == ["completed"] * ran
 
 
 # -- duplicate and reordered state reports
@@ -1034,16 +1049,45 @@ async def db_write_fails_session(system: System, row: Row) -> None:
 # ---------------------------------------------------------------------------- the test
 
 
+#: The faults whose handling the daemon's protocol can change: its broker session (clean start),
+#: Retain As Published and No Local on its command filters, the expiry of a plug ON, and
+#: reason codes. ``make test`` runs these on MQTT 3.1.1 as well as 5; ``make reliability``
+#: runs every case on both.
+PROTOCOL_FAULTS: Final = frozenset(
+    {
+        "broker_restart",
+        "client_id_fight",
+        "broker_down_at_start",
+        "partition",
+        "retained_plug_cmd",
+        "retained_own_cmd",
+    }
+)
+
+
+def matrix() -> list[Any]:
+    """Each case on MQTT 5, and on 3.1.1 where :data:`PROTOCOL_FAULTS` (or the report) asks."""
+    every = reliability.wanted()
+    return [
+        pytest.param(case, protocol, id=f"{case.id}-{protocol}")
+        for protocol in ("5", "3.1.1")
+        for case in CASES
+        if protocol == "5" or every or case.fault in PROTOCOL_FAULTS
+    ]
+
+
 @pytest.fixture
-def row(case: Case, request: pytest.FixtureRequest, reliability_recorder: Recorder) -> Row:
+def row(
+    case: Case, system: System, request: pytest.FixtureRequest, reliability_recorder: Recorder
+) -> Row:
     """This case's row in the report; the conftest marks it passed or failed."""
     reliability_recorder.notes = NOTES
-    record = reliability_recorder.add(Row(case.fault, case.phase, case.preset))
+    record = reliability_recorder.add(Row(case.fault, case.phase, case.preset, system.protocol))
     request.node.stash[ROW] = record
     return record
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize(("case", "system"), matrix(), indirect=["system"])
 async def test_fault_in_phase(system: System, case: Case, row: Row) -> None:
     """Under each fault, in each phase where it means something, no panel stays on longer than
     max_on + grace (or its own failsafe, where redlight cannot reach it), OFFs come on time, and

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from redlight.broker import Connected, Message, Received
-from redlight.config import load_config
+from redlight.config import MqttProtocol, load_config
 from redlight.mqtt import PahoClient
 from redlight.simplug import SimulatedPlug
 from tests.integration.harness import WAIT_S, Observer, start_plug
@@ -37,6 +37,7 @@ class Secure:
     tls_port: int
     certs: dict[str, Path]
     observer: Observer
+    protocol: MqttProtocol
 
     def config(
         self,
@@ -53,6 +54,7 @@ class Secure:
             'username = "redlight"',
             f'tls_ca_file = "{self.certs[ca]}"',
             'client_id = "redlight-secure"',
+            f'protocol = "{self.protocol}"',
             extra,
             "[storage]",
             f'path = "{self.tmp / "history.db"}"',
@@ -65,6 +67,13 @@ class Secure:
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o600)
         return path
+
+
+@pytest.fixture(params=["5", "3.1.1"])
+def protocol(request: pytest.FixtureRequest) -> MqttProtocol:
+    """Each security test on both protocols: TLS, passwords and ACLs are the same on 5."""
+    chosen: MqttProtocol = request.param
+    return chosen
 
 
 @pytest.fixture
@@ -89,7 +98,7 @@ def password_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def secure(
-    tmp_path: Path, certs: dict[str, Path], password_file: Path
+    tmp_path: Path, certs: dict[str, Path], password_file: Path, protocol: MqttProtocol
 ) -> AsyncIterator[Secure]:
     """The broker, started, with an observer on the plain listener."""
     tls = TlsListener(free_port(), certs["ca"], certs["server"], certs["server_key"])
@@ -98,7 +107,7 @@ async def secure(
     observer = Observer(broker.port)
     await observer.start()
     try:
-        yield Secure(tmp_path, broker, tls.port, certs, observer)
+        yield Secure(tmp_path, broker, tls.port, certs, observer, protocol)
     finally:
         await observer.stop()
         broker.stop()
@@ -258,7 +267,7 @@ def two_users(password_file: Path) -> Path:
 
 
 async def test_the_example_acl_gives_redlight_everything_it_needs(
-    tmp_path: Path, run_daemon: list[Process], two_users: Path
+    tmp_path: Path, run_daemon: list[Process], two_users: Path, protocol: MqttProtocol
 ) -> None:
     """config/mosquitto-acl.example with config/examples/two-hips.toml: sessions work."""
     passwd = two_users
@@ -319,6 +328,7 @@ async def test_the_example_acl_gives_redlight_everything_it_needs(
             REDLIGHT_MQTT__URL=broker.url,
             REDLIGHT_MQTT__USERNAME="redlight",
             REDLIGHT_MQTT__PASSWORD=PASSWORD,
+            REDLIGHT_MQTT__PROTOCOL=protocol,
             REDLIGHT_STORAGE__PATH=str(tmp_path / "history.db"),
         )
         await until(
@@ -366,7 +376,11 @@ async def test_the_example_acl_gives_redlight_everything_it_needs(
 
 
 async def test_a_client_certificate_is_presented_when_configured(
-    tmp_path: Path, certs: dict[str, Path], password_file: Path, run_daemon: list[Process]
+    tmp_path: Path,
+    certs: dict[str, Path],
+    password_file: Path,
+    run_daemon: list[Process],
+    protocol: MqttProtocol,
 ) -> None:
     """A broker that requires client certificates: with tls_cert_file/tls_key_file, online."""
     tls = TlsListener(
@@ -377,7 +391,7 @@ async def test_a_client_certificate_is_presented_when_configured(
     observer = Observer(broker.port)
     await observer.start()
     try:
-        secure = Secure(tmp_path, broker, tls.port, certs, observer)
+        secure = Secure(tmp_path, broker, tls.port, certs, observer, protocol)
         without = spawn(run_daemon, secure.config(name="no-cert.toml"), logs=tmp_path)
         await logged(without, "CERTIFICATE_REQUIRED")
         assert without.stop() == 0

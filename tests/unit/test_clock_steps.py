@@ -61,6 +61,28 @@ def test_a_session_seen_and_read_from_history_counts_once() -> None:
     assert state(kit, "hip_left")["today_s"] == 180
 
 
+def test_today_moves_every_minute_of_a_running_session() -> None:
+    """Home Assistant's "Today" reads the retained state: while a session runs, the state is
+    published again each minute with the minutes so far, not only when the session ends (or
+    when a poll's answer happens to touch it: 5 minutes apart here)."""
+    kit = Kit.create(make_config(safety={"poll_interval": "5m"})).ready()
+    kit.start("hip_left", 300)
+    kit.report("hip_left", on=True)
+    published: list[int] = []
+    for _ in range(3):
+        got = kit.advance(60)
+        published += [
+            json.loads(m.payload)["today_s"]
+            for m in got
+            if isinstance(m, Message) and m.topic == "redlight/panel/hip_left/state"
+        ]
+    assert {60, 120, 180} <= set(published)  # a poll's answer may add one in between
+    kit.advance(150)  # the session is over: 5 minutes counted, no more
+    kit.report("hip_left", on=False)
+    kit.advance(180)
+    assert state(kit, "hip_left")["today_s"] == 300
+
+
 def test_restarted_a_day_behind_the_synced_day_is_read_from_history() -> None:
     """Item 5: restored for yesterday (the clock was a day behind), the clock syncs to today:
     today's 8 minutes from history are published and count toward daily_max."""

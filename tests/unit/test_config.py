@@ -344,9 +344,12 @@ def test_the_mqtt_protocol_is_5_or_3_1_1(tmp_path: Path, written: str, protocol:
     assert config.mqtt.protocol == protocol
 
 
-def test_the_mqtt_protocol_defaults_to_3_1_1(tmp_path: Path) -> None:
-    """Without ``mqtt.protocol`` redlight speaks MQTT 3.1.1, as before the setting existed."""
-    assert load_config(write(tmp_path, MINIMAL)).mqtt.protocol == "3.1.1"
+def test_the_mqtt_protocol_defaults_to_5(tmp_path: Path) -> None:
+    """Without ``mqtt.protocol`` redlight speaks MQTT 5 (issue 12: Home Assistant's own broker
+    connection has been 5 since 2026.6); ``"3.1.1"`` is the setting for older brokers."""
+    assert load_config(write(tmp_path, MINIMAL)).mqtt.protocol == "5"
+    older = load_config(write(tmp_path, '[mqtt]\nprotocol = "3.1.1"\n' + MINIMAL))
+    assert older.mqtt.protocol == "3.1.1"
 
 
 @pytest.mark.parametrize("written", ['"3.1"', "4", '"v5"', "true"])

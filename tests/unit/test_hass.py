@@ -69,7 +69,9 @@ def components(payloads: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_one_device_per_panel_via_the_redlight_device() -> None:
-    """redlight is one device; each panel is a device behind it, with the plug's model."""
+    """redlight is one device; each panel is a device behind it, on a plug of its preset's
+    kind, in its area. Nothing claims a maker or firmware version of the plug: redlight's
+    version is the origin's (and the redlight device's own)."""
     payloads = discovery_payloads(full_config())
     assert list(payloads) == [
         "homeassistant/device/redlight_redlight/config",
@@ -80,12 +82,15 @@ def test_one_device_per_panel_via_the_redlight_device() -> None:
     assert left["device"] == {
         "identifiers": ["redlight_redlight__hip_left"],
         "name": "Left hip panel",
-        "manufacturer": "redlight",
-        "model": "Tasmota plug",
-        "sw_version": left["origin"]["sw_version"],
+        "model": "Panel on a Tasmota plug",
+        "suggested_area": "left hip",
         "via_device": "redlight_redlight",
     }
+    sauna = payloads["homeassistant/device/redlight_redlight__sauna/config"]["device"]
+    assert "suggested_area" not in sauna  # no area configured
     assert left["origin"]["name"] == "redlight"
+    own = payloads["homeassistant/device/redlight_redlight/config"]["device"]
+    assert own["sw_version"] == left["origin"]["sw_version"]
     assert left["availability"] == [
         {
             "topic": "redlight/status",
@@ -117,7 +122,12 @@ def test_panel_entities_are_exactly_the_specs() -> None:
     assert parts["state"]["options"] == ["idle", "running", "cooldown", "fault"]
     assert parts["plug"]["device_class"] == "connectivity"
     assert parts["plug"]["entity_category"] == "diagnostic"
-    assert set(parts["events"]["event_types"]) == set(PANEL_EVENT_TYPES)
+    assert parts["length"]["entity_category"] == "config"
+    # Only what the panel's event topic carries: no power verification, so no relay_stuck.
+    assert parts["events"]["event_types"] == [t for t in PANEL_EVENT_TYPES if t != "relay_stuck"]
+    assert not {"routine_step", "schedule_offer"} & set(parts["events"]["event_types"])
+    assert parts["session"]["default_entity_id"] == "switch.redlight_hip_left_session"
+    assert parts["length"]["default_entity_id"] == "number.redlight_hip_left_session_length"
 
 
 def test_length_is_bounded_by_a_lower_max_on() -> None:
@@ -185,9 +195,56 @@ def test_redlight_device_has_stop_all_active_routines_and_schedules() -> None:
         "Start Post-run hips": "button",
         "rest_days enabled": "switch",
         "rest_days next run": "sensor",
+        "Events": "event",
     }
-    assert own["components"]["stop_all"]["payload_press"] == '{"action":"stop_all"}'
-    assert own["components"]["routine_post_run"]["command_topic"] == "redlight/routine/post_run/set"
+    parts = own["components"]
+    assert parts["stop_all"]["payload_press"] == '{"action":"stop_all"}'
+    assert parts["routine_post_run"]["command_topic"] == "redlight/routine/post_run/set"
+    assert parts["stop_all"]["default_entity_id"] == "button.redlight_stop_all_sessions"
+    assert parts["routine_post_run"]["default_entity_id"] == "button.redlight_start_post_run_hips"
+    # No schedule offers here: neither the offer event type nor an Accept button.
+    assert parts["events"]["event_types"] == [
+        "routine_started",
+        "routine_step",
+        "routine_finished",
+        "command_rejected",
+    ]
+    assert parts["events"]["state_topic"] == "redlight/event"
+
+
+def test_an_offer_schedule_gets_the_offer_event_and_an_accept_button() -> None:
+    """Offers have a home on the redlight device: the Events entity lists schedule_offer, and
+    "Accept offer" accepts the newest open one, available only while ``<b>/offer`` has one."""
+    schedules = {"evening": {"panels": ["hip_left"], "cron": "0 19 * * *", "mode": "offer"}}
+    own = discovery_payloads(full_config(routines={}, schedules=schedules))[
+        "homeassistant/device/redlight_redlight/config"
+    ]
+    parts = own["components"]
+    assert parts["events"]["event_types"] == ["schedule_offer", "command_rejected"]
+    accept = parts["accept_offer"]
+    assert (accept["platform"], accept["name"]) == ("button", "Accept offer")
+    assert json.loads(accept["payload_press"]) == {"action": "accept_offer"}
+    assert accept["availability_mode"] == "all"
+    assert [a["topic"] for a in accept["availability"]] == ["redlight/status", "redlight/offer"]
+
+
+def test_the_daemon_events_entity_takes_only_events_of_no_panel() -> None:
+    """``<b>/event`` carries every panel event too; the Events entity's template renders those
+    empty (Home Assistant ignores an empty rendering) and passes the others whole."""
+    template = discovery_payloads(full_config())["homeassistant/device/redlight_redlight/config"][
+        "components"
+    ]["events"]["value_template"]
+    assert template == "{{ value if value_json.panel is none else '' }}"
+
+
+def test_every_entity_id_starts_with_redlight_and_the_instance() -> None:
+    """A search for "redlight" finds every entity; another base topic is in the id too."""
+    for base, prefix in (("redlight", "redlight_"), ("Clinic/Room2", "redlight_clinic_room2_")):
+        config = full_config(mqtt={"base_topic": base})
+        ids = [c["default_entity_id"] for c in components(discovery_payloads(config))]
+        assert all(i.split(".", 1)[1].startswith(prefix) for i in ids), ids
+        assert all(re.fullmatch(r"[a-z_]+\.[a-z0-9_]+", i) for i in ids), ids
+        assert len(ids) == len(set(ids))
 
 
 def test_discovery_contract_for_a_whole_config() -> None:

@@ -59,6 +59,7 @@ def routed(topic: str, payload: str | bytes, *, retain: bool = False) -> Any:
             '{"action":"accept_offer","offer":"o1","request_id":"r4"}',
             cmd.AcceptOffer("o1", "r4"),
         ),
+        ("redlight/set", '{"action":"accept_offer"}', cmd.AcceptOffer(None)),
         ("redlight/routine/post_run/set", "START", SwitchRoutine("post_run", start=True)),
         ("redlight/routine/post_run/set", "stop", SwitchRoutine("post_run", start=False)),
         ("redlight/schedule/evening/set", "ON", SwitchSchedule("evening", enabled=True)),
@@ -112,8 +113,13 @@ def test_a_routine_started_by_a_command_comes_from_home_assistant() -> None:
         ),
         (
             "redlight/set",
-            '{"action":"accept_offer"}',
-            Refused(cmd.Rejection("invalid_payload", "'offer' must name the offer to accept")),
+            '{"action":"accept_offer","offer":""}',
+            Refused(
+                cmd.Rejection(
+                    "invalid_payload",
+                    "'offer' must name the offer to accept (or be left out: the newest open offer)",
+                )
+            ),
         ),
         (
             "redlight/routine/post_run/set",

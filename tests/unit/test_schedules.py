@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from structlog.testing import capture_logs
 
+from redlight.broker import Message
 from redlight.config import Config, ScheduleConfig
 from redlight.core import ScheduleChanged, SettingChanged
 from redlight.schedules import (
@@ -181,6 +182,42 @@ def test_offer_is_accepted_within_ten_minutes() -> None:
     )
     assert [e.fields["state"] for e in events(effects, "schedule_offer")] == ["accepted"]
     assert len(events(effects, "session_started")) == 1
+
+
+def offer_states(effects: list[Any]) -> list[Any]:
+    """The bodies of the retained ``<b>/offer`` messages among effects."""
+    return [
+        json.loads(e.payload)
+        for e in effects
+        if isinstance(e, Message) and e.topic == "redlight/offer" and e.retain
+    ]
+
+
+def test_the_newest_open_offer_is_retained_and_accepted_without_its_id() -> None:
+    """``<b>/offer`` says which offer is open (Home Assistant's "Accept offer" is available
+    while it names one); ``accept_offer`` without an id accepts that one."""
+    kit, book, _ = planned("offer")
+    fired = book.fire("evening", kit.now)
+    [offer] = events(fired, "schedule_offer")
+    [shown] = offer_states(fired)
+    assert shown["offer"] == offer.fields["offer"]
+    assert shown["schedule"] == "evening"
+    effects = kit.send("redlight/set", json.dumps({"action": "accept_offer"}))
+    assert [e.fields["state"] for e in events(effects, "schedule_offer")] == ["accepted"]
+    assert len(events(effects, "session_started")) == 1
+    assert offer_states(effects) == [{"offer": None}]
+    [again] = events(kit.send("redlight/set", '{"action":"accept_offer"}'), "command_rejected")
+    assert again.fields["reason"] == "unknown_offer"
+    assert "offer" not in again.fields
+
+
+def test_an_expired_offer_leaves_the_offer_topic_empty() -> None:
+    """An offer that expires clears ``<b>/offer`` too (the Accept button goes unavailable)."""
+    kit, book, _ = planned("offer")
+    book.fire("evening", kit.now)
+    kit.mono += OFFER_TTL_S
+    assert offer_states(book.tick(kit.now)) == [{"offer": None}]
+    assert offer_states(book.tick(kit.now)) == []  # said once
 
 
 def test_offer_expires_after_ten_minutes() -> None:
