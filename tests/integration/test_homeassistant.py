@@ -29,10 +29,11 @@ from tests.integration.harness import Observer, Seen, System, is_off, is_on, unt
 from tests.mosquitto import free_port
 
 HA_PYTHON_ENV: Final = "REDLIGHT_HA_PYTHON"
-#: Home Assistant's start-up takes 30-90 s on a small shared machine; the whole test ~4 min.
+#: Home Assistant's start-up takes 30-90 s on a small shared machine; then up to a minute for
+#: the every-minute schedule's offer: the whole test at most ~5 min.
 HA_START_S: Final = 150.0
 HA_STOP_S: Final = 60.0
-TEST_BOUND_S: Final = 240.0
+TEST_BOUND_S: Final = 300.0
 #: The panel's default session: short, so the natural end is part of the test.
 SESSION_S: Final = 5
 
@@ -61,6 +62,14 @@ def _ha_python() -> tuple[str | None, str]:
 HA_PYTHON, HA_VERSION = _ha_python()
 SKIP_REASON = HA_VERSION
 
+
+def ha_at_least(year: int, month: int) -> bool:
+    """The Home Assistant under test is release ``year.month`` or later."""
+    assert HA_PYTHON is not None
+    found = tuple(int(part) for part in HA_VERSION.split(".")[:2])
+    return found >= (year, month)
+
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(HA_PYTHON is None, reason=SKIP_REASON),
@@ -79,22 +88,53 @@ routine = "warmup"
 cron = "0 7 * * *"
 timezone = "UTC"
 start_date = "2099-01-01"
+
+[schedules.evening]
+name = "Evening"
+panels = ["tasmota"]
+duration = "3s"
+cron = "* * * * *"
+timezone = "UTC"
+mode = "offer"
 """
-#: unique_id -> entity_id as Home Assistant names them (device name + entity name).
+#: unique_id -> the entity id redlight proposes (``default_entity_id``).
 EXPECTED_ENTITIES: Final = {
     "redlight_redlight_stop_all": "button.redlight_stop_all_sessions",
     "redlight_redlight_active": "sensor.redlight_active_sessions",
     "redlight_redlight_routine_warmup": "button.redlight_start_warm_up",
     "redlight_redlight_schedule_mornings": "switch.redlight_mornings_enabled",
     "redlight_redlight_schedule_mornings_next": "sensor.redlight_mornings_next_run",
-    "redlight_redlight__tasmota_session": "switch.tasmota_session",
-    "redlight_redlight__tasmota_length": "number.tasmota_session_length",
-    "redlight_redlight__tasmota_ends": "sensor.tasmota_session_ends",
-    "redlight_redlight__tasmota_state": "sensor.tasmota_state",
-    "redlight_redlight__tasmota_today": "sensor.tasmota_today",
-    "redlight_redlight__tasmota_plug": "binary_sensor.tasmota_plug",
-    "redlight_redlight__tasmota_events": "event.tasmota_session_events",
+    "redlight_redlight_schedule_evening": "switch.redlight_evening_enabled",
+    "redlight_redlight_schedule_evening_next": "sensor.redlight_evening_next_run",
+    "redlight_redlight_events": "event.redlight_events",
+    "redlight_redlight_accept_offer": "button.redlight_accept_offer",
+    "redlight_redlight__tasmota_session": "switch.redlight_tasmota_session",
+    "redlight_redlight__tasmota_length": "number.redlight_tasmota_session_length",
+    "redlight_redlight__tasmota_ends": "sensor.redlight_tasmota_session_ends",
+    "redlight_redlight__tasmota_state": "sensor.redlight_tasmota_state",
+    "redlight_redlight__tasmota_today": "sensor.redlight_tasmota_today",
+    "redlight_redlight__tasmota_plug": "binary_sensor.redlight_tasmota_plug",
+    "redlight_redlight__tasmota_events": "event.redlight_tasmota_session_events",
 }
+
+
+def entity_ids() -> dict[str, str]:
+    """unique_id -> entity_id as the Home Assistant under test names them.
+
+    ``default_entity_id`` arrived in 2025.10; before, Home Assistant drops it and names an
+    entity after its device and its own name: the panel's ``tasmota_session``, and the same
+    ``redlight_...`` ids as proposed for the redlight device's entities.
+    """
+    if ha_at_least(2025, 10):
+        return dict(EXPECTED_ENTITIES)
+    return {
+        uid: entity.replace(".redlight_tasmota_", ".tasmota_")
+        for uid, entity in EXPECTED_ENTITIES.items()
+    }
+
+
+#: The one entity that is unavailable while no offer is open.
+ACCEPT: Final = "redlight_redlight_accept_offer"
 
 #: Log lines in which Home Assistant rejects or mis-reads something redlight sent.
 REJECTED: Final = re.compile(
@@ -156,6 +196,16 @@ AUTOMATIONS_YAML: Final = """\
       topic: test/turn_on
   actions:
     - action: switch.turn_on
+      target:
+        entity_id: "{{ trigger.payload }}"
+- id: redlight_test_press
+  alias: Press the button the test names
+  mode: queued
+  triggers:
+    - trigger: mqtt
+      topic: test/press
+  actions:
+    - action: button.press
       target:
         entity_id: "{{ trigger.payload }}"
 - id: redlight_test_snapshot
@@ -318,9 +368,7 @@ class HomeAssistant:
         2026.6 made MQTT 5 the default and migrates existing entries to it; before, an entry
         without ``protocol`` meant 3.1.1.
         """
-        assert HA_VERSION is not None
-        year, month = (int(part) for part in HA_VERSION.split(".")[:2])
-        return {"protocol": "5"} if (year, month) >= (2026, 6) else {}
+        return {"protocol": "5"} if ha_at_least(2026, 6) else {}
 
     def start(self) -> None:
         """Start the process; its console output goes next to its log."""
@@ -456,9 +504,11 @@ def moment(text: str) -> datetime:
 async def test_home_assistant_accepts_discovery_and_runs_a_session(
     system: System, homeassistant: HomeAssistant
 ) -> None:
-    """HA makes an entity of every component, rejects nothing, and its Session switch works."""
+    """HA makes an entity of every component, rejects nothing, its Session switch works, and
+    a schedule's offer shows on the redlight device and is accepted with its button."""
     ha = homeassistant
     observer = system.observer
+    expected = entity_ids()
     async with asyncio.timeout(TEST_BOUND_S):
         await system.up(
             [PANEL], settings={PANEL: {"default_duration": f"{SESSION_S}s"}}, extra=EXTRA_CONFIG
@@ -472,8 +522,10 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
             for device in devices
             for component in device["components"].values()
         }
-        assert set(discovered) == set(EXPECTED_ENTITIES)
-        assert await dropped_keys(ha.python, devices) == {}
+        assert set(discovered) == set(expected)
+        # Before 2025.10 Home Assistant does not know default_entity_id (and says nothing).
+        unknown = {} if ha_at_least(2025, 10) else dict.fromkeys(discovered, ["default_entity_id"])
+        assert await dropped_keys(ha.python, devices) == unknown
 
         # Home Assistant's birth comes after it started and its discovery cooled down.
         mark = observer.mark()
@@ -485,27 +537,33 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
         observer.publish("test/snapshot", "1")
         await observer.wait("test/snapshot/done", since=snapshot)
 
-        # (a) An entity for every discovered component, each available (redlight is online).
+        # (a) An entity for every discovered component, each available (redlight is online),
+        # but Accept offer, which is available only while an offer is open.
+        always = {uid: e for uid, e in expected.items() if uid != ACCEPT}
+
         def all_available(_: Seen) -> bool:
             seen = states(observer, snapshot)
             return all(
-                entity in seen and seen[entity][-1] != "unavailable"
-                for entity in EXPECTED_ENTITIES.values()
+                entity in seen and seen[entity][-1] != "unavailable" for entity in always.values()
             )
 
         try:
             await observer.wait("test/state/+", all_available, since=snapshot, within=30.0)
         except TimeoutError:
             seen = states(observer, snapshot)
-            missing = {e: seen.get(e) for e in EXPECTED_ENTITIES.values() if e not in seen}
+            missing = {e: seen.get(e) for e in expected.values() if e not in seen}
             pytest.fail(f"no entity or never available: {missing}\n{ha.report()}")
         now = {entity: seen[-1] for entity, seen in states(observer, snapshot).items()}
-        assert now["switch.tasmota_session"] == "off"
-        assert now["number.tasmota_session_length"] == "0.08"
-        assert now["sensor.tasmota_session_ends"] == "unknown"
-        assert now["sensor.tasmota_state"] == "idle"
-        assert now["sensor.tasmota_today"] == "0.0"
-        assert now["binary_sensor.tasmota_plug"] == "on"
+        panel = {
+            uid.removeprefix("redlight_redlight__tasmota_"): entity
+            for uid, entity in expected.items()
+        }
+        assert now[panel["session"]] == "off"
+        assert now[panel["length"]] == "0.08"
+        assert now[panel["ends"]] == "unknown"
+        assert now[panel["state"]] == "idle"
+        assert now[panel["today"]] == "0.0"
+        assert now[panel["plug"]] == "on"
         assert now["sensor.redlight_active_sessions"] == "0"
         assert now["switch.redlight_mornings_enabled"] == "on"
         assert moment(now["sensor.redlight_mornings_next_run"]) == moment(
@@ -514,16 +572,16 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
 
         # (c) The Session switch turned on in Home Assistant: a default session on the plug.
         mark = observer.mark()
-        observer.publish("test/turn_on", "switch.tasmota_session")
+        observer.publish("test/turn_on", panel["session"])
         started = await observer.event("session_started", since=mark, panel=PANEL, within=30.0)
         assert (started["source"], started["duration_s"]) == ("homeassistant", SESSION_S)
         await until(plug, is_on)
-        await state(observer, "switch.tasmota_session", "on", since=mark)
-        await state(observer, "sensor.tasmota_state", "running", since=mark)
+        await state(observer, panel["session"], "on", since=mark)
+        await state(observer, panel["state"], "running", since=mark)
         await state(observer, "sensor.redlight_active_sessions", "1", since=mark)
-        ends = await observer.wait("test/state/sensor.tasmota_session_ends", since=mark)
+        ends = await observer.wait(f"test/state/{panel['ends']}", since=mark)
         assert moment(ends.payload.decode()) == moment(started["ends_at"])
-        fired = await observer.wait("test/state/event.tasmota_session_events", since=mark)
+        fired = await observer.wait(f"test/state/{panel['events']}", since=mark)
         # An event entity's state is when it last fired.
         assert moment(fired.payload.decode()) >= moment(started["at"])
 
@@ -531,11 +589,13 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
         finished = await observer.event("session_finished", since=mark, panel=PANEL, within=30.0)
         assert finished["reason"] == "completed"
         await until(plug, is_off)
-        await state(observer, "switch.tasmota_session", "off", since=mark)
-        await state(observer, "sensor.tasmota_session_ends", "unknown", since=mark)
-        await state(observer, "sensor.tasmota_today", "0.08", since=mark)
+        await state(observer, panel["session"], "off", since=mark)
+        await state(observer, panel["ends"], "unknown", since=mark)
+        await state(observer, panel["today"], "0.08", since=mark)
         await state(observer, "sensor.redlight_active_sessions", "0", since=mark)
         assert plug.on_commands == 1
+
+        await accept_an_offer(system, expected)
         assert observer.events("command_rejected") == []
 
         assert await ha.stop() == 0
@@ -543,7 +603,7 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
     # (a) The entity registry, written on stop: the discovered unique ids, named as expected,
     # with every name, icon, class, category, unit and capability as announced.
     registered = ha.mqtt_entities()
-    assert {uid: e["entity_id"] for uid, e in registered.items()} == EXPECTED_ENTITIES
+    assert {uid: e["entity_id"] for uid, e in registered.items()} == expected
     differences = {
         uid: diff
         for uid, entry in registered.items()
@@ -552,3 +612,38 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
     assert differences == {}
     # (b) Nothing rejected or mis-read, from discovery to the end of the session.
     assert ha.problems() == [], ha.report()
+
+
+async def accept_an_offer(system: System, expected: dict[str, str]) -> None:
+    """The every-minute schedule offers a session: the redlight device's Events entity fires,
+    Accept offer becomes available, its press starts the session, and it is unavailable again;
+    the schedule's next run moves on past the run that offered."""
+    observer = system.observer
+    accept = expected[ACCEPT]
+    # Offers opened while Home Assistant started are withdrawn: the next minute's is the one.
+    if observer.matching("redlight/offer")[-1].json() != {"offer": None}:
+        mark = observer.mark()
+        observer.publish("redlight/set", '{"action": "stop_all"}')
+        await observer.wait("redlight/offer", lambda m: m.json() == {"offer": None}, since=mark)
+        await state(observer, accept, "unavailable", since=mark)
+    assert states(observer)[accept][-1] == "unavailable"
+    mark = observer.mark()
+    offer = await observer.event("schedule_offer", since=mark, state="open", within=70.0)
+    # The redlight device's Events entity fired (its state is when), and Accept is usable.
+    await observer.wait("test/state/event.redlight_events", since=mark)
+    await observer.wait(
+        f"test/state/{accept}", lambda m: m.payload != b"unavailable", since=mark, within=30.0
+    )
+    next_run = await observer.wait("test/state/sensor.redlight_evening_next_run", since=mark)
+    assert moment(next_run.payload.decode()) > moment(offer["at"])
+
+    mark = observer.mark()
+    observer.publish("test/press", accept)
+    accepted = await observer.event("schedule_offer", since=mark, state="accepted", within=30.0)
+    assert accepted["schedule"] == "evening"
+    started = await observer.event("session_started", since=mark, panel=PANEL, within=30.0)
+    assert started["source"] == "schedule"
+    await state(observer, accept, "unavailable", since=mark)
+    finished = await observer.event("session_finished", since=mark, panel=PANEL, within=30.0)
+    assert finished["reason"] == "completed"
+    await until(system.plugs[PANEL], is_off)
