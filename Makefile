@@ -8,7 +8,7 @@ HA_PYTHON ?= $(shell python3.13 -c 'import sys; print(sys.executable)' 2>/dev/nu
 	|| echo /root/.pyenv/versions/3.13.0/bin/python3.13)
 HA_VENV := .ha-venv
 
-.PHONY: venv test test-unit test-integration test-ha ha-chroot lint demo bench clean
+.PHONY: venv test test-unit test-integration test-3.1.1 test-ha ha-chroot lint demo bench clean
 
 $(BIN)/redlight: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test-unit: venv
 
 test-integration: venv
 	$(BIN)/python -m pytest -m integration
+
+## test-3.1.1: the integration tier with the daemon on MQTT 3.1.1 throughout (make test runs it
+## on 5, the default, with the connection faults and the security tests on both).
+test-3.1.1: venv
+	REDLIGHT_TEST_PROTOCOL=3.1.1 $(BIN)/python -m pytest -m integration
 
 ## reliability: the fault x phase matrix (tests/integration/test_faults.py); writes RELIABILITY.md
 reliability: venv

@@ -29,6 +29,8 @@ log = structlog.get_logger("redlight")
 
 #: How long a command waits for the daemon's answer.
 ANSWER_TIMEOUT_S: Final = 10.0
+#: ``stop`` waits this much longer than ``confirm_timeout`` for the plugs' OFF.
+STOP_MARGIN_S: Final = 3.0
 #: How long a client waits to connect to the broker.
 CONNECT_TIMEOUT_S: Final = 10.0
 
@@ -283,8 +285,7 @@ def _history(config: Config, args: argparse.Namespace) -> int:
 
     if not 1 <= args.days <= 3660:
         raise UserError("--days must be between 1 and 3660")
-    if args.panel is not None and args.panel not in config.panels:
-        raise UserError(f"there is no panel {args.panel!r} in the config")
+    _known_panel(config, args.panel)
     path = config.storage.path
     now = datetime.now().astimezone()
     zone = now.tzinfo
@@ -490,8 +491,7 @@ async def _start(config: Config, args: argparse.Namespace) -> int:
         return await _start_routine(config, args.routine, follow=args.follow)
     if not args.panel:
         raise UserError("name a panel to start, e.g. 'redlight start hip_left'")
-    if args.panel not in config.panels:
-        raise UserError(f"there is no panel {args.panel!r} in the config")
+    _known_panel(config, args.panel)
     body = _start_command(args)
     request_id = body["request_id"]
     async with Link(config, "cli") as link:
@@ -513,7 +513,16 @@ async def _start(config: Config, args: argparse.Namespace) -> int:
             f"until {str(event.get('ends_at', ''))[11:19]} (session {event.get('session')})"
         )
         if args.follow:
-            return await _follow(link, args.panel, str(event.get("session")), float(duration))
+            try:
+                return await _follow(link, args.panel, str(event.get("session")), float(duration))
+            except asyncio.CancelledError:
+                print(
+                    f"\nstopped following; the session on {args.panel} goes on until "
+                    f"{str(event.get('ends_at', ''))[11:19]} ('redlight stop {args.panel}' "
+                    "ends it)",
+                    file=sys.stderr,
+                )
+                raise
     return EXIT_OK
 
 
@@ -537,10 +546,76 @@ async def _start_routine(config: Config, routine_id: str, *, follow: bool) -> in
         event = _answer(await link.wait_for(ours, ANSWER_TIMEOUT_S))
         if event is None:
             return EXIT_FAILED
-        print(f"started routine {event.get('name', routine_id)} ({event.get('steps')} steps)")
+        name = event.get("name", routine_id)
+        if event.get("event_type") == "routine_finished":  # done before it began (no steps)
+            print(f"routine {name}: {_finished(event)}")
+            return EXIT_OK if event.get("reason") == "completed" else EXIT_FAILED
+        first = await _first_step(link, str(event.get("run")))
+        if isinstance(first, str):
+            print(f"routine {name} did not start: {first}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"started routine {name} ({_plural(int(event.get('steps') or 0), 'step')})")
         if not follow:
             return EXIT_OK
-        return await _follow_routine(link, routine_id)
+        print(_step_line(first))
+        try:
+            return await _follow_routine(link, routine_id)
+        except asyncio.CancelledError:
+            print(
+                f"stopped following; routine {name} goes on ('redlight stop --all' ends it)",
+                file=sys.stderr,
+            )
+            raise
+
+
+async def _first_step(link: Link, run: str) -> dict[str, Any] | str:
+    """Wait for the first step's outcome: its ``routine_step`` once under way, else why not.
+
+    A routine's first step comes in the same batch as its start: ``routine_step``, then one
+    ``session_started`` per panel of the step, or a refusal and ``routine_finished`` (aborted).
+    """
+    step = await link.wait_for(
+        lambda m: (
+            _json(m.payload).get("run") == run
+            and _json(m.payload).get("event_type") in {"routine_step", "routine_finished"}
+        ),
+        ANSWER_TIMEOUT_S,
+    )
+    if step is None:
+        return f"redlight did not answer within {ANSWER_TIMEOUT_S:g} s"
+    first = _json(step.payload)
+    if first.get("event_type") == "routine_finished":
+        return _finished(first)
+    waiting = set(first.get("panels") or [])  # a pause first: nothing to wait for
+    while waiting:
+        message = await link.wait_for(
+            lambda m: (
+                _json(m.payload).get("run") == run
+                or (
+                    _json(m.payload).get("event_type") == "session_started"
+                    and _json(m.payload).get("panel") in waiting
+                )
+            ),
+            ANSWER_TIMEOUT_S,
+        )
+        if message is None:
+            return f"redlight did not answer within {ANSWER_TIMEOUT_S:g} s"
+        event = _json(message.payload)
+        if event.get("event_type") == "routine_finished":
+            return _finished(event)
+        waiting.discard(str(event.get("panel")))
+    return first
+
+
+def _step_line(event: dict[str, Any]) -> str:
+    what = event.get("prompt") or ", ".join(event.get("panels") or [])
+    return f"step {event.get('step')}/{event.get('steps')}: {what}"
+
+
+def _finished(event: dict[str, Any]) -> str:
+    """``aborted (hip_left: in cooldown for 3h59m)`` from a ``routine_finished`` event."""
+    message = event.get("message")
+    return f"{event.get('reason')} ({message})" if message else str(event.get("reason"))
 
 
 async def _follow_routine(link: Link, routine_id: str) -> int:
@@ -554,10 +629,9 @@ async def _follow_routine(link: Link, routine_id: str) -> int:
         event = _json(message.payload)
         kind = event.get("event_type")
         if kind == "routine_step":
-            what = event.get("prompt") or ", ".join(event.get("panels") or [])
-            print(f"step {event.get('step')}/{event.get('steps')}: {what}")
+            print(_step_line(event))
         elif kind == "routine_finished":
-            print(f"routine finished: {event.get('reason')}")
+            print(f"routine finished: {_finished(event)}")
             return EXIT_OK if event.get("reason") == "completed" else EXIT_FAILED
 
 
@@ -619,38 +693,87 @@ async def _follow(link: Link, panel: str, session: str, duration_s: float) -> in
 
 
 async def _stop(config: Config, args: argparse.Namespace) -> int:
+    """Stop, and say what happened: stopped (the plug confirmed OFF), not running, or not
+    confirmed (the daemon called the plug unresponsive, or said nothing in time)."""
     if not args.all and not args.panel:
         raise UserError("name a panel to stop, or use --all")
-    if args.panel and args.panel not in config.panels:
-        raise UserError(f"there is no panel {args.panel!r} in the config")
+    _known_panel(config, args.panel)
     panels = list(config.panels) if args.all else [args.panel]
     async with Link(config, "cli") as link:
         await _daemon_online(link)
         state_filter = f"{link.topics.base}/panel/+/state"
         await link.subscribe([state_filter])
-        await link.messages(quiet_s=0.3)
+        before = _panel_states(await link.messages(quiet_s=0.3))
+        running = {p for p in panels if (before.get(p) or {}).get("session")}
         if args.all:
             link.publish(link.topics.daemon_set, dumps({"action": "stop_all"}))
         else:
             link.publish(link.topics.panel_set(args.panel), "OFF")
-        waiting = set(panels)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ANSWER_TIMEOUT_S
-        while waiting and loop.time() < deadline:
-            message = await link.wait_for(
-                lambda m: topic_matches_sub(state_filter, m.topic), deadline - loop.time()
-            )
-            if message is None:
-                break
-            state = _json(message.payload)
-            if state.get("session") is None and state.get("plug") != "on":
-                waiting.discard(message.topic.split("/")[-2])
-    if waiting:
-        raise UserError(
-            f"not confirmed off within {ANSWER_TIMEOUT_S:g} s: {', '.join(sorted(waiting))}"
+        # The daemon calls a plug unresponsive after confirm_timeout: wait a little longer.
+        within = config.safety.confirm_timeout.total_seconds() + STOP_MARGIN_S
+        confirmed, faults = await _off_outcome(link, state_filter, set(panels), within)
+    stopped = [p for p in panels if p in confirmed and p in running]
+    idle = [p for p in panels if p in confirmed and p not in running]
+    if stopped:
+        print("stopped: " + ", ".join(stopped))
+    if idle:
+        print("not running: " + ", ".join(idle) + " (plug off)")
+    unconfirmed = [p for p in panels if p not in confirmed]
+    for panel in unconfirmed:
+        why = "redlight calls it unresponsive" if panel in faults else "no answer in time"
+        print(
+            f"not confirmed off: {panel} ({why}; redlight waited for a report on "
+            f"{_report_topic(config, panel)}); it keeps sending OFF, check the plug",
+            file=sys.stderr,
         )
-    print("stopped: " + ", ".join(panels))
-    return EXIT_OK
+    return EXIT_FAILED if unconfirmed else EXIT_OK
+
+
+def _known_panel(config: Config, panel: str | None) -> None:
+    if panel is not None and panel not in config.panels:
+        raise UserError(
+            f"there is no panel {panel!r} in the config (panels: {', '.join(config.panels)})"
+        )
+
+
+def _panel_states(received: Sequence[Received]) -> dict[str, dict[str, Any]]:
+    """Panel id -> its latest state among ``received``."""
+    return {
+        m.topic.split("/")[-2]: _json(m.payload)
+        for m in received
+        if m.topic.endswith("/state") and "/panel/" in m.topic
+    }
+
+
+async def _off_outcome(
+    link: Link, state_filter: str, panels: set[str], within_s: float
+) -> tuple[set[str], set[str]]:
+    """Which panels' plugs confirmed OFF (a state with no session and the plug off), and which
+    the daemon marked as a fault instead, within ``within_s``."""
+    confirmed: set[str] = set()
+    faults: set[str] = set()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while panels - confirmed - faults and loop.time() < deadline:
+        message = await link.wait_for(
+            lambda m: topic_matches_sub(state_filter, m.topic), deadline - loop.time()
+        )
+        if message is None:
+            break
+        panel, state = message.topic.split("/")[-2], _json(message.payload)
+        if panel not in panels or state.get("session") is not None:
+            continue
+        if state.get("plug") == "off":
+            confirmed.add(panel)
+            faults.discard(panel)
+        elif state.get("state") == "fault":
+            faults.add(panel)
+    return confirmed, faults
+
+
+def _report_topic(config: Config, panel: str) -> str:
+    plug = build_plug(panel, config.panels[panel].plug, base_topic=config.mqtt.base_topic)
+    return plug.subscriptions[0]
 
 
 async def _off_all(config: Config) -> int:

@@ -58,8 +58,9 @@ class _Waiter:
 class MemoryBroker:
     """An MQTT broker in memory, with fault injection (client drops, broker outages)."""
 
-    def __init__(self, protocol: MqttProtocol = "3.1.1") -> None:
-        """An empty broker that is up; its clients speak ``protocol``."""
+    def __init__(self, protocol: MqttProtocol = "5") -> None:
+        """An empty broker that is up; its clients speak ``protocol`` (the daemon's default,
+        5, unless a test says otherwise)."""
         self.protocol: MqttProtocol = protocol
         #: Retained payloads by topic, kept across :meth:`stop`/:meth:`start`.
         self.retained = RetainedMessages()

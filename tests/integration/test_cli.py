@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -55,6 +56,90 @@ async def test_start_prints_the_outcome_and_stop_waits_for_off(system: System) -
     assert stopped.out.strip() == "stopped: tasmota"
     assert not plug.is_on
     assert plug.on_commands == 1
+
+
+async def test_stop_says_what_happened_to_each_panel(system: System) -> None:
+    """Issue 14 item 2: ``stop`` reports what happened, not what it asked for. A session on a
+    plug that confirms: "stopped"; a panel with nothing running: "not running"; a plug that
+    never confirms the OFF: named on stderr with the topic redlight waited on, exit 1."""
+    await system.up(["tasmota", "esphome"])
+    deaf = system.plugs["esphome"]
+    for name in ("tasmota", "esphome"):
+        assert (await redlight(system, "start", name, "--duration", "2m")).code == 0
+        await until(system.plugs[name], is_on)
+    deaf.set_responsive(False)
+
+    stopped = await redlight(system, "stop", "tasmota")
+    assert (stopped.code, stopped.out, stopped.err) == (0, "stopped: tasmota\n", "")
+    again = await redlight(system, "stop", "tasmota")
+    assert (again.code, again.out) == (0, "not running: tasmota (plug off)\n")
+
+    unconfirmed = await redlight(system, "stop", "esphome")
+    assert unconfirmed.code == 1
+    assert unconfirmed.out == ""
+    [line] = unconfirmed.err.splitlines()
+    assert line.startswith("not confirmed off: esphome (redlight calls it unresponsive; ")
+    assert "a report on sim-esphome/" in line
+    assert deaf.is_on  # as it says: the plug did not obey (its own timer ends it)
+
+
+ROUTINE = """
+[routines.post_run]
+name = "Post-run"
+steps = [{ panels = ["tasmota"], duration = "3s" }, { panels = ["esphome"], duration = "3s" }]
+"""
+
+
+async def test_start_routine_waits_for_its_first_step(system: System) -> None:
+    """Issue 14 item 1: a routine whose first panel is cooling down is refused, with why and
+    exit 1; once the panel may run, the routine starts and says so only when it has."""
+    await system.up(["tasmota", "esphome"], safety='cooldown = "8s"', extra=ROUTINE)
+    mark = system.command("tasmota", {"action": "start", "duration": 1})
+    await system.observer.event("session_finished", since=mark, panel="tasmota", within=10)
+    refused = await redlight(system, "start", "--routine", "post_run")
+    assert refused.code == 1
+    assert refused.out == ""
+    assert refused.err.startswith("routine Post-run did not start: aborted (tasmota: ")
+    assert "cooldown" in refused.err
+    assert system.plugs["tasmota"].on_commands == 1  # the one session before
+    await asyncio.sleep(8)  # the cooldown is over
+    started = await redlight(system, "start", "--routine", "post_run")
+    assert (started.code, started.out) == (0, "started routine Post-run (2 steps)\n")
+    await until(system.plugs["tasmota"], is_on)
+
+
+async def test_interrupted_follow_says_the_session_goes_on(system: System) -> None:
+    """Issue 14 item 7: Ctrl-C on ``start --follow`` ends the countdown, not the session,
+    and says so, with how to stop it."""
+    await system.up(["tasmota"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDLIGHT_")}
+    config = str(system.tmp / "config.toml")
+    args = ["start", "tasmota", "--duration", "1m", "--follow", "--config", config]
+    follow = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "redlight",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        await until(system.plugs["tasmota"], is_on)
+        await asyncio.sleep(1.5)  # a countdown line or two
+        follow.send_signal(signal.SIGINT)
+        raw_out, raw_err = await asyncio.wait_for(follow.communicate(), WAIT_S)
+    finally:
+        if follow.returncode is None:
+            follow.kill()
+            await follow.wait()
+    out, err = raw_out.decode(), raw_err.decode()
+    assert follow.returncode == 130
+    assert out.startswith("started tasmota for 1m")
+    assert "stopped following; the session on tasmota goes on until " in err
+    assert "'redlight stop tasmota' ends it" in err
+    assert "Traceback" not in err
+    assert system.plugs["tasmota"].is_on
 
 
 async def test_rejected_start_exits_1_with_the_reason(system: System) -> None:

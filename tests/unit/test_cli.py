@@ -50,9 +50,10 @@ def test_bash_completion_is_valid_and_knows_every_command(tmp_path: Path) -> Non
 
 
 def test_errors_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """An unknown panel is one line on stderr and exit 1, never a traceback."""
+    """An unknown panel is one line on stderr, naming the panels there are, and exit 1, never a
+    traceback."""
     path = tmp_path / "config.toml"
     path.write_text('[panels.hip_left]\nplug = { preset = "tasmota", topic = "t" }\n')
     assert main(["start", "nope", "--config", str(path)]) == 1
     err = capsys.readouterr().err
-    assert err == "redlight: there is no panel 'nope' in the config\n"
+    assert err == "redlight: there is no panel 'nope' in the config (panels: hip_left)\n"
