@@ -574,36 +574,26 @@ async def _first_step(link: Link, run: str) -> dict[str, Any] | str:
     A routine's first step comes in the same batch as its start: ``routine_step``, then one
     ``session_started`` per panel of the step, or a refusal and ``routine_finished`` (aborted).
     """
-    step = await link.wait_for(
-        lambda m: (
-            _json(m.payload).get("run") == run
-            and _json(m.payload).get("event_type") in {"routine_step", "routine_finished"}
-        ),
-        ANSWER_TIMEOUT_S,
-    )
-    if step is None:
-        return f"redlight did not answer within {ANSWER_TIMEOUT_S:g} s"
-    first = _json(step.payload)
-    if first.get("event_type") == "routine_finished":
-        return _finished(first)
-    waiting = set(first.get("panels") or [])  # a pause first: nothing to wait for
-    while waiting:
-        message = await link.wait_for(
-            lambda m: (
-                _json(m.payload).get("run") == run
-                or (
-                    _json(m.payload).get("event_type") == "session_started"
-                    and _json(m.payload).get("panel") in waiting
-                )
-            ),
-            ANSWER_TIMEOUT_S,
-        )
+    first: dict[str, Any] | None = None
+    waiting: set[str] = set()  # the first step's panels whose session has not started yet
+
+    def ours(message: Received) -> bool:
+        event = _json(message.payload)
+        started = event.get("event_type") == "session_started" and event.get("panel") in waiting
+        return event.get("run") == run or started
+
+    while first is None or waiting:  # a pause first: nothing to wait for after its step
+        message = await link.wait_for(ours, ANSWER_TIMEOUT_S)
         if message is None:
             return f"redlight did not answer within {ANSWER_TIMEOUT_S:g} s"
         event = _json(message.payload)
-        if event.get("event_type") == "routine_finished":
+        kind = event.get("event_type")
+        if kind == "routine_finished":
             return _finished(event)
-        waiting.discard(str(event.get("panel")))
+        if kind == "routine_step" and first is None:
+            first, waiting = event, set(event.get("panels") or [])
+        elif kind == "session_started":
+            waiting.discard(str(event.get("panel")))
     return first
 
 
