@@ -52,6 +52,14 @@ class Disconnected:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectFailed:
+    """A connection attempt failed (refused, unknown host, TLS, credentials), with why; the
+    adapter keeps trying with backoff. The daemon waits on; a command-line client gives up."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Received:
     """A message arrived on a subscribed topic."""
 
@@ -60,7 +68,7 @@ class Received:
     retain: bool = False
 
 
-BrokerEvent: TypeAlias = Connected | Disconnected | Received
+BrokerEvent: TypeAlias = Connected | Disconnected | ConnectFailed | Received
 EventSink: TypeAlias = Callable[[BrokerEvent], None]
 
 #: QoS for plug commands. QoS 0 is never queued by paho while disconnected and never

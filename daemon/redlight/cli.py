@@ -16,7 +16,15 @@ import structlog
 from paho.mqtt.client import topic_matches_sub
 
 from redlight import __version__
-from redlight.broker import BrokerClient, BrokerError, Connected, Disconnected, Message, Received
+from redlight.broker import (
+    BrokerClient,
+    BrokerError,
+    BrokerEvent,
+    Connected,
+    ConnectFailed,
+    Message,
+    Received,
+)
 from redlight.config import Config, ConfigError, config_path, describe, load_config
 from redlight.durations import format_duration, parse_duration
 from redlight.messages import Topics, dumps, loads_object
@@ -252,9 +260,11 @@ def _client_command(config: Config, args: argparse.Namespace) -> int:
 
 
 def _quiet_logging() -> None:
+    """The command line says what went wrong in its own one sentence: the broker adapter's log
+    lines (a refused connection, say) would only repeat it, as JSON, on the same stderr."""
     from redlight.logs import configure_logging
 
-    configure_logging("error")
+    configure_logging("critical")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -346,26 +356,26 @@ class Link:
         self.client: BrokerClient = broker_from_config(
             config, client_id=f"{config.mqtt.client_id}-{purpose}-{suffix}", will=None
         )
-        self.queue: asyncio.Queue[Connected | Disconnected | Received] = asyncio.Queue()
+        self.queue: asyncio.Queue[BrokerEvent] = asyncio.Queue()
 
     async def __aenter__(self) -> Link:
-        """Connect, or fail with one sentence."""
+        """Connect, or fail with one sentence: at the first failed attempt (refused, unknown
+        host, TLS, credentials: each says so at once), or when the broker does not answer."""
         self.client.start(self.queue.put_nowait)
-        reason = ""
+        failed = f"did not answer within {CONNECT_TIMEOUT_S:g} s"
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 while True:
                     event = await self.queue.get()
                     if isinstance(event, Connected):
                         return self
-                    if isinstance(event, Disconnected) and event.reason:
-                        reason = event.reason
+                    if isinstance(event, ConnectFailed):
+                        failed = event.reason
+                        break
         except TimeoutError:
-            await self.client.stop()
-            detail = f" ({reason})" if reason else ""
-            raise UserError(
-                f"cannot connect to the broker at {self.config.mqtt.url}{detail}"
-            ) from None
+            pass
+        await self.client.stop()
+        raise UserError(f"cannot connect to the broker at {self.config.mqtt.url}: {failed}")
 
     async def __aexit__(self, *exc: object) -> None:
         """Disconnect."""

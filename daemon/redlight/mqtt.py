@@ -34,7 +34,9 @@ from redlight.broker import (
     UNWRITTEN_LIMIT,
     BrokerClient,
     BrokerError,
+    BrokerEvent,
     Connected,
+    ConnectFailed,
     Disconnected,
     EventSink,
     Message,
@@ -390,14 +392,14 @@ class PahoClient(BrokerClient):
             # A refusal (bad password, not authorised, ...) is not a connection: deliver
             # nothing and let paho retry with backoff, so a fixed broker config heals itself.
             if reason_code.value == UNSUPPORTED_PROTOCOL:
+                hint = 'the broker does not speak MQTT 5: set mqtt.protocol = "3.1.1"'
                 log.error(
-                    "mqtt_connect_refused",
-                    reason=str(reason_code),
-                    host=self._host,
-                    hint='the broker does not speak MQTT 5: set mqtt.protocol = "3.1.1"',
+                    "mqtt_connect_refused", reason=str(reason_code), host=self._host, hint=hint
                 )
+                self._post(ConnectFailed(f"refused: {reason_code} ({hint})"))
             else:
                 log.error("mqtt_connect_refused", reason=str(reason_code), host=self._host)
+                self._post(ConnectFailed(f"refused: {reason_code}"))
             return
         dropped = self._drop_unsent()
         if dropped:
@@ -414,12 +416,9 @@ class PahoClient(BrokerClient):
         # paho calls this from inside its ``except OSError``: the error says why (refused,
         # unreachable, a certificate that does not verify), which is what a user needs.
         error = sys.exc_info()[1]
-        log.warning(
-            "mqtt_connect_failed",
-            host=self._host,
-            port=self._port,
-            error=str(error) if error is not None else "unknown",
-        )
+        why = str(error) if error is not None else "unknown"
+        log.warning("mqtt_connect_failed", host=self._host, port=self._port, error=why)
+        self._post(ConnectFailed(why))
 
     def _on_disconnect(
         self,
@@ -478,7 +477,7 @@ class PahoClient(BrokerClient):
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _post(self, event: Connected | Disconnected | Received) -> None:
+    def _post(self, event: BrokerEvent) -> None:
         sink = self._sink
         if sink is not None:
             self._call_on_loop(sink, event)

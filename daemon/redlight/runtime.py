@@ -20,7 +20,15 @@ from typing import Final, TypeAlias
 
 import structlog
 
-from redlight.broker import BrokerClient, BrokerEvent, Connected, Disconnected, Message, Received
+from redlight.broker import (
+    BrokerClient,
+    BrokerEvent,
+    Connected,
+    ConnectFailed,
+    Disconnected,
+    Message,
+    Received,
+)
 from redlight.clockwatch import CLOCK_CHECK_S, ClockWatch
 from redlight.config import Config
 from redlight.controller import Controller
@@ -323,6 +331,8 @@ class Runtime:
         elif isinstance(item, Connected):
             self._on_connected(now)
             return
+        elif isinstance(item, ConnectFailed):
+            return  # logged by the adapter, which keeps trying; nothing changed here
         elif isinstance(item, Disconnected):
             log.warning("broker_disconnected", reason=item.reason)
             self.notifier.status("broker disconnected; reconnecting")
@@ -398,13 +408,9 @@ class Runtime:
         self._switch_on_journaled()
 
     def _schedule_states(self) -> list[Effect]:
-        states: list[Effect] = [
-            self.schedules.state_message(key, self.clock_jobs.next_run(key))
-            for key in self.config.schedules
-        ]
-        if any(s.mode == "offer" for s in self.config.schedules.values()):
-            states.append(self.schedules.offer_message())
-        return states
+        book, jobs = self.schedules, self.clock_jobs
+        states = [book.state_message(key, jobs.next_run(key)) for key in self.config.schedules]
+        return [*states, *book.offer_messages()]
 
     def _rejection_key(self, event: Event) -> str | None:
         """A configured routine or schedule has rejections of its own: ``redlight routine``

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.integration.harness import WAIT_S, System, is_off, is_on, until
+from tests.mosquitto import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +141,26 @@ async def test_interrupted_follow_says_the_session_goes_on(system: System) -> No
     assert "'redlight stop tasmota' ends it" in err
     assert "Traceback" not in err
     assert system.plugs["tasmota"].is_on
+
+
+async def test_a_wrong_broker_port_fails_at_once_with_the_reason(system: System) -> None:
+    """Issue 14 item 5: nothing listens on the port: one line with why, at the first attempt
+    (every command waited 11 s for its timeout before)."""
+    await system.up(["tasmota"], start=False)
+    config = system.tmp / "config.toml"
+    port = free_port()
+    config.write_text(
+        config.read_text().replace(f"127.0.0.1:{system.broker.port}", f"127.0.0.1:{port}")
+    )
+    began = asyncio.get_running_loop().time()
+    ran = await redlight(system, "status")
+    took_s = asyncio.get_running_loop().time() - began
+    assert ran.code == 1
+    assert ran.err == (
+        f"redlight: cannot connect to the broker at mqtt://127.0.0.1:{port}: "
+        "[Errno 111] Connection refused\n"
+    )
+    assert took_s < 5  # a Python start-up and one attempt; the timeout is 10 s
 
 
 async def test_rejected_start_exits_1_with_the_reason(system: System) -> None:

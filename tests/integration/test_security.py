@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,41 @@ async def test_a_wrong_password_is_refused_and_logged_without_it(
     assert not secure.observer.matching("redlight/status")
     assert "not-the-password" not in daemon.text()
     assert daemon.stop() == 0
+
+
+def cli(config: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``redlight status`` on ``config``, and how long it took."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REDLIGHT_")}
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "redlight", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=WAIT_S * 2,
+        check=False,
+    )
+    return done, time.monotonic() - began
+
+
+def test_the_command_line_says_at_once_why_it_cannot_connect(secure: Secure) -> None:
+    """Issue 14 item 5: a refused password and an untrusted certificate each end a command
+    at the first attempt, with the reason, never the password (it waited 11 s before)."""
+    for config, why in (
+        (secure.config(password="not-the-password", name="bad-password.toml"), "refused: "),  # noqa: S106
+        (secure.config(ca="other_ca", name="other-ca.toml"), "CERTIFICATE_VERIFY_FAILED"),
+    ):
+        done, took_s = cli(config)
+        assert done.returncode == 1
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1, done.stderr
+        [line] = lines
+        assert line.startswith(
+            f"redlight: cannot connect to the broker at mqtts://127.0.0.1:{secure.tls_port}: "
+        )
+        assert why in line
+        assert "not-the-password" not in done.stderr + done.stdout
+        assert took_s < 5  # a Python start-up and one attempt; the timeout is 10 s
 
 
 async def test_an_untrusted_broker_certificate_is_refused(

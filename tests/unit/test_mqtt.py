@@ -30,6 +30,7 @@ from redlight.broker import (
     UNWRITTEN_LIMIT,
     BrokerError,
     Connected,
+    ConnectFailed,
     Disconnected,
     Message,
     Received,
@@ -182,7 +183,7 @@ async def test_wrong_password_is_logged_without_the_password(
 async def refusal(client: PahoClient) -> tuple[EventDict, list[EventDict]]:
     """Start ``client`` until the broker refuses it: the refusal's log entry, and every entry.
 
-    A refused connection is no connection: the sink hears nothing.
+    A refused connection is no connection: the sink hears only that it failed, and why.
     """
     sink = Events()
     refused_logged = asyncio.Event()
@@ -192,7 +193,10 @@ async def refusal(client: PahoClient) -> tuple[EventDict, list[EventDict]]:
             await asyncio.wait_for(refused_logged.wait(), WAIT_S)
         finally:
             await client.stop()
-    assert sink.history == []
+    assert sink.history
+    assert all(
+        isinstance(e, ConnectFailed) and e.reason.startswith("refused: ") for e in sink.history
+    )
     return next(e for e in logs if e["event"] == "mqtt_connect_refused"), logs
 
 
