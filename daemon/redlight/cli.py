@@ -447,7 +447,8 @@ async def _status(config: Config) -> int:
             continue
         session = state.get("session") or {}
         plug = state.get("plug", "unknown")
-        online = "online" if state.get("plug_online") else "OFFLINE"
+        heard = state.get("plug_online")
+        online = "not heard from" if heard is None else "online" if heard else "OFFLINE"
         line = f"  {panel_id:<16} {name:<24} {state.get('state', '?'):<9} plug {plug:<7} {online}"
         if session:
             line += f"  until {str(session.get('ends_at', '?'))[11:19]}"

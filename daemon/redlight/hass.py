@@ -148,7 +148,11 @@ def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
             "device_class": "connectivity",
             "entity_category": "diagnostic",
             "state_topic": state,
-            "value_template": "{{ 'ON' if value_json.plug_online else 'OFF' }}",
+            # Unknown (None) until the plug has said anything, rather than "connected".
+            "value_template": (
+                "{{ 'None' if value_json.plug_online is none "
+                "else ('ON' if value_json.plug_online else 'OFF') }}"
+            ),
         },
         **_relay_component(config, panel, uid, state),
         "events": {

@@ -86,7 +86,8 @@ def _reachable(  # noqa: PLR0911 - one refusal per check, in the order a user me
         return cmd.Rejection(
             "plug_state_unknown",
             f"redlight has not heard from the plug of {panel.name} since it was out of "
-            "sight, so it may be on already; it has been asked: try again in a moment",
+            "sight, so it may be on already; it has been asked: try again in a moment (no "
+            f"report yet on {panel.plug.subscriptions[0]}; check the plug's topic if this stays)",
             rid,
         )
     if panel.session is not None:

@@ -149,6 +149,9 @@ class Panel:
     #: What the plug last said of its relay, fresh or retained.
     reported: Literal["on", "off", "unknown"] = "unknown"
     availability: dict[str, bool] = field(default_factory=dict)
+    #: The plug has said anything at all since redlight started (its state, availability or
+    #: power): one that never has may be unplugged, or on another topic than configured.
+    heard: bool = False
     # Blind spots: the last OFF the plug reported, and whether redlight has watched it without
     # a gap since (connected throughout, the plug not re-announced, every poll answered). An ON
     # found after a gap may have been on since that OFF report.

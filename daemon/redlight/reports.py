@@ -37,6 +37,7 @@ class PlugReports:
         (then it is the plug's last word, perhaps from before a gap, not news of now)."""
         self.board.touch(panel)
         self.relays.heard(panel)
+        panel.heard = True
         if on:
             panel.power.off_since = None
         else:
@@ -80,6 +81,7 @@ class PlugReports:
 
     def availability(self, panel: Panel, report: PlugAvailability, now: Now) -> None:
         self.board.touch(panel)
+        panel.heard = True
         panel.availability[report.topic] = report.online
         # Any availability message means the plug (or its bridge) went away or came back: what
         # it did meanwhile was not seen, even when redlight never saw it go (a dying broker
@@ -93,6 +95,7 @@ class PlugReports:
 
     def power(self, panel: Panel, watts: float, now: Now) -> None:
         """A power reading: remembered for the check after ON; a stuck relay after OFF."""
+        panel.heard = True
         power = panel.power
         assert power.min_w is not None
         power.watts = watts

@@ -53,6 +53,12 @@ from redlight.systemd import Notifier
 
 log = structlog.get_logger("redlight")
 
+#: Events a person must act on (a plug that does not answer or obey, a cut-off ON): their log
+#: lines are warnings, so a journal filtered by priority shows them.
+FAULT_EVENTS: Final = frozenset(
+    {"plug_unresponsive", "off_not_obeyed", "relay_stuck", "cutoff_enforced"}
+)
+
 Item: TypeAlias = "BrokerEvent | _Shutdown | _Wake | _Announce | _Fired | _DayTotals"
 
 #: Safety rule 9: how long shutdown waits for plugs to confirm OFF, at most.
@@ -427,7 +433,8 @@ class Runtime:
     def _publish_event(self, event: Event) -> None:
         for message in event_messages(self.core.topics, event):
             self.broker.publish(message)
-        log.info(event.event_type, panel=event.panel, **event.fields)
+        loud = event.event_type in FAULT_EVENTS
+        (log.warning if loud else log.info)(event.event_type, panel=event.panel, **event.fields)
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
         """Each effect to its adapter: the broker, the log, the history, APScheduler."""

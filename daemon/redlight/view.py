@@ -34,7 +34,8 @@ def panel_state(panel: Panel, mono: float, today_s: float) -> dict[str, Any]:
     return {
         "state": state,
         "plug": panel.plug_view,
-        "plug_online": panel.online,
+        # null until the plug has said anything: not heard is not online (a topic typo).
+        "plug_online": panel.online if panel.heard else None,
         "session": session_view,
         "default_duration_s": num(panel.default_s),
         "today_s": round(today_s),

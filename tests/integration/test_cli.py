@@ -163,6 +163,25 @@ async def test_a_wrong_broker_port_fails_at_once_with_the_reason(system: System)
     assert took_s < 5  # a Python start-up and one attempt; the timeout is 10 s
 
 
+async def test_a_plug_never_heard_from_is_not_online(system: System) -> None:
+    """Issue 14 item 6: a topic typo: ``status`` says the plug was never heard from (not
+    "online"), and a start is refused naming the topic redlight waited on."""
+    await system.up(["tasmota"], start=False)
+    config = system.tmp / "config.toml"
+    config.write_text(config.read_text().replace('"sim_tasmota"', '"sim_tasmotta"'))
+    await system.start_daemon(off=[])
+    status = await redlight(system, "status")
+    [line] = [row for row in status.out.splitlines() if row.lstrip().startswith("tasmota ")]
+    assert "plug unknown not heard from" in line
+    assert "online" not in line
+    refused = await redlight(system, "start", "tasmota")
+    assert refused.code == 1
+    assert "(plug_state_unknown)" in refused.err
+    assert "no report yet on " in refused.err
+    assert "sim_tasmotta" in refused.err
+    assert system.plugs["tasmota"].on_commands == 0
+
+
 async def test_rejected_start_exits_1_with_the_reason(system: System) -> None:
     """A request over the ceiling: exit 1, the daemon's reason on stderr, the plug stays off."""
     await system.up(["esphome"])

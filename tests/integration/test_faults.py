@@ -496,7 +496,7 @@ async def partition_idle(system: System, row: Row) -> None:
         "tele/sim_tasmota/LWT", lambda m: m.payload == b"Offline", since=mark
     )
     await system.observer.wait(
-        "redlight/panel/tasmota/state", lambda m: not m.json()["plug_online"], since=mark
+        "redlight/panel/tasmota/state", lambda m: m.json()["plug_online"] is False, since=mark
     )
     mark = system.command("tasmota", {"action": "start", "duration": 2})
     refused = await system.observer.event("command_rejected", since=mark, panel="tasmota")
@@ -528,7 +528,7 @@ async def partition_session(system: System, row: Row) -> None:
     mark = system.observer.mark()
     system.links["zigbee2mqtt"].cut()
     await system.observer.wait(
-        "redlight/panel/zigbee2mqtt/state", lambda m: not m.json()["plug_online"], since=mark
+        "redlight/panel/zigbee2mqtt/state", lambda m: m.json()["plug_online"] is False, since=mark
     )
     await system.observer.event("session_finished", since=mark, reason="completed")
     # The scenario itself: the plug stays cut off a while past the deadline (but less than
@@ -561,7 +561,7 @@ async def partition_startup(system: System, row: Row) -> None:
     mark = system.observer.mark()
     await system.start_daemon(off=[])
     await system.observer.wait(
-        "redlight/panel/shelly_gen2/state", lambda m: not m.json()["plug_online"], since=mark
+        "redlight/panel/shelly_gen2/state", lambda m: m.json()["plug_online"] is False, since=mark
     )
     assert plug.is_on
     system.links["shelly_gen2"].restore()

@@ -235,3 +235,14 @@ def test_a_cooldown_survives_a_restart_with_the_clock_behind() -> None:
     kit = Kit.create(make_config(safety={"cooldown": "1h"}), restored=restored).ready()
     [rejected] = events(kit.start("hip_left", 60), "command_rejected")
     assert rejected.fields["reason"] == "cooldown"
+
+
+def test_a_plug_never_heard_from_is_not_called_online() -> None:
+    """Issue 14 item 6: ``plug_online`` is null until the plug has said anything (a state or
+    an availability message): a topic typo must not read as "online"."""
+    kit = Kit.create(make_config())
+    kit.connect()
+    assert state(kit, "hip_left")["plug_online"] is None
+    assert state(kit, "hip_left")["plug"] == "unknown"
+    kit.report("hip_left", on=False)
+    assert state(kit, "hip_left")["plug_online"] is True

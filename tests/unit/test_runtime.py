@@ -382,3 +382,18 @@ async def test_a_confirmation_waiting_in_the_backlog_is_not_taken_for_silence() 
     assert core.running() == ["hip_left"]
     assert core.panels["hip_left"].reported == "on"
     assert not core.panels["hip_left"].unresponsive
+
+
+async def test_a_plug_that_does_not_answer_is_a_warning_in_the_log() -> None:
+    """Issue 14 item 6: ``plug_unresponsive`` is something a person must act on, so its log
+    line is a warning (a journal filtered by priority shows it); a session start stays info."""
+    with capture_logs() as logs:
+        rig = await make_rig(left_only())
+        rig.plug.set_responsive(False)
+        unresponsive = rig.event("plug_unresponsive", panel="hip_left")
+        rig.command("hip_left", {"action": "start", "duration": 60})
+        await unresponsive
+        await rig.stop()
+    levels = {entry["event"]: entry["log_level"] for entry in logs}
+    assert levels["plug_unresponsive"] == "warning"
+    assert levels["session_started"] == "info"
