@@ -278,6 +278,17 @@ def _check(args: argparse.Namespace) -> int:
         for line in error.problems:
             print(line, file=sys.stderr)
         return EXIT_FAILED
+    from redlight.storage import unusable
+
+    problem = unusable(config.storage.path)
+    if problem is not None:
+        # redlight run would start without a history (rule 12: it still switches panels
+        # off), so the journal, cooldowns after a restart and daily_max would be lost.
+        why, always = problem
+        if always:
+            print(f"storage.path: {why}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"storage.path: {why} (fine if redlight runs as another user)", file=sys.stderr)
     summary = describe(config)
     counts = ", ".join(
         _plural(len(summary[kind]), kind[:-1]) for kind in ("panels", "routines", "schedules")
@@ -322,11 +333,14 @@ def _read_history(path: Path, *, since: datetime) -> tuple[list[SessionRow], str
     "No history yet" is a fine answer (exit 0); a database that is there but cannot be read
     is not, and must not look like one (exit 1, the path and why).
     """
-    from redlight.storage import History, StorageError
+    from redlight.storage import History, StorageError, unusable
 
     try:
         path.stat()
     except FileNotFoundError:
+        problem = unusable(path)
+        if problem is not None:  # what is left for this user: a directory it may not write
+            return [], f"{path} does not exist yet, and {problem[0]} (see storage.path)"
         return [], f"{path} does not exist yet (redlight run creates it)"
     except OSError as error:
         raise UserError(f"the history database is unavailable: {path}: {error.strerror}") from None
@@ -396,6 +410,19 @@ class Link:
             if isinstance(event, Received):
                 got.append(event)
 
+    async def retained(self, topics: set[str], quiet_s: float) -> list[Received]:
+        """Collect messages until one has come on each of ``topics`` (retained ones arrive at
+        once after the subscription), or ``quiet_s`` passes with nothing new."""
+        got: list[Received] = []
+        missing = set(topics)
+        while missing:
+            message = await self.wait_for(lambda m: True, quiet_s)
+            if message is None:
+                break
+            got.append(message)
+            missing.discard(message.topic)
+        return got
+
     async def wait_for(self, predicate: Any, within_s: float) -> Received | None:
         """The first received message for which ``predicate`` is true, or None."""
         try:
@@ -431,7 +458,8 @@ async def _status(config: Config) -> int:
     async with Link(config, "status") as link:
         topics = link.topics
         await link.subscribe([topics.status, f"{topics.base}/panel/+/state"])
-        received = await link.messages(quiet_s=1.0)
+        wanted = {topics.status} | {topics.panel_state(p) for p in config.panels}
+        received = await link.retained(wanted, quiet_s=1.0)
     status = next((m.payload.decode() for m in received if m.topic == topics.status), "unknown")
     states = {
         m.topic.split("/")[-2]: _json(m.payload)
@@ -774,7 +802,7 @@ async def _off_outcome(
 
 def _report_topic(config: Config, panel: str) -> str:
     plug = build_plug(panel, config.panels[panel].plug, base_topic=config.mqtt.base_topic)
-    return plug.subscriptions[0]
+    return plug.report_topic
 
 
 async def _off_all(config: Config) -> int:

@@ -6,8 +6,10 @@ import math
 import re
 from datetime import timedelta
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)")
-_WHOLE = re.compile(r"(?:\d+(?:\.\d+)?[hms])+")
+# Longest unit names first, so "10min" is ten minutes, not "10m" and a stray "in".
+_UNITS = r"hours|hour|hr|h|minutes|minute|mins|min|m|seconds|second|secs|sec|s"
+_PART = re.compile(rf"(\d+(?:\.\d+)?)({_UNITS})")
+_WHOLE = re.compile(rf"(?:\d+(?:\.\d+)?(?:{_UNITS}))+")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0}
 _LONGEST_S = 366 * 24 * 3600.0
 
@@ -28,7 +30,7 @@ def parse_duration(value: object) -> timedelta:
         if re.fullmatch(r"\d+(?:\.\d+)?", text):
             seconds = float(text)
         elif _WHOLE.fullmatch(text):
-            seconds = sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(text))
+            seconds = sum(float(n) * _UNIT_S[u[0]] for n, u in _PART.findall(text))
         else:
             raise ValueError(f"expected a duration like '90s', '10m' or '1h30m' (got {value!r})")
     else:

@@ -78,7 +78,8 @@ def _reachable(  # noqa: PLR0911 - one refusal per check, in the order a user me
     if panel.unresponsive:
         return cmd.Rejection(
             "plug_unresponsive",
-            f"the plug of {panel.name} has not confirmed it is off; check it first",
+            f"the plug of {panel.name} has not confirmed it is off (no report on "
+            f"{panel.plug.report_topic}); check it first",
             rid,
         )
     if panel.session is None and not panel.watching:
@@ -87,7 +88,7 @@ def _reachable(  # noqa: PLR0911 - one refusal per check, in the order a user me
             "plug_state_unknown",
             f"redlight has not heard from the plug of {panel.name} since it was out of "
             "sight, so it may be on already; it has been asked: try again in a moment (no "
-            f"report yet on {panel.plug.subscriptions[0]}; check the plug's topic if this stays)",
+            f"report yet on {panel.plug.report_topic}; check the plug's topic if this stays)",
             rid,
         )
     if panel.session is not None:

@@ -199,6 +199,11 @@ class Plug:
         return tuple(a.topic for a in self.availability)
 
     @property
+    def report_topic(self) -> str:
+        """The first topic the plug reports its relay on: what a message names as waited on."""
+        return self.subscriptions[0]
+
+    @property
     def subscriptions(self) -> tuple[str, ...]:
         """Every topic to subscribe to for this plug's reports."""
         topics = [s.topic for s in self.states] + list(self.availability_topics)

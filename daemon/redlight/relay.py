@@ -80,7 +80,7 @@ class RelayControl:
             command=command,
             online=panel.online,
             message=f"the plug of {panel.name} did not confirm {command.upper()} within "
-            f"{format_duration(self.confirm_s)}",
+            f"{format_duration(self.confirm_s)} (no report on {panel.plug.report_topic})",
         )
 
     def off_not_obeyed(self, panel: Panel, now: Now) -> None:

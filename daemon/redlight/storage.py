@@ -11,6 +11,7 @@ deleted or replaced under it is noticed and created again.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -156,6 +157,30 @@ def _connect(path: Path) -> sqlite3.Connection:
             conn.close()
         raise StorageError(f"{path}: {error}") from error
     return conn
+
+
+def unusable(path: Path) -> tuple[str, bool] | None:
+    """Why the history cannot be kept at ``path``, and whether that holds for every user
+    (``False``: only for this one; the daemon may run as another), or ``None``.
+
+    An existing path must be a file; what is missing must be creatable under the nearest
+    existing directory. Root passes every permission test, so for it only the first kind is
+    left: a directory or a file where the other must be.
+    """
+    if path.exists():
+        if not path.is_file():
+            return f"{path} is not a file", True
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"{path} is not readable and writable by this user", False
+        return None
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {path}: {parent} is not a directory", True
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: {parent} is not writable by this user", False
+    return None
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -57,3 +57,27 @@ def test_errors_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["start", "nope", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert err == "redlight: there is no panel 'nope' in the config (panels: hip_left)\n"
+
+
+def test_check_fails_on_a_storage_path_that_cannot_be_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14 item 8: a history path under a file passes no more: ``check`` names it, exit 1
+    (the daemon would run without a history), and ``history`` says why there is none."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[storage]\npath = "{blocker / "history.db"}"\n'
+        '[panels.hip_left]\nplug = { preset = "tasmota", topic = "t" }\n'
+    )
+    assert main(["check", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"storage.path: cannot create {blocker / 'history.db'}: {blocker} is not a directory\n"
+    )
+    assert main(["history", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"redlight: the history database is unavailable: {blocker}")
+    assert "no history yet" not in err

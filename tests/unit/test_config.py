@@ -55,14 +55,21 @@ def problems(tmp_path: Path, text: str) -> list[str]:
         ("45", 45),
         (12, 12),
         ("0.5s", 0.5),
+        ("10min", 600),
+        ("10 minutes", 600),
+        ("1hr 5 secs", 3605),
+        ("2 hours 1 minute", 7260),
     ],
 )
 def test_durations_are_parsed(text: str | int, seconds: float) -> None:
-    """Durations are '90s', '10m', '1h30m' or plain seconds."""
+    """Durations are '90s', '10m', '1h30m' or plain seconds; the units may be written out
+    (issue 14: '10min' was refused)."""
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["10 minutes", "m", "-5", "1d", "", True, None, "nan"])
+@pytest.mark.parametrize(
+    "text", ["10 minutesx", "min", "m", "-5", "1d", "", True, None, "nan", "5mn"]
+)
 def test_bad_durations_are_errors(text: object) -> None:
     """Anything else is a ValueError with a message for people."""
     with pytest.raises(ValueError, match="duration"):
