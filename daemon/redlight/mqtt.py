@@ -374,6 +374,9 @@ class PahoClient(BrokerClient):
                 log.warning("mqtt_disconnect_timeout", seconds=STOP_TIMEOUT)
         # The join can take up to a second while paho waits out a reconnect delay: off the loop.
         await asyncio.to_thread(self._client.loop_stop)
+        # paho leaves the socket pair that wakes its thread to its __del__ (no public close):
+        # closed here, it cannot be left to the garbage collector ("unclosed socket").
+        self._client._reset_sockets(sockpair_only=True)
         log.info("mqtt_stopped")
 
     # -- paho's callbacks: run on paho's thread, only hand events over --------------------------
