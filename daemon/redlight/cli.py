@@ -457,15 +457,11 @@ def _json(payload: bytes) -> dict[str, Any]:
 async def _status(config: Config) -> int:
     async with Link(config, "status") as link:
         topics = link.topics
-        await link.subscribe([topics.status, f"{topics.base}/panel/+/state"])
+        await link.subscribe([topics.status, topics.panel_states])
         wanted = {topics.status} | {topics.panel_state(p) for p in config.panels}
         received = await link.retained(wanted, quiet_s=1.0)
     status = next((m.payload.decode() for m in received if m.topic == topics.status), "unknown")
-    states = {
-        m.topic.split("/")[-2]: _json(m.payload)
-        for m in received
-        if topic_matches_sub(f"{topics.base}/panel/+/state", m.topic)
-    }
+    states = _panel_states(topics, received)
     print(f"redlight: {status}  ({config.mqtt.url}, base topic {topics.base})")
     for panel_id in config.panels:
         state = states.get(panel_id)
@@ -730,9 +726,9 @@ async def _stop(config: Config, args: argparse.Namespace) -> int:
     panels = list(config.panels) if args.all else [args.panel]
     async with Link(config, "cli") as link:
         await _daemon_online(link)
-        state_filter = f"{link.topics.base}/panel/+/state"
+        state_filter = link.topics.panel_states
         await link.subscribe([state_filter])
-        before = _panel_states(await link.messages(quiet_s=0.3))
+        before = _panel_states(link.topics, await link.messages(quiet_s=0.3))
         running = {p for p in panels if (before.get(p) or {}).get("session")}
         if args.all:
             link.publish(link.topics.daemon_set, dumps({"action": "stop_all"}))
@@ -765,12 +761,12 @@ def _known_panel(config: Config, panel: str | None) -> None:
         )
 
 
-def _panel_states(received: Sequence[Received]) -> dict[str, dict[str, Any]]:
+def _panel_states(topics: Topics, received: Sequence[Received]) -> dict[str, dict[str, Any]]:
     """Panel id -> its latest state among ``received``."""
     return {
         m.topic.split("/")[-2]: _json(m.payload)
         for m in received
-        if m.topic.endswith("/state") and "/panel/" in m.topic
+        if topic_matches_sub(topics.panel_states, m.topic)
     }
 
 

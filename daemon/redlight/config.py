@@ -653,6 +653,11 @@ class Config(BaseSettings):
         """A panel's display name: its ``name``, else its id made readable ("Hip left")."""
         return self.panels[panel_id].name or panel_id.replace("_", " ").capitalize()
 
+    @property
+    def offers(self) -> bool:
+        """Some schedule asks first (``mode = "offer"``): ``<b>/offer`` and Accept exist."""
+        return any(s.mode == "offer" for s in self.schedules.values())
+
     def default_duration(self, panel_id: str) -> timedelta:
         """A panel's configured default session length (10 minutes, or max_on if lower)."""
         configured = self.panels[panel_id].default_duration

@@ -305,7 +305,7 @@ def _daemon_events(config: Config, topics: Topics, uid: str) -> dict[str, dict[s
     """The events of no panel (routines, offers, refusals), and ``Accept offer`` where a
     schedule offers."""
     routines = bool(config.routines) or any(s.routine for s in config.schedules.values())
-    offers = any(s.mode == "offer" for s in config.schedules.values())
+    offers = config.offers
     event_types = [
         t
         for t in DAEMON_EVENT_TYPES

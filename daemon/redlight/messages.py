@@ -46,6 +46,11 @@ class Topics:
         """A panel's retained JSON state."""
         return f"{self.base}/panel/{panel}/state"
 
+    @property
+    def panel_states(self) -> str:
+        """The filter that matches every panel's state topic."""
+        return f"{self.base}/panel/+/state"
+
     def panel_set(self, panel: str) -> str:
         """Start/stop commands for a panel."""
         return f"{self.base}/panel/{panel}/set"

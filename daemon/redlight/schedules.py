@@ -223,8 +223,7 @@ class Schedules:
 
     def offer_messages(self) -> list[Message]:
         """:meth:`offer_message` where a schedule offers (on connect), else nothing."""
-        offers = any(s.mode == "offer" for s in self.config.schedules.values())
-        return [self.offer_message()] if offers else []
+        return [self.offer_message()] if self.config.offers else []
 
     def _newest(self) -> _Offer | None:
         return max(self.offers.values(), key=lambda o: o.expires_mono, default=None)
