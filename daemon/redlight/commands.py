@@ -35,6 +35,28 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True)
+class Extend:
+    """Make the running (or paused) session ``by_s`` seconds longer, within ``max_on``."""
+
+    by_s: float
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Switch the panel off and keep its session, to be resumed within ``safety.max_pause``."""
+
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Switch a paused session's panel on again for the on-time it has left."""
+
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SetDefault:
     """Set a panel's default session length (from Home Assistant's number entity)."""
 
@@ -80,7 +102,9 @@ class Rejection:
     allowed_at: str | None = None
 
 
-PanelCommand = Start | Stop
+#: What changes a session that is already there.
+SessionChange = Extend | Pause | Resume
+PanelCommand = Start | Stop | SessionChange
 DaemonCommand = StopAll | AcceptOffer
 
 
@@ -147,34 +171,69 @@ def _body(text: str) -> tuple[dict[str, object], str | None] | Rejection:
     return body, request_id
 
 
+#: The plain-text panel commands (any case).
+_WORDS: Final[dict[str, PanelCommand]] = {
+    "ON": Start(),
+    "OFF": Stop(),
+    "PAUSE": Pause(),
+    "RESUME": Resume(),
+}
+
+
 def parse_panel_command(payload: bytes) -> PanelCommand | Rejection:
-    """Parse ``<b>/panel/<id>/set``: ``ON``, ``OFF`` or a JSON start/stop object."""
+    """Parse ``<b>/panel/<id>/set``: ``ON``, ``OFF``, ``PAUSE``, ``RESUME`` or a JSON object."""
     text = _decode(payload)
     if isinstance(text, Rejection):
         return text
-    if text.upper() == "ON":
-        return Start()
-    if text.upper() == "OFF":
-        return Stop()
+    word = _WORDS.get(text.upper())
+    if word is not None:
+        return word
     parsed = _body(text)
     if isinstance(parsed, Rejection):
         return parsed
     return _panel_action(*parsed)
 
 
+#: The JSON panel actions that carry nothing but ``request_id``.
+_BARE_ACTIONS: Final[dict[str, type[Stop | Pause | Resume]]] = {
+    "stop": Stop,
+    "pause": Pause,
+    "resume": Resume,
+}
+
+
 def _panel_action(body: dict[str, object], request_id: str | None) -> PanelCommand | Rejection:
-    """A JSON panel command: its ``action`` is ``start`` or ``stop``."""
+    """A JSON panel command: its ``action`` is start, stop, extend, pause or resume."""
     action = body.get("action")
-    if action == "stop":
+    bare = _BARE_ACTIONS.get(action) if isinstance(action, str) else None
+    if bare is not None:
         unknown = set(body) - {"action", "request_id"}
-        return _unknown_keys(unknown, request_id) if unknown else Stop(request_id=request_id)
+        return _unknown_keys(unknown, request_id) if unknown else bare(request_id=request_id)
+    if action == "extend":
+        return _extend(body, request_id)
     if action != "start":
         return Rejection(
             "unknown_action",
-            f"'action' must be 'start' or 'stop' (got {_quote(str(action))})",
+            "'action' must be 'start', 'stop', 'extend', 'pause' or 'resume' "
+            f"(got {_quote(str(action))})",
             request_id,
         )
     return _start(body, request_id)
+
+
+def _extend(body: dict[str, object], request_id: str | None) -> Extend | Rejection:
+    """A JSON ``extend``: ``by`` a duration (seconds, or text such as ``"2m"``)."""
+    unknown = set(body) - {"action", "by", "request_id"}
+    if unknown:
+        return _unknown_keys(unknown, request_id)
+    if "by" not in body:
+        return Rejection("invalid_duration", "'extend' needs 'by', e.g. \"2m\"", request_id)
+    seconds = _seconds(body["by"], "by")
+    if isinstance(seconds, str):
+        return Rejection("invalid_duration", seconds, request_id)
+    if seconds < 1:
+        return Rejection("invalid_duration", "'by': extend by at least 1 second", request_id)
+    return Extend(seconds, request_id)
 
 
 def _start(body: dict[str, object], request_id: str | None) -> Start | Rejection:

@@ -307,6 +307,9 @@ class SafetyConfig(_Model):
     #: Every plug is asked for its state this often (spread over the interval), so an ON whose
     #: report was lost is found within it.
     poll_interval: Duration = timedelta(minutes=1)
+    #: A paused session (its panel off) that is not resumed within this ends as
+    #: ``pause_timeout``: nobody is left with a session that switches a panel on hours later.
+    max_pause: Duration = timedelta(minutes=10)
     quiet_hours: Annotated[tuple[time, time] | None, BeforeValidator(_parse_quiet_hours)] = None
 
     @field_validator("max_on")
@@ -344,6 +347,13 @@ class SafetyConfig(_Model):
     def _poll_bounds(cls, value: timedelta) -> timedelta:
         if not timedelta(seconds=5) <= value <= timedelta(minutes=5):
             raise ValueError(f"must be between 5s and 5m (got {format_duration(value)})")
+        return value
+
+    @field_validator("max_pause")
+    @classmethod
+    def _pause_bounds(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=10) <= value <= timedelta(hours=1):
+            raise ValueError(f"must be between 10s and 1h (got {format_duration(value)})")
         return value
 
     @field_validator("daily_max")

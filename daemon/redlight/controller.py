@@ -20,6 +20,7 @@ from redlight.config import Config
 from redlight.core import Core, Effect, Now, Source
 from redlight.effects import urgent_first
 from redlight.router import (
+    ChangeSession,
     Command,
     Refused,
     SetDefaultDuration,
@@ -65,6 +66,9 @@ class Controller:
                 return self.start(panel, request, request.source, now)
             case StopPanel(panel, request_id):
                 return self.stop(panel, now, request_id)
+            case ChangeSession(panel, change):
+                _, effects = self.core.change(panel, change, now)
+                return self._from_core(effects, now)
             case SetDefaultDuration(panel, seconds):
                 return self._from_core(self.core.set_default_duration(panel, seconds, now), now)
             case cmd.StopAll():

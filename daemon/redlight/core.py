@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Final
 
@@ -23,6 +23,7 @@ from paho.mqtt.client import topic_matches_sub
 
 from redlight import commands as cmd
 from redlight.config import Config
+from redlight.controls import SessionControls
 from redlight.days import DayBook
 from redlight.effects import (
     Effect,
@@ -34,11 +35,12 @@ from redlight.effects import (
     SessionClosed,
     SessionOpened,
     SettingChanged,
+    clear_retained_command,
     event_effects,
     rejection_event,
 )
 from redlight.limits import Limits
-from redlight.messages import Topics, clear_retained
+from redlight.messages import Topics
 from redlight.panel import Exposure, Panel, Power, Relay, Session, Source
 from redlight.presets import PlugAvailability, PlugState, build_plug
 from redlight.relay import MAX_OFF_RETRY_S, RelayControl
@@ -106,7 +108,6 @@ class Core:
         self.topics = Topics(config.mqtt.base_topic)
         safety = config.safety
         self.limits = Limits.from_safety(safety)
-        self.max_on_s = self.limits.max_on_s
         self.poll_s = safety.poll_interval.total_seconds()
         self.out, self.timers = Outbox(), Timers()
         confirm_s = safety.confirm_timeout.total_seconds()
@@ -127,6 +128,7 @@ class Core:
             restored_last_end=restored.last_end,
             restored_exposure=restored.exposure,
         )
+        self.controls = SessionControls(self.sessions)
         self.reports = PlugReports(self.sessions, self.relays, self.board)
         self._exact_routes, self._wild_routes = plug_routes(self._order)
         self._plug_command_topics = {p.plug.command_topic: p for p in self._order}
@@ -142,12 +144,13 @@ class Core:
             TimerKind.OFF_RETRY: relays.retry_off,
             TimerKind.JOURNAL: sessions.journal_slow,
             TimerKind.ENDING_SOON: sessions.ending_soon,
-            TimerKind.POWER_ASK: sessions.ask_power,
-            TimerKind.POWER_CHECK: sessions.check_power,
+            TimerKind.POWER_ASK: self.reports.ask_power,
+            TimerKind.POWER_CHECK: self.reports.check_power,
             TimerKind.POLL_ANSWER: relays.poll_unanswered,
             TimerKind.POLL: relays.poll,
             TimerKind.COOLDOWN_END: sessions.cooldown_over,
             TimerKind.TODAY: sessions.today_moved,
+            TimerKind.PAUSE_END: self.controls.pause_over,
         }
 
     @property
@@ -205,7 +208,8 @@ class Core:
         if retain and (topic in self._plug_command_topics or self._own_command(topic)):
             # Safety rule 7: a retained command is never obeyed, and is removed. Commands that
             # are not retained are routed above the core (redlight.router, redlight.controller).
-            self._clear_retained_command(topic, payload)
+            plug = topic in self._plug_command_topics
+            self.out.extend(clear_retained_command(topic, payload, plug=plug))
         routed = self._exact_routes.get(topic, [])
         if self._wild_routes:
             routed = routed + [p for f, p in self._wild_routes if topic_matches_sub(f, topic)]
@@ -258,8 +262,25 @@ class Core:
         if panel is None:
             self._reject(None, cmd.Rejection("unknown_panel", f"no panel {panel_id!r}"), now)
         else:
-            self.sessions.stop(panel, now, "stopped", request_id)
+            self._stop(panel, now, "stopped", request_id)
         return self._flush(now)
+
+    def _stop(self, panel: Panel, now: Now, reason: str, request_id: str | None = None) -> None:
+        """The panel's session ends, paused or not, and the panel is switched off."""
+        if panel.paused is not None:
+            self.controls.end_paused(panel, now, reason, request_id)
+        self.sessions.stop(panel, now, reason, request_id)
+
+    def change(
+        self, panel_id: str, change: cmd.SessionChange, now: Now
+    ) -> tuple[cmd.Rejection | None, list[Effect]]:
+        """Extend, pause or resume a panel's session (the router knows the panel): ``None`` if
+        done, else why not (a refusal is among the effects as ``command_rejected`` too)."""
+        panel = self.panels[panel_id]
+        refusal = self.controls.change(panel, change, now)
+        if refusal is not None:
+            self._reject(panel, refusal, now)
+        return refusal, self._flush(now)
 
     def set_default_duration(self, panel_id: str, seconds: float, now: Now) -> list[Effect]:
         """A panel's default session length (1 s to max_on, checked by the command parser)."""
@@ -293,7 +314,7 @@ class Core:
         """Safety rule 9: end every session and switch every panel off."""
         self.sessions.stopping = True
         for panel in self._order:
-            self.sessions.stop(panel, now, "shutdown")
+            self._stop(panel, now, "shutdown")
         return self._flush(now)
 
     def states(self, now: Now) -> list[Effect]:
@@ -355,17 +376,6 @@ class Core:
     def _own_command(self, topic: str) -> bool:
         """``<b>/.../set``: one of redlight's own command topics."""
         return topic.startswith(self.topics.base + "/") and topic.endswith("/set")
-
-    def _clear_retained_command(self, topic: str, payload: bytes) -> None:
-        if not payload:
-            return  # our own clearing, echoed back
-        if topic in self._plug_command_topics:
-            # A plug obeys a retained ON each time it reconnects: its removal goes out first.
-            self.out.add(replace(clear_retained(topic), urgent=True))
-        else:
-            self.out.add(clear_retained(topic))
-        text = payload[:64].decode("utf-8", "replace")
-        self.out.log("warning", "retained_command_cleared", topic=topic, payload=text)
 
     def _reject(self, panel: Panel | None, rejection: cmd.Rejection, now: Now) -> None:
         self.out.add(rejection_event(rejection, panel.id if panel else None, now.wall))

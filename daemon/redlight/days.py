@@ -52,7 +52,8 @@ class DayBook:
         session = panel.session
         running = 0.0
         if session is not None and session.started_wall.date().isoformat() == panel.day:
-            running = session.elapsed(mono)
+            # The stretch since the last resume: the stretches before it are counted already.
+            running = session.stretch(mono)
         total = panel.finished_today_s + running
         if not self.known(panel.day):
             # History has not answered for this day yet (milliseconds after the day changed,

@@ -9,13 +9,13 @@ step, whatever was added first; the rest keeps the order it was added in.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
 from redlight import commands as cmd
 from redlight.broker import Message
-from redlight.messages import Event, Topics, event_messages
+from redlight.messages import Event, Topics, clear_retained, event_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,3 +156,17 @@ def event_effects(topics: Topics, effects: Iterable[Effect]) -> list[Message]:
         if isinstance(effect, Event):
             messages.extend(event_messages(topics, effect))
     return messages
+
+
+def clear_retained_command(topic: str, payload: bytes, *, plug: bool) -> list[Effect]:
+    """Safety rule 7: a retained command on ``topic`` is removed, with a warning; ``plug``: a
+    plug's command topic, whose removal goes first (a plug obeys a retained ON each time it
+    reconnects). Nothing for an empty payload: that is the removal, echoed back."""
+    if not payload:
+        return []
+    text = payload[:64].decode("utf-8", "replace")
+    clearing = replace(clear_retained(topic), urgent=True) if plug else clear_retained(topic)
+    return [
+        clearing,
+        LogLine("warning", "retained_command_cleared", {"topic": topic, "payload": text}),
+    ]

@@ -14,7 +14,7 @@ from redlight import commands as cmd
 from redlight.config import SafetyConfig, dose_to_duration
 from redlight.durations import format_duration
 from redlight.messages import iso
-from redlight.panel import Panel
+from redlight.panel import Panel, Session
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +25,8 @@ class Limits:
     cooldown_s: float
     min_off_s: float
     daily_max_s: float | None
+    #: A paused session not resumed within this ends (:mod:`redlight.controls`).
+    max_pause_s: float = 600.0
 
     @classmethod
     def from_safety(cls, safety: SafetyConfig) -> Limits:
@@ -34,6 +36,7 @@ class Limits:
             cooldown_s=safety.cooldown.total_seconds(),
             min_off_s=safety.min_off.total_seconds(),
             daily_max_s=safety.daily_max.total_seconds() if safety.daily_max else None,
+            max_pause_s=safety.max_pause.total_seconds(),
         )
 
 
@@ -59,6 +62,10 @@ def admit(limits: Limits, panel: Panel, request: cmd.Start, at: Moment) -> float
     refusal = _reachable(panel, at, rid)
     if refusal is not None:
         return refusal
+    if panel.paused is not None:
+        return cmd.Rejection(
+            "already_running", f"{panel.name} has a paused session; resume or stop it first", rid
+        )
     duration_s = _length(limits, panel, request)
     if isinstance(duration_s, cmd.Rejection):
         return duration_s
@@ -128,6 +135,42 @@ def _length(limits: Limits, panel: Panel, request: cmd.Start) -> float | cmd.Rej
     return duration_s
 
 
+def admit_resume(
+    limits: Limits, panel: Panel, remaining_s: float, at: Moment, rid: str | None
+) -> cmd.Rejection | None:
+    """Why a paused session may not switch its panel on again now for ``remaining_s``: what
+    a start of that length would meet, but the length itself (admitted when it began)."""
+    return _reachable(panel, at, rid) or _budget(limits, panel, remaining_s, at, rid)
+
+
+def admit_extension(  # noqa: PLR0913 - what a start is judged on, and the session and step
+    limits: Limits, panel: Panel, session: Session, by_s: float, at: Moment, rid: str | None
+) -> cmd.Rejection | None:
+    """Why ``session`` (running or paused) may not be ``by_s`` longer: the broker, the
+    ceiling on its on-time in all, the exposure its stretch of light continues, the day."""
+    if not at.connected:
+        return cmd.Rejection("disconnected", "redlight is not connected to the broker", rid)
+    if at.stopping:
+        return cmd.Rejection("shutting_down", "redlight is shutting down", rid)
+    longest = limits.max_on_s
+    if session.duration_s + by_s > longest:
+        left = max(0.0, longest - session.duration_s)
+        return cmd.Rejection(
+            "over_max_on",
+            f"extending by {format_duration(by_s)} makes the session "
+            f"{format_duration(session.duration_s + by_s)}, more than safety.max_on "
+            f"({format_duration(longest)}); it can be extended by {format_duration(left)} at most",
+            rid,
+        )
+    # A lit stretch is judged from its start (as it was admitted); a paused one from now.
+    since = at.mono if session.paused_at is not None else session.started_mono
+    prior = panel.exposure.before(since)
+    if prior + session.duration_s + by_s - session.on_before_s > longest:
+        return _exposure_refusal(limits, panel, prior, at, rid)
+    to_come = session.remaining(at.mono) + by_s
+    return _daily_refusal(limits, panel, to_come, at, rid)
+
+
 def _budget(
     limits: Limits, panel: Panel, duration_s: float, at: Moment, rid: str | None
 ) -> cmd.Rejection | None:
@@ -143,30 +186,43 @@ def _budget(
         )
     prior = panel.exposure.before(at.mono)
     if prior + duration_s > limits.max_on_s:
-        min_off = format_duration(limits.min_off_s)
-        allowed = at.wall + timedelta(seconds=panel.exposure.end + limits.min_off_s - at.mono)
-        return cmd.Rejection(
-            "exposure",
-            f"{panel.name} was on for {format_duration(prior)} with less than {min_off} off "
-            f"since, and an exposure may last {format_duration(limits.max_on_s)} "
-            f"(safety.max_on); {format_duration(limits.max_on_s - prior)} is left until it has "
-            f"been off for {min_off}, at {allowed:%H:%M:%S} (safety.min_off)",
-            rid,
-            allowed_at=iso(allowed),
-        )
-    if limits.daily_max_s is not None and at.today_s + duration_s > limits.daily_max_s:
-        left = max(0.0, limits.daily_max_s - at.today_s)
-        midnight = next_midnight(at.wall)
-        return cmd.Rejection(
-            "daily_max",
-            f"{panel.name} has {format_duration(left)} left today "
-            f"(safety.daily_max {format_duration(limits.daily_max_s)}); a "
-            f"{format_duration(duration_s)} session is allowed again from "
-            f"{midnight:%Y-%m-%d %H:%M}",
-            rid,
-            allowed_at=iso(midnight),
-        )
-    return None
+        return _exposure_refusal(limits, panel, prior, at, rid)
+    return _daily_refusal(limits, panel, duration_s, at, rid)
+
+
+def _exposure_refusal(
+    limits: Limits, panel: Panel, prior: float, at: Moment, rid: str | None
+) -> cmd.Rejection:
+    """The exposure already holds ``prior`` seconds: what is left, and until when."""
+    min_off = format_duration(limits.min_off_s)
+    allowed = at.wall + timedelta(seconds=panel.exposure.end + limits.min_off_s - at.mono)
+    return cmd.Rejection(
+        "exposure",
+        f"{panel.name} was on for {format_duration(prior)} with less than {min_off} off "
+        f"since, and an exposure may last {format_duration(limits.max_on_s)} "
+        f"(safety.max_on); {format_duration(max(0.0, limits.max_on_s - prior))} is left until "
+        f"it has been off for {min_off}, at {allowed:%H:%M:%S} (safety.min_off)",
+        rid,
+        allowed_at=iso(allowed),
+    )
+
+
+def _daily_refusal(
+    limits: Limits, panel: Panel, duration_s: float, at: Moment, rid: str | None
+) -> cmd.Rejection | None:
+    """Why ``duration_s`` more on-time today would break ``safety.daily_max``, if it would."""
+    if limits.daily_max_s is None or at.today_s + duration_s <= limits.daily_max_s:
+        return None
+    left = max(0.0, limits.daily_max_s - at.today_s)
+    midnight = next_midnight(at.wall)
+    return cmd.Rejection(
+        "daily_max",
+        f"{panel.name} has {format_duration(left)} left today "
+        f"(safety.daily_max {format_duration(limits.daily_max_s)}); "
+        f"{format_duration(duration_s)} more is allowed again from {midnight:%Y-%m-%d %H:%M}",
+        rid,
+        allowed_at=iso(midnight),
+    )
 
 
 def next_midnight(wall: datetime) -> datetime:

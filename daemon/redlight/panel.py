@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final, Literal
 
@@ -67,19 +67,41 @@ class Session:
 
     id: str
     source: Source
+    #: When the panel went on for this stretch (the session's start, or its last resume).
     started_mono: float
+    #: When the session began, on the wall clock (history, the local day it counts on).
     started_wall: datetime
+    #: The session's planned on-time in all, pauses not counted (at most ``max_on``).
     duration_s: float
     request_id: str | None = None
+    #: On-time of the stretches before the last pause, and the pauses' length in all.
+    on_before_s: float = 0.0
+    paused_s: float = 0.0
+    #: Since when the session is paused (its panel off), or ``None`` while it runs.
+    paused_at: float | None = None
 
     @property
     def deadline(self) -> float:
         """When the panel must be off, on the monotonic clock."""
-        return self.started_mono + self.duration_s
+        return self.started_mono + self.duration_s - self.on_before_s
 
     def elapsed(self, mono: float) -> float:
-        """Seconds on so far."""
-        return max(0.0, min(mono, self.deadline) - self.started_mono)
+        """Seconds on so far, pauses not counted."""
+        if self.paused_at is not None:
+            return self.on_before_s
+        return self.on_before_s + max(0.0, min(mono, self.deadline) - self.started_mono)
+
+    def remaining(self, mono: float) -> float:
+        """On-time still to come."""
+        return max(0.0, self.duration_s - self.elapsed(mono))
+
+    def stretch(self, mono: float) -> float:
+        """On-time since the last resume (the whole session's, if it was never paused)."""
+        return self.elapsed(mono) - self.on_before_s
+
+    def ended_wall(self, mono: float) -> datetime:
+        """When the light ended (or ends, if it ended now), on the wall clock (for people)."""
+        return self.started_wall + timedelta(seconds=self.paused_s + self.elapsed(mono))
 
 
 @dataclass(slots=True)
@@ -146,6 +168,9 @@ class Panel:
     power: Power
     relay: Relay = Relay.UNKNOWN
     session: Session | None = None
+    #: A session paused by its user: the panel is off (``session`` is then ``None``, or an
+    #: ON redlight did not start) until it is resumed, stopped, or the pause is too long.
+    paused: Session | None = None
     #: What the plug last said of its relay, fresh or retained.
     reported: Literal["on", "off", "unknown"] = "unknown"
     availability: dict[str, bool] = field(default_factory=dict)

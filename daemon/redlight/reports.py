@@ -116,3 +116,21 @@ class PlugReports:
         elif power.stuck and watts < power.min_w:
             power.stuck = False
             self.board.touch(panel)
+
+    def ask_power(self, panel: Panel, now: Now) -> None:
+        """Power verification: the plug is asked what the panel draws, a while after ON."""
+        if self.relays.connected:
+            self.relays.send(panel.plug.ask_power())
+
+    def check_power(self, panel: Panel, now: Now) -> None:
+        """A few seconds after ON: a panel that draws too little has its own switch off."""
+        session = panel.session
+        power = panel.power
+        if session is None or power.min_w is None:
+            return
+        fresh = now.mono - power.at <= POWER_CHECK_S - POWER_ASK_S + 1.0
+        if power.watts is None or not fresh:
+            self.out.log("warning", "power_unknown", panel=panel.id, session=session.id)
+            return
+        if power.watts < power.min_w:
+            self.sessions.end(panel, now, "no_power")

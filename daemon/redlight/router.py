@@ -7,7 +7,7 @@ that becomes the ``command_rejected`` event (safety rule 13). The topics, under 
 
 =================================  ======================================================
 ``<b>/set``                        :class:`~redlight.commands.StopAll`, ``AcceptOffer``
-``<b>/panel/<id>/set``             :class:`StartPanel`, :class:`StopPanel`
+``<b>/panel/<id>/set``             :class:`StartPanel`, :class:`StopPanel`, :class:`ChangeSession`
 ``<b>/panel/<id>/duration/set``    :class:`SetDefaultDuration`
 ``<b>/routine/<id>/set``           :class:`SwitchRoutine`
 ``<b>/schedule/<id>/set``          :class:`SwitchSchedule`
@@ -42,6 +42,14 @@ class StopPanel:
 
     panel: str
     request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSession:
+    """Extend, pause or resume ``panel``'s session."""
+
+    panel: str
+    change: cmd.SessionChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,7 @@ class Refused:
 Command: TypeAlias = (
     StartPanel
     | StopPanel
+    | ChangeSession
     | SetDefaultDuration
     | cmd.StopAll
     | cmd.AcceptOffer
@@ -144,7 +153,9 @@ def _panel(config: Config, panel: str, payload: bytes) -> Command | Refused:
         return Refused(parsed, panel=panel)
     if isinstance(parsed, cmd.Start):
         return StartPanel(panel, parsed)
-    return StopPanel(panel, parsed.request_id)
+    if isinstance(parsed, cmd.Stop):
+        return StopPanel(panel, parsed.request_id)
+    return ChangeSession(panel, parsed)
 
 
 def _duration(config: Config, panel: str, payload: bytes) -> Command | Refused:

@@ -115,7 +115,7 @@ class Sessions:
         self, panel: Panel, request: cmd.Start, source: Source, now: Now
     ) -> Session | cmd.Rejection:
         """A session is asked for: admitted by the limits, journaled, then switched on."""
-        answer = admit(self.limits, panel, request, self._moment(panel, now))
+        answer = admit(self.limits, panel, request, self.moment(panel, now))
         if isinstance(answer, cmd.Rejection):
             if answer.reason == "plug_state_unknown":
                 self.relays.learn_state(panel, now)
@@ -143,7 +143,8 @@ class Sessions:
         self._event("session_started", panel, now, **fields)
         return session
 
-    def _moment(self, panel: Panel, now: Now) -> Moment:
+    def moment(self, panel: Panel, now: Now) -> Moment:
+        """What the limits read of now: the clocks, the connection, today's on-time."""
         today_s = 0.0
         if self.limits.daily_max_s is not None:
             today_s = self.days.today_s(panel, now.mono, now.wall)
@@ -165,16 +166,23 @@ class Sessions:
             )
         )
         self.board.touch(panel)
+        self.time(panel, session, now)
+
+    def time(self, panel: Panel, session: Session, now: Now) -> None:
+        """The timers of a lit stretch: its deadline, ``ending_soon``, "Today" moving."""
         self.timers.arm(panel.index, TimerKind.DEADLINE, session.deadline)
-        if session.duration_s > ENDING_SOON_S:
+        if session.deadline - ENDING_SOON_S > now.mono:
             self.timers.arm(panel.index, TimerKind.ENDING_SOON, session.deadline - ENDING_SOON_S)
+        else:
+            self.timers.disarm(panel.index, TimerKind.ENDING_SOON)
         self.timers.arm(panel.index, TimerKind.TODAY, now.mono + TODAY_EVERY_S)
 
     def switch_on(self, panel: Panel, now: Now) -> None:
-        """Safety rules 5 and 6: the one ON, with the plug's own timer armed for what is left."""
+        """Safety rules 5 and 6: the stretch's one ON, with the plug's own timer armed for what
+        is left (a session's start, or its resume)."""
         session = panel.session
         assert session is not None
-        del self.journaling[session.id]
+        self.journaling.pop(session.id, None)
         self.timers.disarm(panel.index, TimerKind.JOURNAL)
         left_s = min(session.deadline - now.mono, self.max_on_s)
         if left_s <= 0:
@@ -199,6 +207,7 @@ class Sessions:
         self.switch_on(panel, now)
 
     def stop(self, panel: Panel, now: Now, reason: str, request_id: str | None = None) -> None:
+        """End the panel's session, or switch the panel off if it has none."""
         if panel.session is not None:
             self.end(panel, now, reason, request_id=request_id)
         else:
@@ -214,32 +223,39 @@ class Sessions:
         """The session is over: OFF first, then its record, the cooldown and the exposure."""
         session = panel.session
         assert session is not None
+        self.darken(panel, now)
+        self.journaling.pop(session.id, None)
+        panel.session = None
+        self.board.session(panel)
+        self.days.count(panel, session, session.elapsed(now.mono), now.wall)
+        # The exposure counts the light until the OFF goes out, past the deadline too (a
+        # deadline that passed while the broker was away): it is the panel's, not the plan's.
+        lit_s = session.stretch(now.mono)
+        panel.exposure.lit(session.started_mono, max(lit_s, now.mono - session.started_mono))
+        self.cool(panel, session, session.started_mono + lit_s, now)
+        self.record_end(panel, session, now, reason, request_id)
+
+    def darken(self, panel: Panel, now: Now) -> None:
+        """OFF, and the timers of the lit stretch disarmed."""
         self.relays.send_off(panel, now)
         for kind in (TimerKind.DEADLINE, TimerKind.ENDING_SOON, TimerKind.JOURNAL, TimerKind.TODAY):
             self.timers.disarm(panel.index, kind)
         self.timers.disarm(panel.index, TimerKind.POWER_ASK)
         self.timers.disarm(panel.index, TimerKind.POWER_CHECK)
-        self.journaling.pop(session.id, None)
-        panel.session = None
-        self.board.session(panel)
-        actual_s = session.elapsed(now.mono)
-        ended = session.started_wall + timedelta(seconds=actual_s)
-        self.days.count(panel, session, actual_s, now.wall)
-        # The exposure counts the light until the OFF goes out, past the deadline too (a
-        # deadline that passed while the broker was away): it is the panel's, not the plan's.
-        panel.exposure.lit(session.started_mono, max(actual_s, now.mono - session.started_mono))
+
+    def cool(self, panel: Panel, session: Session, light_end: float, now: Now) -> None:
+        """The cooldown after ``session``, whose light ended at ``light_end``."""
         if self.limits.cooldown_s > 0:
             cooldown = timedelta(seconds=self.limits.cooldown_s)
-            until = session.started_mono + actual_s + self.limits.cooldown_s
-            self._cool(panel, until, ended + cooldown)
-        self._record_end(panel, session, now, reason, request_id)
+            wall = session.ended_wall(now.mono) + cooldown
+            self._cool(panel, light_end + self.limits.cooldown_s, wall)
 
-    def _record_end(
+    def record_end(
         self, panel: Panel, session: Session, now: Now, reason: str, request_id: str | None
     ) -> None:
         """The events and the history row of an ended session."""
         actual_s = session.elapsed(now.mono)
-        ended = session.started_wall + timedelta(seconds=actual_s)
+        ended = session.ended_wall(now.mono)
         dose = actual_s * panel.irradiance / 1000 if panel.irradiance is not None else None
         if session.source == "external" and reason == "cutoff":
             # Safety rule 2: an ON redlight did not start was cut off at max_on.
@@ -335,23 +351,6 @@ class Sessions:
         self.board.touch(panel)
         if panel.session is not None:
             self.timers.arm(panel.index, TimerKind.TODAY, now.mono + TODAY_EVERY_S)
-
-    def ask_power(self, panel: Panel, now: Now) -> None:
-        if self.relays.connected:
-            self.relays.send(panel.plug.ask_power())
-
-    def check_power(self, panel: Panel, now: Now) -> None:
-        """A few seconds after ON: a panel that draws too little has its own switch off."""
-        session = panel.session
-        power = panel.power
-        if session is None or power.min_w is None:
-            return
-        fresh = now.mono - power.at <= POWER_CHECK_S - POWER_ASK_S + 1.0
-        if power.watts is None or not fresh:
-            self.out.log("warning", "power_unknown", panel=panel.id, session=session.id)
-            return
-        if power.watts < power.min_w:
-            self.end(panel, now, "no_power")
 
     def _event(self, event_type: str, panel: Panel, now: Now, **fields: Any) -> None:
         self.out.event(event_type, panel.id, now.wall, **fields)

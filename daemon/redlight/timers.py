@@ -37,6 +37,8 @@ class TimerKind(IntEnum):
     COOLDOWN_END = 9
     #: A running session's minute is up: its state is published again, so ``today_s`` moves.
     TODAY = 10
+    #: A paused session was not resumed within ``safety.max_pause``: it ends.
+    PAUSE_END = 11
 
 
 class Timers:

@@ -13,23 +13,29 @@ from redlight.panel import Panel, Session
 
 def panel_state(panel: Panel, mono: float, today_s: float) -> dict[str, Any]:
     """A panel's state object: what Home Assistant's entities read."""
-    session = panel.session
+    session = panel.session or panel.paused
     if panel.unresponsive:
         state = "fault"
-    elif session is not None:
+    elif panel.session is not None:
         state = "running"
+    elif session is not None:
+        state = "paused"
     elif panel.cooling(mono):
         state = "cooldown"
     else:
         state = "idle"
     session_view = None
     if session is not None:
+        paused = session.paused_at is not None
         session_view = {
             "id": session.id,
             "source": session.source,
             "started_at": iso(session.started_wall),
-            "ends_at": iso(ends_wall(session)),
+            # Unknown while paused: the end moves with the resume.
+            "ends_at": None if paused else iso(ends_wall(session)),
             "duration_s": num(session.duration_s),
+            "remaining_s": round(session.remaining(mono)),
+            "paused": paused,
         }
     return {
         "state": state,
@@ -45,7 +51,7 @@ def panel_state(panel: Panel, mono: float, today_s: float) -> dict[str, Any]:
 
 def ends_wall(session: Session) -> datetime:
     """When the session's deadline falls, on the wall clock (for people)."""
-    return session.started_wall + timedelta(seconds=session.duration_s)
+    return session.started_wall + timedelta(seconds=session.paused_s + session.duration_s)
 
 
 def num(value: float) -> float | int:
@@ -92,7 +98,7 @@ class Board:
 
     def session(self, panel: Panel) -> None:
         """``panel`` started or ended a session: the running list changed."""
-        if panel.session is None:
+        if panel.session is None and panel.paused is None:
             self.running.discard(panel.index)
         else:
             self.running.add(panel.index)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Self
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
@@ -81,7 +81,7 @@ class Kit:
     journal_acks: bool = True
 
     @classmethod
-    def create(cls, config: Config | None = None, restored: Restored | None = None) -> Kit:
+    def create(cls, config: Config | None = None, restored: Restored | None = None) -> Self:
         """A core that is connected and has switched everything off at start-up."""
         counter = iter(range(1, 10_000))
         config = config or make_config()
@@ -111,7 +111,7 @@ class Kit:
         """The broker connects."""
         return self.take(self.controller.connect(self.now))
 
-    def ready(self) -> Kit:
+    def ready(self) -> Self:
         """Connected, and every plug has confirmed the start-up OFF."""
         self.connect()
         self.report("hip_left", on=False)

@@ -132,6 +132,7 @@ def machine_config(max_on: int, cooldown: int, daily_max: int | None, confirm: f
         "failsafe_margin": "5s",
         "min_off": f"{MIN_OFF_S:g}s",
         "poll_interval": f"{POLL_S}s",
+        "max_pause": f"{MAX_PAUSE_S:g}s",
     }
     if daily_max is not None:
         safety["daily_max"] = f"{daily_max}s"
@@ -184,6 +185,14 @@ START_PAYLOADS: Final = st.one_of(
 STOP_PAYLOADS: Final = st.sampled_from(
     ["OFF", "off", '{"action": "stop"}', '{"action": "stop", "request_id": "r2"}']
 )
+#: Session controls, a few of them too long for max_on or malformed.
+CONTROL_PAYLOADS: Final = st.one_of(
+    st.sampled_from(["PAUSE", "resume", '{"action": "pause"}', '{"action": "resume"}']),
+    st.builds(
+        lambda by: json.dumps({"action": "extend", "by": by}),
+        st.one_of(DURATIONS, st.sampled_from(["5s", "20s"])),
+    ),
+)
 GARBAGE: Final = st.one_of(
     st.binary(max_size=24),
     st.text(max_size=24),
@@ -194,6 +203,8 @@ COMMANDS: Final = st.one_of(
     st.tuples(st.sampled_from([f"{BASE}/panel/{p}/set" for p in PANELS]), START_PAYLOADS),
     st.tuples(st.sampled_from([f"{BASE}/panel/{p}/set" for p in PANELS]), START_PAYLOADS),
     st.tuples(st.sampled_from([f"{BASE}/panel/{p}/set" for p in PANELS]), STOP_PAYLOADS),
+    st.tuples(st.sampled_from([f"{BASE}/panel/{p}/set" for p in PANELS]), CONTROL_PAYLOADS),
+    st.tuples(st.sampled_from([f"{BASE}/panel/{p}/set" for p in PANELS]), CONTROL_PAYLOADS),
     st.tuples(
         st.sampled_from(
             [f"{BASE}/panel/{p}/set" for p in STRANGERS]
@@ -229,6 +240,8 @@ ADVANCES: Final = st.one_of(
 MIN_OFF_S: Final = 60.0
 #: ``safety.poll_interval`` in the machine: short, so polls interleave with everything else.
 POLL_S: Final = 10.0
+#: ``safety.max_pause``: short, so pauses that run out interleave too.
+MAX_PAUSE_S: Final = 30.0
 #: Guard against a core that asks to be woken at the same instant forever.
 MAX_TICKS_PER_ADVANCE: Final = 10_000
 
@@ -438,6 +451,14 @@ class CoreMachine(RuleBasedStateMachine):
         """Check the effect list, then carry out its messages as the runtime would."""
         check_plug_commands_first(effects)
         for effect in effects:
+            if isinstance(effect, Event) and (
+                effect.event_type == "session_resumed"
+                or (effect.event_type == "session_extended" and "failsafe_s" in effect.fields)
+            ):
+                # A resume lights the next stretch with one ON; an extension re-arms the plug's
+                # timer with one timed ON: each for one command, never a keepalive.
+                self.on_commands[effect.fields["session"]] -= 1
+        for effect in effects:
             if isinstance(effect, SessionOpened) and effect.source != "external":
                 # Safety rule 6: a session starts only while connected.
                 assert self.connected, "a session opened while disconnected"
@@ -457,7 +478,8 @@ class CoreMachine(RuleBasedStateMachine):
             assert not effect.retain or not data or is_own_state_topic(effect.topic), effect
             plug = self._plug_of_command(effect.topic)
             if plug is not None and plug.firmware.action(effect.topic, data) == "on":
-                # Safety rule 6: every ON belongs to a session opened with it, one ON each.
+                # Safety rule 6: every ON belongs to a session opened with it, one ON each (and
+                # one more for each resume or extension, counted above).
                 assert self.connected, "an ON while disconnected"
                 # Safety rule 8: it is the panel's current session, and its journal row went
                 # out before it (acknowledged, or waited for as long as the core waits).
@@ -465,7 +487,7 @@ class CoreMachine(RuleBasedStateMachine):
                 assert current is not None, f"an ON without a session: {effect}"
                 assert current.id in self.on_commands, f"an ON without a new session: {effect}"
                 self.on_commands[current.id] += 1
-                assert self.on_commands[current.id] == 1
+                assert self.on_commands[current.id] <= 1
             if not self.connected:
                 continue  # the adapter drops what cannot be published (QoS 0, never late)
             if plug is not None and plug.firmware.action(effect.topic, data) == "off":
@@ -530,6 +552,18 @@ class CoreMachine(RuleBasedStateMachine):
         )
 
     @invariant()
+    def check_session_on_time(self) -> None:
+        """Safety rule 1 through extensions and pauses: a session's on-time in all, pauses not
+        counted, is planned within max_on and never runs past its plan."""
+        if not hasattr(self, "core"):
+            return
+        for panel in self.core.panels.values():
+            for session in (panel.session, panel.paused):
+                if session is not None:
+                    assert session.duration_s <= self.max_on + 1e-9, session
+                    assert session.elapsed(self.mono) <= session.duration_s + 1e-9, session
+
+    @invariant()
     def check_off_retries(self) -> None:
         """Safety rule 4: while an OFF is unconfirmed it is re-sent at least every 10 s."""
         if not self.connected:
@@ -557,7 +591,8 @@ class CoreMachine(RuleBasedStateMachine):
             self.mono >= self.core.armed(p.id).get(TimerKind.CONFIRM_ON, math.inf) for p in panels
         )
         assert self.core.confirmation_due(self.now) == overdue
-        assert self.core.running() == [p.id for p in panels if p.session is not None]
+        running = [p.id for p in panels if p.session is not None or p.paused is not None]
+        assert self.core.running() == running
         if self.connected and self.core.board.daemon_state_due is None:
             # Rate-limited, never lost: Home Assistant's count is right once nothing is pending.
             published = json.loads(self.retained[f"{BASE}/state"])
@@ -632,6 +667,45 @@ class CoreMachine(RuleBasedStateMachine):
         self._publish(topic, payload, retain=retain)
 
     # ------------------------------------------------------------ rules: the plugs
+
+    @precondition(lambda self: self.connected)
+    @rule(
+        data=st.data(),
+        actions=st.lists(
+            st.tuples(
+                st.sampled_from(["extend", "pause", "resume"]),
+                st.integers(min_value=1, max_value=30),
+                st.sampled_from([0.0, 0.5, 2.0, 10.0, 31.0]),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+    )
+    def control(self, data: st.DataObject, actions: list[tuple[str, int, float]]) -> None:
+        """A session redlight started (one is started if there is none) is extended, paused
+        or resumed a few times, with time passing and plugs answering between (a command to
+        a random panel seldom meets a session)."""
+        panels = self.own_sessions()
+        if panels:
+            panel = data.draw(st.sampled_from(panels))
+        else:
+            panel = data.draw(st.sampled_from(PANELS))
+            self._apply(self.controller.start(panel, cmd.Start(duration_s=20.0), "cli", self.now))
+            if self.journal:
+                self.journal_written()
+        for action, by, wait in actions:
+            body: dict[str, Any] = {"action": action} | ({"by": by} if action == "extend" else {})
+            self._command(f"{BASE}/panel/{panel}/set", json.dumps(body))
+            self.advance(wait, wall_jump_h=0, ticks_first=False)
+
+    def own_sessions(self) -> list[str]:
+        """The panels with a session redlight started, running or paused."""
+        panels = self.core.panels.values()
+        return [
+            p.id
+            for p in panels
+            if p.paused is not None or (p.session is not None and p.session.source != "external")
+        ]
 
     @rule(panel=st.sampled_from(PANELS), on=st.booleans())
     def hand_switch(self, panel: str, on: bool) -> None:
@@ -803,6 +877,11 @@ def check_state_and_timers(panel: Panel, armed: dict[TimerKind, float], *, conne
         assert panel.watching == (panel.relay is Relay.OFF), (panel.relay, panel.watching)
     if panel.relay is Relay.UNKNOWN or panel.relay is Relay.OFF:
         assert TimerKind.OFF_RETRY not in armed, armed
+    # A paused session waits beside the relay machine, its panel off, for max_pause at most.
+    assert (TimerKind.PAUSE_END in armed) == (panel.paused is not None), armed
+    if panel.paused is not None:
+        assert panel.paused.paused_at is not None
+        assert panel.paused.source != "external"
 
 
 def is_own_state_topic(topic: str) -> bool:

@@ -165,7 +165,7 @@ def expected_rejection(core: Core, topic: str, payload: bytes) -> bool:
         parsed: object = cmd.parse_panel_command(payload)
         known = ident in core.panels
     elif kind == "panel":
-        parsed = cmd.parse_duration_minutes(payload, core.max_on_s)
+        parsed = cmd.parse_duration_minutes(payload, core.limits.max_on_s)
         known = ident in core.panels
     elif kind == "routine":
         parsed = cmd.parse_routine_command(payload)
@@ -261,7 +261,7 @@ def test_near_valid_panel_commands_never_crash_or_overreach(panel: str, bodies: 
         for event in rejected:
             check_rejection(event)
         for started in events(got, "session_started"):
-            assert 1 <= started.fields["duration_s"] <= kit.core.max_on_s
+            assert 1 <= started.fields["duration_s"] <= kit.core.limits.max_on_s
 
 
 # ---------------------------------------------------------------- plug topics

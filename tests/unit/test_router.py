@@ -94,7 +94,9 @@ def test_a_routine_started_by_a_command_comes_from_home_assistant() -> None:
             '{"action":"jump","request_id":"r5"}',
             Refused(
                 cmd.Rejection(
-                    "unknown_action", "'action' must be 'start' or 'stop' (got 'jump')", "r5"
+                    "unknown_action",
+                    "'action' must be 'start', 'stop', 'extend', 'pause' or 'resume' (got 'jump')",
+                    "r5",
                 ),
                 panel="hip_left",
             ),
