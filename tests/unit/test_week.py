@@ -372,3 +372,36 @@ async def test_runtime_restarted_on_sunday_resets_week_s_at_monday_midnight(
     counted = rig.state(lambda body: body["week_s"] == 5 and body["session"] is None)
     async with asyncio.timeout(30):
         await counted
+
+
+@pytest.mark.looptime
+async def test_runtime_stepped_into_a_later_week_reads_its_earlier_days(
+    tmp_path: Path, cleanup: list[Stepped]
+) -> None:
+    """Started a week behind (a board without a real-time clock), the clock is stepped to the
+    right Wednesday: the new day's read on its thread brings that week's Monday and Tuesday,
+    and ``week_s`` counts them, with the Wednesday's own session, once."""
+    db = tmp_path / "history.db"
+    writer = record(
+        db,
+        [
+            ("mon", datetime(2026, 11, 30, 19, 0, tzinfo=ZONE), 300.0),
+            ("tue", datetime(2026, 12, 1, 19, 0, tzinfo=ZONE), 200.0),
+            ("wed", datetime(2026, 12, 2, 7, 0, tzinfo=ZONE), 50.0),
+            ("behind", datetime(2026, 11, 24, 7, 0, tzinfo=ZONE), 40.0),
+        ],
+    )
+    behind = datetime(2026, 11, 25, 12, 0, tzinfo=ZONE)
+    config = left_with()
+    with History.open(db) as history:
+        restored, _ = restore(history, config, behind)
+    rig = await stepped_rig(config, behind, writer=writer, restored=restored)
+    cleanup.append(rig)
+    retained = rig.broker.retained(LEFT_STATE)
+    assert retained is not None
+    assert json.loads(retained)["week_s"] == 40
+    synced = rig.state(lambda body: body["week_s"] == 550)
+    rig.wall.step(7 * 86400)
+    async with asyncio.timeout(5 * CLOCK_CHECK_S):
+        body = json.loads((await synced).payload)
+    assert body["today_s"] == 50
