@@ -19,6 +19,7 @@ import pytest
 from redlight.areas import area_slug, group_areas
 from redlight.broker import Message
 from redlight.clockwatch import CLOCK_CHECK_S, DayRead, read_day
+from redlight.config import Config
 from redlight.core import Restored
 from redlight.days import earlier_days, week_start
 from redlight.runtime import restore
@@ -332,6 +333,21 @@ def test_a_panel_without_an_area_publishes_no_area() -> None:
 # ---------------------------------------------------------------- the runtime
 
 
+async def restarted(
+    tmp_path: Path, sessions: list[tuple[str, datetime, float]], at: datetime, config: Config
+) -> tuple[Stepped, int]:
+    """The runtime restarted at ``at`` on a history holding ``sessions`` (of ``hip_left``),
+    restored as ``redlight run`` does; with the ``week_s`` it published first."""
+    db = tmp_path / "history.db"
+    writer = record(db, sessions)
+    with History.open(db) as history:
+        restored, _ = restore(history, config, at)
+    rig = await stepped_rig(config, at, writer=writer, restored=restored)
+    retained = rig.broker.retained(LEFT_STATE)
+    assert retained is not None
+    return rig, json.loads(retained)["week_s"]
+
+
 @pytest.mark.looptime
 async def test_runtime_restarted_on_sunday_resets_week_s_at_monday_midnight(
     tmp_path: Path, cleanup: list[Stepped]
@@ -339,23 +355,14 @@ async def test_runtime_restarted_on_sunday_resets_week_s_at_monday_midnight(
     """Restarted on Sunday 23:59:50 with the week's sessions in history: ``week_s`` counts
     them at once, and at midnight the new day's read (off the loop) publishes 0, for the
     panel and for its area."""
-    db = tmp_path / "history.db"
-    writer = record(
-        db,
-        [
-            ("mon", datetime(2026, 11, 23, 19, 0, tzinfo=ZONE), 300.0),
-            ("sun", datetime(2026, 11, 29, 19, 0, tzinfo=ZONE), 200.0),
-        ],
-    )
+    sessions = [
+        ("mon", datetime(2026, 11, 23, 19, 0, tzinfo=ZONE), 300.0),
+        ("sun", datetime(2026, 11, 29, 19, 0, tzinfo=ZONE), 200.0),
+    ]
     late = datetime(2026, 11, 29, 23, 59, 50, tzinfo=ZONE)
-    config = left_with(safety={"daily_max": "10m"})
-    with History.open(db) as history:
-        restored, _ = restore(history, config, late)
-    rig = await stepped_rig(config, late, writer=writer, restored=restored)
+    rig, week_s = await restarted(tmp_path, sessions, late, left_with())
     cleanup.append(rig)
-    retained = rig.broker.retained(LEFT_STATE)
-    assert retained is not None
-    assert json.loads(retained)["week_s"] == 500
+    assert week_s == 500
     reset = rig.state(lambda body: body["week_s"] == 0)
     area = rig.broker.next(
         "redlight/area/left_hip/state", lambda m: json.loads(m.payload)["week_s"] == 0
@@ -381,25 +388,16 @@ async def test_runtime_stepped_into_a_later_week_reads_its_earlier_days(
     """Started a week behind (a board without a real-time clock), the clock is stepped to the
     right Wednesday: the new day's read on its thread brings that week's Monday and Tuesday,
     and ``week_s`` counts them, with the Wednesday's own session, once."""
-    db = tmp_path / "history.db"
-    writer = record(
-        db,
-        [
-            ("mon", datetime(2026, 11, 30, 19, 0, tzinfo=ZONE), 300.0),
-            ("tue", datetime(2026, 12, 1, 19, 0, tzinfo=ZONE), 200.0),
-            ("wed", datetime(2026, 12, 2, 7, 0, tzinfo=ZONE), 50.0),
-            ("behind", datetime(2026, 11, 24, 7, 0, tzinfo=ZONE), 40.0),
-        ],
-    )
+    sessions = [
+        ("mon", datetime(2026, 11, 30, 19, 0, tzinfo=ZONE), 300.0),
+        ("tue", datetime(2026, 12, 1, 19, 0, tzinfo=ZONE), 200.0),
+        ("wed", datetime(2026, 12, 2, 7, 0, tzinfo=ZONE), 50.0),
+        ("behind", datetime(2026, 11, 24, 7, 0, tzinfo=ZONE), 40.0),
+    ]
     behind = datetime(2026, 11, 25, 12, 0, tzinfo=ZONE)
-    config = left_with()
-    with History.open(db) as history:
-        restored, _ = restore(history, config, behind)
-    rig = await stepped_rig(config, behind, writer=writer, restored=restored)
+    rig, week_s = await restarted(tmp_path, sessions, behind, left_with())
     cleanup.append(rig)
-    retained = rig.broker.retained(LEFT_STATE)
-    assert retained is not None
-    assert json.loads(retained)["week_s"] == 40
+    assert week_s == 40
     synced = rig.state(lambda body: body["week_s"] == 550)
     rig.wall.step(7 * 86400)
     async with asyncio.timeout(5 * CLOCK_CHECK_S):
