@@ -120,7 +120,8 @@ class Board:
     def publish(
         self, now_mono: float, state_of: Callable[[Panel], dict[str, Any]], *, stopping: bool
     ) -> list[Message]:
-        """The messages of this step: changed panel states, and ``<b>/state`` when due."""
+        """The messages of this step: changed panel states, the areas whose totals they
+        changed, and ``<b>/state`` when due."""
         out: list[Message] = []
         areas: set[str] = set()
         for index in sorted(self.dirty):
