@@ -2,19 +2,22 @@
 
 Safety rule 3 keeps sessions on the monotonic clock; schedules and the day's totals do not.
 A step makes APScheduler judge its jobs at once (a run the step skipped over still fires
-within the misfire grace); a new local date has its sessions read from history, on a thread.
+within the misfire grace); a new local date has its sessions read from history, on a thread,
+with those of its week's earlier days (``week_s``: a step may land in a week not read yet).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Final
 
 import structlog
 
+from redlight.days import DayRows, WeekRows, earlier_days
 from redlight.effects import Now
 from redlight.storage import History
 
@@ -28,20 +31,30 @@ CLOCK_CHECK_S: Final = 1.0
 #: A change of the wall clock's offset from the monotonic one by more than this is a step.
 CLOCK_STEP_S: Final = 1.0
 
-DayRows = Mapping[str, Mapping[str, float]]
+
+@dataclass(frozen=True, slots=True)
+class DayRead:
+    """History's sessions of one local day (panel -> session id -> seconds), read off the loop,
+    and of the days of its week before it (ISO date -> that day's rows)."""
+
+    day: date
+    rows: DayRows
+    earlier: WeekRows = field(default_factory=dict)
 
 
-def read_day(path: Path, day: date) -> dict[str, dict[str, float]]:
-    """Every panel's sessions of ``day`` from the history (blocking: run it on a thread)."""
+def read_day(path: Path, day: date) -> DayRead:
+    """Every panel's sessions of ``day`` and of its week's earlier days from the history
+    (blocking: run it on a thread)."""
     with History.open(path) as history:
-        return history.day_sessions(day)
+        earlier = {d.isoformat(): history.day_sessions(d) for d in earlier_days(day)}
+        return DayRead(day, history.day_sessions(day), earlier)
 
 
 class ClockWatch:
     """Compares the clocks at each check; asks for a new day's sessions once per day."""
 
     def __init__(
-        self, history: Path | None, day_known: date | None, answer: Callable[[date, DayRows], None]
+        self, history: Path | None, day_known: date | None, answer: Callable[[DayRead], None]
     ) -> None:
         """``answer`` receives each day's sessions (on the loop); ``day_known`` is read already."""
         self.history = history
@@ -68,21 +81,21 @@ class ClockWatch:
         self._day_asked = day
         if self.history is None:
             # Nothing to read: the day counts what the core sees (it must not wait for history).
-            self._answer(day, {})
+            self._answer(DayRead(day, {}))
             return
         path = self.history
         reading = asyncio.get_running_loop().run_in_executor(None, read_day, path, day)
 
-        def answer(done: asyncio.Future[dict[str, dict[str, float]]]) -> None:
+        def answer(done: asyncio.Future[DayRead]) -> None:
             if done.cancelled():
                 return
-            rows: DayRows = {}
+            read = DayRead(day, {})
             error = done.exception()
             if error is None:
-                rows = done.result()
+                read = done.result()
             else:
                 # Rule 12: reported; the day counts what the core saw itself.
                 log.error("storage_error", operation="read_day", path=str(path), error=str(error))
-            self._answer(day, rows)
+            self._answer(read)
 
         reading.add_done_callback(answer)

@@ -37,6 +37,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from redlight.areas import Area, group_areas
 from redlight.durations import format_duration, parse_duration
 from redlight.presets import PlugConfig, build_plug
 
@@ -381,7 +382,20 @@ class PanelConfig(_Model):
     #: ``no_power`` (the panel's own switch is off); more than this after a confirmed OFF
     #: raises ``relay_stuck``. Needs a plug that measures power.
     min_power_w: float | None = Field(default=None, gt=0, le=10000)
+    #: Optional: the on-time to reach each week (Monday to Sunday, by the local date a session
+    #: started). A goal, shown in Home Assistant and ``redlight history``; never a limit.
+    weekly_goal: Duration | None = None
     plug: PlugConfig
+
+    @field_validator("weekly_goal")
+    @classmethod
+    def _goal_bounds(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and not timedelta(0) < value <= timedelta(days=7):
+            raise ValueError(
+                f"must be more than zero and at most a week (got {format_duration(value)}); "
+                "leave it out for no weekly goal"
+            )
+        return value
 
 
 class RoutineStep(_Model):
@@ -552,6 +566,13 @@ class Config(BaseSettings):
             plug = build_plug(key, panel.plug, base_topic=self.mqtt.base_topic)
         except ValueError as error:
             raise ValueError(f"panels.{key}.{error}") from None
+        daily_max = self.safety.daily_max
+        if panel.weekly_goal is not None and daily_max and panel.weekly_goal > 7 * daily_max:
+            raise ValueError(
+                f"panels.{key}.weekly_goal: {format_duration(panel.weekly_goal)} cannot be "
+                f"reached with safety.daily_max {format_duration(daily_max)} "
+                f"(at most {format_duration(7 * daily_max)} a week)"
+            )
         if panel.min_power_w is not None and not plug.has_power:
             raise ValueError(
                 f"panels.{key}.min_power_w: the {panel.plug.preset} preset does not report "
@@ -595,6 +616,8 @@ class Config(BaseSettings):
             yield "homeassistant.status_topic", self.homeassistant.status_topic
         for key, panel in self.panels.items():
             yield from self._panel_topics(topics, key, panel)
+        for area in self.areas.values():
+            yield f"panels.{area.panels[0]}.area", topics.area_state(area.slug)
         for key in self.routines:
             yield f"routines.{key}", topics.routine_set(key)
         for key in self.schedules:
@@ -662,6 +685,11 @@ class Config(BaseSettings):
     def panel_name(self, panel_id: str) -> str:
         """A panel's display name: its ``name``, else its id made readable ("Hip left")."""
         return self.panels[panel_id].name or panel_id.replace("_", " ").capitalize()
+
+    @property
+    def areas(self) -> dict[str, Area]:
+        """The areas panels are aimed at, by slug, in config order (:mod:`redlight.areas`)."""
+        return group_areas((key, panel.area) for key, panel in self.panels.items())
 
     @property
     def offers(self) -> bool:

@@ -24,7 +24,7 @@ from paho.mqtt.client import topic_matches_sub
 from redlight import commands as cmd
 from redlight.config import Config
 from redlight.controls import SessionControls
-from redlight.days import DayBook
+from redlight.days import DayBook, DayRows, WeekRows
 from redlight.effects import (
     Effect,
     LogLine,
@@ -89,6 +89,8 @@ class Restored:
     day: str | None = None
     #: Each panel's sessions started on ``day``: session id -> seconds on.
     day_sessions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: The sessions of ``day``'s week before it, by local date (ISO), for ``week_s``.
+    week_sessions: WeekRows = field(default_factory=dict)
 
 
 class Core:
@@ -324,23 +326,17 @@ class Core:
         return self._flush(now)
 
     def day_totals(
-        self, day: date, seconds_by_session: Mapping[str, Mapping[str, float]], now: Now
+        self, day: date, seconds_by_session: DayRows, now: Now, earlier: WeekRows | None = None
     ) -> list[Effect]:
-        """History's sessions of local ``day`` (panel -> session id -> seconds), read off the loop.
+        """History's sessions of local ``day`` (panel -> session id -> seconds), read off the loop,
+        and of the days of its week before it (``earlier``, by ISO date: ``week_s``).
 
         Merged by session id with the sessions the core saw itself, so rows written before a
         restart count and nothing counts twice; panels whose ``today_s`` changed are published.
         """
-        key = day.isoformat()
-        # Every panel is brought to today first, so one that has not noticed the new day yet
-        # (nothing asked since the clock stepped) is compared, and published, too.
+        self._days.answer(day.isoformat(), seconds_by_session, earlier or {}, self._order, now.wall)
         for panel in self._order:
-            self._days.roll(panel, now.wall)
             self.board.touch(panel)
-        self._days.add_read(key, seconds_by_session)
-        for panel in self._order:
-            if panel.day == key:
-                panel.finished_today_s = self._days.total(key, panel.id)
         return self._flush(now)
 
     # ------------------------------------------------------------------ queries
@@ -369,7 +365,8 @@ class Core:
     def panel_state(self, panel_id: str, now: Now) -> dict[str, Any]:
         """A panel's state object (SPEC §4)."""
         panel = self.panels[panel_id]
-        return panel_state(panel, now.mono, self._days.today_s(panel, now.mono, now.wall))
+        totals = self._days.totals(panel, now.mono, now.wall)
+        return panel_state(panel, now.mono, totals, self.config.panels[panel_id].weekly_goal)
 
     # ------------------------------------------------------------------ commands
 
@@ -398,6 +395,7 @@ def build_panels(
     """Every configured panel, with what ``restored`` brings from storage."""
     panels: dict[str, Panel] = {}
     if restored.day is not None:
+        days.add_days(restored.week_sessions)
         days.add_read(restored.day, restored.day_sessions)
     for index, (key, settings) in enumerate(config.panels.items()):
         plug = build_plug(key, settings.plug, base_topic=config.mqtt.base_topic)

@@ -1,24 +1,54 @@
-"""Seconds on per local day: what ``safety.daily_max`` and ``today_s`` count.
+"""Seconds on per local day: what ``safety.daily_max``, ``today_s`` and ``week_s`` count.
 
 A session is counted on the local date it started ("sessions started today"). What the core
 saw and what history said are merged by session id, so a restart (or a clock step back into a
 day already lived) loses nothing and counts nothing twice.
+
+A week is the ISO week of those local dates: Monday to Sunday, so "this week" starts again at
+Monday's midnight, as a calendar does. A session started late on Sunday counts for the week it
+started in, as it counts for the day it started on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
-from typing import Final
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Final, TypeAlias
 
 from redlight.panel import Panel, Session
+
+#: One day's sessions as history has them: panel -> session id -> seconds on.
+DayRows: TypeAlias = Mapping[str, Mapping[str, float]]
+#: Several days' sessions: the local date (ISO) -> that day's rows.
+WeekRows: TypeAlias = Mapping[str, DayRows]
+
+
+def week_start(day: date) -> date:
+    """The Monday of ``day``'s week (ISO 8601: weeks run Monday to Sunday)."""
+    return day - timedelta(days=day.weekday())
+
+
+def earlier_days(day: date) -> list[date]:
+    """The days of ``day``'s week before it, Monday first (none on a Monday)."""
+    monday = week_start(day)
+    return [monday + timedelta(days=n) for n in range(day.weekday())]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """A panel's seconds on today and this week, its running session included."""
+
+    today_s: float
+    week_s: float
 
 
 class DayBook:
     """Per day, panel and session id: the seconds on, as seen and as read from history."""
 
-    #: Days kept per source; a clock that steps back and forth revisits only a few.
-    KEEP: Final = 8
+    #: Days kept per source: this week's, and the few a clock that steps back and forth
+    #: across a week's end revisits (a day no longer kept is read from history again).
+    KEEP: Final = 16
 
     def __init__(self, expect_history: bool) -> None:
         """``expect_history``: history will answer for every day (the daemon has storage)."""
@@ -35,6 +65,11 @@ class DayBook:
         book = self._day(self.read, day)
         for panel, sessions in rows.items():
             book.setdefault(panel, {}).update(sessions)
+
+    def add_days(self, days: WeekRows) -> None:
+        """History's sessions of several days (ISO date -> panel -> session id -> seconds)."""
+        for day, rows in days.items():
+            self.add_read(day, rows)
 
     def known(self, day: str) -> bool:
         """History has answered for ``day`` (or will never be asked)."""
@@ -61,6 +96,38 @@ class DayBook:
             # make room for a session that daily_max would refuse.
             return max(total, panel.carry_s)
         return total
+
+    def totals(self, panel: Panel, mono: float, wall: datetime) -> Totals:
+        """``today_s`` and ``week_s`` of ``panel`` at ``wall``."""
+        return Totals(self.today_s(panel, mono, wall), self.week_s(panel, mono, wall))
+
+    def week_s(self, panel: Panel, mono: float, wall: datetime) -> float:
+        """Seconds ``panel`` has been on this week (Monday to today), its running session
+        included. Unlike ``today_s`` it is not held up while history has yet to answer for a
+        day: it limits nothing, and a total that fell back would look like a new week."""
+        self.roll(panel, wall)
+        today = wall.date()
+        earlier = sum(self.total(day.isoformat(), panel.id) for day in earlier_days(today))
+        session = panel.session
+        running = 0.0
+        if session is not None and week_start(today) <= session.started_wall.date() <= today:
+            running = session.stretch(mono)  # as in today_s: earlier stretches are counted
+        return earlier + panel.finished_today_s + running
+
+    def answer(
+        self, day: str, rows: DayRows, earlier: WeekRows, panels: Iterable[Panel], wall: datetime
+    ) -> None:
+        """History answered for ``day`` and the days of its week before it. Every panel is
+        brought to the date of ``wall`` first, so one that has not noticed a new day yet
+        (nothing asked since the clock stepped) is compared too; then the rows are merged."""
+        panels = list(panels)
+        for panel in panels:
+            self.roll(panel, wall)
+        self.add_days(earlier)
+        self.add_read(day, rows)
+        for panel in panels:
+            if panel.day == day:
+                panel.finished_today_s = self.total(day, panel.id)
 
     def roll(self, panel: Panel, wall: datetime) -> None:
         """Bring ``panel`` to the local date of ``wall``."""

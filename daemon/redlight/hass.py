@@ -141,6 +141,7 @@ def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
     components = {
         **_panel_controls(config, panel, uid, state),
         **_panel_readings(uid, state),
+        **_week_components(config, panel, uid, state),
         "plug": {
             "platform": "binary_sensor",
             "unique_id": f"{uid}_plug",
@@ -241,6 +242,72 @@ def _panel_readings(uid: str, state: str) -> dict[str, dict[str, Any]]:
     }
 
 
+# ------------------------------------------------------------------ this week (issue 14)
+
+#: A week resets on Monday (:mod:`redlight.days`): a total that restarts from zero each cycle
+#: is what Home Assistant calls ``total_increasing``; its statistics take the drop as a new
+#: cycle, as they do for ``Today`` at midnight.
+_WEEK_MINUTES: Final = {
+    "device_class": "duration",
+    "unit_of_measurement": "min",
+    "state_class": "total_increasing",
+    "suggested_display_precision": 1,
+    "value_template": "{{ (value_json.week_s / 60) | round(2) }}",
+}
+_GOAL_PERCENT: Final = "{{ (100 * value_json.week_s / value_json.weekly_goal_s) | round(1) }}"
+_GOAL_ATTRIBUTES: Final = "{{ {'goal_min': value_json.weekly_goal_s / 60} | tojson }}"
+
+
+def _week_components(config: Config, panel: str, uid: str, state: str) -> dict[str, dict[str, Any]]:
+    """``This week`` (minutes since Monday), and with a goal ``Weekly goal``: the share of it
+    reached so far, in percent (above 100 once exceeded), the goal itself as an attribute."""
+    components: dict[str, dict[str, Any]] = {
+        "week": {
+            "platform": "sensor",
+            "unique_id": f"{uid}_week",
+            "name": "This week",
+            "icon": "mdi:calendar-week",
+            "state_topic": state,
+            **_WEEK_MINUTES,
+        }
+    }
+    if config.panels[panel].weekly_goal is not None:
+        components["weekly_goal"] = {
+            "platform": "sensor",
+            "unique_id": f"{uid}_weekly_goal",
+            "name": "Weekly goal",
+            "icon": "mdi:target",
+            "unit_of_measurement": "%",
+            "state_class": "measurement",
+            "suggested_display_precision": 0,
+            "state_topic": state,
+            "value_template": _GOAL_PERCENT,
+            "json_attributes_topic": state,
+            "json_attributes_template": _GOAL_ATTRIBUTES,
+        }
+    return components
+
+
+def _area_components(config: Config, uid: str) -> dict[str, dict[str, Any]]:
+    """Per area, ``<Area> area this week`` on the redlight device (an area is no device: it
+    is the sum of its panels, read from ``<b>/area/<slug>/state``). Its entity id is built from
+    the area's slug, which stays unique where the area's text has no ASCII letters."""
+    topics = Topics(config.mqtt.base_topic)
+    prefix = entity_prefix(config.mqtt.base_topic)
+    return {
+        f"area_{area.slug}": {
+            "platform": "sensor",
+            "unique_id": f"{uid}_area_{area.slug}",
+            "name": f"{area.name[:1].upper()}{area.name[1:]} area this week",
+            "default_entity_id": f"sensor.{prefix}_{area.slug}_area_this_week",
+            "icon": "mdi:human",
+            "state_topic": topics.area_state(area.slug),
+            **_WEEK_MINUTES,
+        }
+        for area in config.areas.values()
+    }
+
+
 def _relay_component(
     config: Config, panel: str, uid: str, state_topic: str
 ) -> dict[str, dict[str, Any]]:
@@ -298,7 +365,7 @@ def daemon_components(config: Config) -> dict[str, dict[str, Any]]:
     for schedule_id, schedule in config.schedules.items():
         components |= _schedule_components(topics, uid, schedule_id, schedule.name or schedule_id)
     components |= _daemon_events(config, topics, uid)
-    return _with_entity_ids(entity_prefix(base), components)
+    return _with_entity_ids(entity_prefix(base), components) | _area_components(config, uid)
 
 
 def _daemon_events(config: Config, topics: Topics, uid: str) -> dict[str, dict[str, Any]]:

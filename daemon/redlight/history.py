@@ -1,8 +1,10 @@
 """``redlight history``: what the sessions add up to, per day, panel and body area.
 
 Pure functions over the rows of the history database: minutes and estimated dose per panel per
-local day, end reasons, adherence to each schedule (planned runs done), and the current streak.
-Rendering is separate: a compact table with a bar chart for people, JSON for scripts.
+local day, end reasons, adherence to each schedule (planned runs done), the current streak, and
+per week (Monday to Sunday, as the daemon's ``week_s``) the minutes per panel and body area with
+each panel's weekly goal, met or not. Rendering is separate: a compact table with a bar chart
+for people, JSON for scripts.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any, Final
 
+from redlight.areas import area_slug
 from redlight.config import Config
+from redlight.days import week_start
 from redlight.durations import format_duration
 from redlight.schedules import cron_trigger, schedule_zone
 from redlight.storage import SessionRow
@@ -47,6 +51,17 @@ class Adherence:
 
 
 @dataclass
+class WeekTotals:
+    """One week of the report, Monday to Sunday: seconds per panel and per area (by name)."""
+
+    monday: date
+    #: The week is over (its Sunday is before the report's last day).
+    complete: bool
+    panels: dict[str, float]
+    areas: dict[str, float]
+
+
+@dataclass
 class Report:
     """Everything ``redlight history`` shows."""
 
@@ -57,6 +72,10 @@ class Report:
     panels: dict[str, PanelTotals]
     adherence: list[Adherence]
     streak_days: int
+    #: Every week the period touches, whole (days before the period count for its first).
+    weeks: list[WeekTotals] = field(default_factory=list)
+    #: Each panel's weekly goal in seconds, where it has one (the goal as configured now).
+    goals: dict[str, float] = field(default_factory=dict)
 
 
 def build_report(  # noqa: PLR0913 - the period and filter, keyword-only and named at each call
@@ -80,7 +99,8 @@ def build_report(  # noqa: PLR0913 - the period and filter, keyword-only and nam
     }
     done_days: set[date] = set()
     completed: list[SessionRow] = []
-    for row in sorted(rows, key=lambda r: r.started_at):
+    rows_in_order = sorted(rows, key=lambda r: r.started_at)
+    for row in rows_in_order:
         day = row.started_at.astimezone(zone).date()
         if row.reason == "completed":
             done_days.add(day)
@@ -95,6 +115,8 @@ def build_report(  # noqa: PLR0913 - the period and filter, keyword-only and nam
         panels=panels,
         adherence=_adherence(config, completed, first, now),
         streak_days=_streak(done_days, today),
+        weeks=_weeks(config, rows_in_order, (first, today), zone, list(panels)),
+        goals={k: g.total_seconds() for k in panels if (g := _goal(config, k)) is not None},
     )
 
 
@@ -114,6 +136,48 @@ def _count(
     day[row.panel] = day.get(row.panel, 0.0) + seconds
     if row.dose_j_cm2:
         day_doses[row.panel] = day_doses.get(row.panel, 0.0) + row.dose_j_cm2
+
+
+def _goal(config: Config, panel: str) -> timedelta | None:
+    settings = config.panels.get(panel)
+    return settings.weekly_goal if settings is not None else None
+
+
+def _weeks(
+    config: Config,
+    rows: Iterable[SessionRow],
+    period: tuple[date, date],
+    zone: tzinfo,
+    panels: list[str],
+) -> list[WeekTotals]:
+    """The weeks from the period's first day's Monday to its last day's, each whole.
+
+    A session counts for the week of the day it counts for above; its area is the one it was
+    recorded with (what the panel was aimed at then), spellings merged as the daemon does.
+    """
+    first, last = period
+    names = {slug: area.name for slug, area in config.areas.items()}
+    shown = [a.name for a in config.areas.values() if set(a.panels) & set(panels)]
+    weeks: dict[date, WeekTotals] = {}
+    monday = week_start(first)
+    while monday <= last:
+        complete = monday + timedelta(days=6) < last
+        weeks[monday] = WeekTotals(
+            monday, complete, dict.fromkeys(panels, 0.0), dict.fromkeys(shown, 0.0)
+        )
+        monday += timedelta(days=7)
+    for row in rows:
+        day = row.started_at.astimezone(zone).date()
+        week = weeks.get(week_start(day))
+        if week is None or day > last or row.panel not in week.panels:
+            continue
+        seconds = row.actual_s or 0.0
+        week.panels[row.panel] += seconds
+        area = (row.area or "").strip()
+        if area:
+            name = names.setdefault(area_slug(area), area)
+            week.areas[name] = week.areas.get(name, 0.0) + seconds
+    return list(weeks.values())
 
 
 def _streak(done_days: set[date], today: date) -> int:
@@ -190,6 +254,28 @@ def as_json(report: Report) -> dict[str, Any]:
         },
         "schedules": {a.schedule: {"planned": a.planned, "done": a.done} for a in report.adherence},
         "streak_days": report.streak_days,
+        "weeks": [_week_json(week, report.goals) for week in report.weeks],
+    }
+
+
+def _week_json(week: WeekTotals, goals: dict[str, float]) -> dict[str, Any]:
+    """A week for scripts: per panel its seconds, goal (or null) and whether it was met."""
+    year, number, _ = week.monday.isocalendar()
+    return {
+        "week": f"{year}-W{number:02d}",
+        "from": week.monday.isoformat(),
+        "to": (week.monday + timedelta(days=6)).isoformat(),
+        "complete": week.complete,
+        "panels": {
+            panel: {
+                "seconds": round(seconds),
+                "goal_s": round(goals[panel]) if panel in goals else None,
+                "met": seconds >= goals[panel] if panel in goals else None,
+            }
+            for panel, seconds in week.panels.items()
+        },
+        "areas": {area: {"seconds": round(seconds)} for area, seconds in week.areas.items()},
+        "seconds": round(sum(week.panels.values())),
     }
 
 
@@ -209,6 +295,7 @@ def as_text(report: Report) -> list[str]:
         bar = "█" * round(total / most * _BAR_WIDTH) if total else ""
         lines.append(f"{day} {day:%a} {cells} {_minutes(total):>8}  {bar}".rstrip())
     lines.append("")
+    lines.extend(weeks_text(report))
     for totals in report.panels.values():
         where = f" ({totals.area})" if totals.area else ""
         dose = f", ~{totals.dose_j_cm2:.0f} J/cm²" if totals.dose_j_cm2 else ""
@@ -226,8 +313,70 @@ def as_text(report: Report) -> list[str]:
     return lines
 
 
+def weeks_text(report: Report) -> list[str]:
+    """Per week (Monday to Sunday) the minutes per panel, ✓ where its goal was met and ✗ where
+    a finished week missed it, and the goals; then the same weeks per area."""
+    if not report.weeks:
+        return []
+    goals = report.goals
+
+    def cell(panel: str, week: WeekTotals) -> str:
+        seconds = week.panels[panel]
+        if panel not in goals:
+            return _minutes(seconds)
+        mark = "✓" if seconds >= goals[panel] else ("✗" if week.complete else " ")
+        return f"{_minutes(seconds)} {mark}"
+
+    panels = list(report.weeks[0].panels)
+    rows = [
+        (_week_label(week), [cell(p, week) for p in panels] + [_minutes(sum(week.panels.values()))])
+        for week in report.weeks
+    ]
+    goal_cells = [format_duration(goals[p]) + "  " if p in goals else "-" for p in panels]
+    if goals:
+        rows.append(("weekly goal", [*goal_cells, ""]))
+    lines = _table("week of", [*panels, "total"], rows)
+    areas = list(report.weeks[0].areas)
+    if areas:
+        area_rows = [(_week_label(w), [_minutes(w.areas[a]) for a in areas]) for w in report.weeks]
+        lines += _table("area, week of", areas, area_rows)
+    return lines
+
+
+def _week_label(week: WeekTotals) -> str:
+    """``2026-11-23 W48``, and ``(so far)`` for the week not over yet."""
+    label = f"{week.monday} W{week.monday.isocalendar()[1]:02d}"
+    return label if week.complete else f"{label} (so far)"
+
+
+def _table(title: str, columns: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
+    """Right-aligned columns under ``columns``, each row led by its label; a blank line after."""
+    first = max([len(title), *(len(label) for label, _ in rows)])
+    widths = [
+        max([8, len(name), *(len(cells[i]) for _, cells in rows)]) for i, name in enumerate(columns)
+    ]
+    lines = [
+        f"{title:<{first}} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))
+    ]
+    for label, cells in rows:
+        line = f"{label:<{first}} " + " ".join(
+            f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)
+        )
+        lines.append(line.rstrip())
+    return [*lines, ""]
+
+
 def _minutes(seconds: float) -> str:
     return "-" if seconds <= 0 else format_duration(round(seconds))
 
 
-__all__ = ["Adherence", "PanelTotals", "Report", "as_json", "as_text", "build_report"]
+__all__ = [
+    "Adherence",
+    "PanelTotals",
+    "Report",
+    "WeekTotals",
+    "as_json",
+    "as_text",
+    "build_report",
+    "weeks_text",
+]

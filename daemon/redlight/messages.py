@@ -63,6 +63,10 @@ class Topics:
         """A panel's events."""
         return f"{self.base}/panel/{panel}/event"
 
+    def area_state(self, slug: str) -> str:
+        """An area's retained JSON state: its panels' totals (:mod:`redlight.areas`)."""
+        return f"{self.base}/area/{slug}/state"
+
     def routine_set(self, routine: str) -> str:
         """``START``/``STOP`` for a routine."""
         return f"{self.base}/routine/{routine}/set"

@@ -13,7 +13,7 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Final, TypeAlias
@@ -29,7 +29,7 @@ from redlight.broker import (
     Message,
     Received,
 )
-from redlight.clockwatch import CLOCK_CHECK_S, ClockWatch
+from redlight.clockwatch import CLOCK_CHECK_S, ClockWatch, DayRead
 from redlight.config import Config
 from redlight.controller import Controller
 from redlight.core import (
@@ -41,6 +41,7 @@ from redlight.core import (
     Resubscribe,
     ScheduleChanged,
 )
+from redlight.days import earlier_days
 from redlight.hass import HassBridge
 from redlight.inbox import Inbox
 from redlight.messages import Event, event_messages, status_message
@@ -59,7 +60,7 @@ FAULT_EVENTS: Final = frozenset(
     {"plug_unresponsive", "off_not_obeyed", "relay_stuck", "cutoff_enforced"}
 )
 
-Item: TypeAlias = "BrokerEvent | _Shutdown | _Wake | _Announce | _Fired | _DayTotals"
+Item: TypeAlias = "BrokerEvent | _Shutdown | _Wake | _Announce | _Fired | DayRead"
 
 #: Safety rule 9: how long shutdown waits for plugs to confirm OFF, at most.
 SHUTDOWN_CONFIRM_S: Final = 5.0
@@ -85,14 +86,6 @@ class _Fired:
     """APScheduler fired a schedule (its job runs on the loop and only enqueues this)."""
 
     schedule: str
-
-
-@dataclass(frozen=True, slots=True)
-class _DayTotals:
-    """History's sessions of one local day (panel -> session id -> seconds), read off the loop."""
-
-    day: date
-    seconds_by_session: Mapping[str, Mapping[str, float]]
 
 
 #: The most time spent applying already-arrived messages before deadlines are checked.
@@ -168,6 +161,7 @@ def _restore(history: History, config: Config, wall: datetime) -> tuple[Restored
         exposure=exposure,
         day=day.isoformat(),
         day_sessions=day_sessions,
+        week_sessions={d.isoformat(): history.day_sessions(d) for d in earlier_days(day)},
     )
     return restored, interrupted
 
@@ -243,7 +237,7 @@ class Runtime:
         """Later days' totals are read from history (off the loop), answered through the queue."""
         known = date.fromisoformat(restored.day) if restored and restored.day else None
         path = writer.path if writer is not None else None
-        return ClockWatch(path, known, lambda day, rows: self.inbox.put(_DayTotals(day, rows)))
+        return ClockWatch(path, known, lambda read: self.inbox.put(read))
 
     def now(self) -> Now:
         """The current time on both clocks."""
@@ -313,7 +307,7 @@ class Runtime:
     def _fired(self, schedule: str) -> None:
         self.inbox.put(_Fired(schedule))
 
-    def _handle(self, item: BrokerEvent | _Wake | _Announce | _Fired | _DayTotals | None) -> None:
+    def _handle(self, item: BrokerEvent | _Wake | _Announce | _Fired | DayRead | None) -> None:
         """Apply one queued item (time is judged afterwards, by :meth:`_tick`)."""
         now = self.now()
         effects: list[Effect] = []
@@ -332,8 +326,8 @@ class Runtime:
             # APScheduler has moved the job on by now: publish its next run.
             next_run = self.clock_jobs.next_run(item.schedule)
             effects.append(self.schedules.state_message(item.schedule, next_run))
-        elif isinstance(item, _DayTotals):
-            effects = self.core.day_totals(item.day, item.seconds_by_session, now)
+        elif isinstance(item, DayRead):
+            effects = self.core.day_totals(item.day, item.rows, now, item.earlier)
         elif isinstance(item, Connected):
             self._on_connected(now)
             return

@@ -1,4 +1,5 @@
-"""What redlight publishes of its panels: each one's state (SPEC §4) and the running list."""
+"""What redlight publishes of its panels: each one's state (SPEC §4), each area's totals, and
+the running list."""
 
 from __future__ import annotations
 
@@ -6,13 +7,18 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from redlight.areas import group_areas
 from redlight.broker import STATE_QOS, Message
+from redlight.days import Totals
 from redlight.messages import Topics, dumps, iso, panel_state_message
 from redlight.panel import Panel, Session
 
 
-def panel_state(panel: Panel, mono: float, today_s: float) -> dict[str, Any]:
-    """A panel's state object: what Home Assistant's entities read."""
+def panel_state(
+    panel: Panel, mono: float, totals: Totals, weekly_goal: timedelta | None = None
+) -> dict[str, Any]:
+    """A panel's state object: what Home Assistant's entities read; ``weekly_goal_s`` only
+    with a goal."""
     session = panel.session or panel.paused
     if panel.unresponsive:
         state = "fault"
@@ -44,9 +50,10 @@ def panel_state(panel: Panel, mono: float, today_s: float) -> dict[str, Any]:
         "plug_online": panel.online if panel.heard else None,
         "session": session_view,
         "default_duration_s": num(panel.default_s),
-        "today_s": round(today_s),
+        "today_s": round(totals.today_s),
+        "week_s": round(totals.week_s),
         "relay_stuck": panel.power.stuck,
-    }
+    } | ({} if weekly_goal is None else {"weekly_goal_s": num(weekly_goal.total_seconds())})
 
 
 def ends_wall(session: Session) -> datetime:
@@ -61,9 +68,10 @@ def num(value: float) -> float | int:
 
 
 class Board:
-    """What is published of the panels: each panel's state when it changed, and the running
-    list on ``<b>/state``, rate-limited (a thousand sessions ending in one second make one
-    update with the outcome, not a thousand lists)."""
+    """What is published of the panels: each panel's state when it changed, each area's totals
+    (``<b>/area/<slug>/state``, the sums of its panels' published states) when they changed,
+    and the running list on ``<b>/state``, rate-limited (a thousand sessions ending in one
+    second make one update with the outcome, not a thousand lists)."""
 
     def __init__(self, topics: Topics, panels: list[Panel], every_s: float) -> None:
         """``panels`` in config order; ``<b>/state`` goes out at most once per ``every_s``."""
@@ -78,6 +86,11 @@ class Board:
         self.published_running: list[str] | None = None
         self.daemon_state_at = float("-inf")
         self.daemon_state_due: float | None = None
+        self.areas = group_areas((panel.id, panel.area) for panel in panels)
+        index = {panel.id: panel.index for panel in panels}
+        self._members = {a.slug: [index[p] for p in a.panels] for a in self.areas.values()}
+        self._area_of = {i: slug for slug, members in self._members.items() for i in members}
+        self.published_areas: dict[str, dict[str, Any]] = {}
 
     def touch(self, panel: Panel) -> None:
         """``panel``'s state may have changed: compared and published at the end of the step."""
@@ -91,6 +104,7 @@ class Board:
     def forget(self) -> None:
         """Whatever was published is lost (a reconnect, Home Assistant restarted): all again."""
         self.published.clear()
+        self.published_areas.clear()
         self.dirty.update(range(len(self.panels)))
         self.published_running = None
         self.running_changed = True
@@ -112,15 +126,20 @@ class Board:
     def publish(
         self, now_mono: float, state_of: Callable[[Panel], dict[str, Any]], *, stopping: bool
     ) -> list[Message]:
-        """The messages of this step: changed panel states, and ``<b>/state`` when due."""
+        """The messages of this step: changed panel states, the areas whose totals they
+        changed, and ``<b>/state`` when due."""
         out: list[Message] = []
+        areas: set[str] = set()
         for index in sorted(self.dirty):
             panel = self.panels[index]
             body = state_of(panel)
             if self.published.get(index) != body:
                 self.published[index] = body
                 out.append(panel_state_message(self.topics, panel.id, body))
+                if index in self._area_of:
+                    areas.add(self._area_of[index])
         self.dirty.clear()
+        out.extend(self.area_states(areas))
         if self.running_changed:
             # Only when a session started or ended: the list is as long as the sessions.
             self.running_changed = False
@@ -129,6 +148,24 @@ class Board:
         due = self.daemon_state_due
         if due is not None and (now_mono >= due or stopping):
             out.extend(self.daemon_state(now_mono))
+        return out
+
+    def area_states(self, slugs: set[str]) -> list[Message]:
+        """The states of the areas ``slugs`` that differ from what was published, retained."""
+        out: list[Message] = []
+        for slug in sorted(slugs):
+            area = self.areas[slug]
+            bodies = [self.published.get(i, {}) for i in self._members[slug]]
+            body = {
+                "area": area.name,
+                "panels": list(area.panels),
+                "today_s": sum(b.get("today_s", 0) for b in bodies),
+                "week_s": sum(b.get("week_s", 0) for b in bodies),
+            }
+            if self.published_areas.get(slug) != body:
+                self.published_areas[slug] = body
+                topic = self.topics.area_state(slug)
+                out.append(Message(topic, dumps(body), retain=True, qos=STATE_QOS))
         return out
 
     def daemon_state(self, now_mono: float, *, force: bool = False) -> list[Message]:

@@ -113,6 +113,9 @@ EXPECTED_ENTITIES: Final = {
     "redlight_redlight__tasmota_ends": "sensor.redlight_tasmota_session_ends",
     "redlight_redlight__tasmota_state": "sensor.redlight_tasmota_state",
     "redlight_redlight__tasmota_today": "sensor.redlight_tasmota_today",
+    "redlight_redlight__tasmota_week": "sensor.redlight_tasmota_this_week",
+    "redlight_redlight__tasmota_weekly_goal": "sensor.redlight_tasmota_weekly_goal",
+    "redlight_redlight_area_left_hip": "sensor.redlight_left_hip_area_this_week",
     "redlight_redlight__tasmota_plug": "binary_sensor.redlight_tasmota_plug",
     "redlight_redlight__tasmota_events": "event.redlight_tasmota_session_events",
 }
@@ -133,6 +136,8 @@ def entity_ids() -> dict[str, str]:
     }
 
 
+#: The panel's area (``left hip``): its week's minutes on the redlight device.
+AREA_WEEK: Final = "sensor.redlight_left_hip_area_this_week"
 #: The one entity that is unavailable while no offer is open.
 ACCEPT: Final = "redlight_redlight_accept_offer"
 
@@ -510,9 +515,8 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
     observer = system.observer
     expected = entity_ids()
     async with asyncio.timeout(TEST_BOUND_S):
-        await system.up(
-            [PANEL], settings={PANEL: {"default_duration": f"{SESSION_S}s"}}, extra=EXTRA_CONFIG
-        )
+        settings = {"default_duration": f"{SESSION_S}s", "area": "left hip", "weekly_goal": "1h"}
+        await system.up([PANEL], settings={PANEL: settings}, extra=EXTRA_CONFIG)
         plug = system.plugs[PANEL]
         devices = [
             m.json() for m in observer.matching("homeassistant/device/+/config") if m.payload
@@ -564,6 +568,9 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
         assert now[panel["ends"]] == "unknown"
         assert now[panel["state"]] == "idle"
         assert now[panel["today"]] == "0.0"
+        assert now[panel["week"]] == "0.0"
+        assert now[panel["weekly_goal"]] == "0.0"
+        assert now[AREA_WEEK] == "0.0"
         assert now[panel["plug"]] == "on"
         assert now["sensor.redlight_active_sessions"] == "0"
         assert now["switch.redlight_mornings_enabled"] == "on"
@@ -593,6 +600,9 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
         await state(observer, panel["session"], "off", since=mark)
         await state(observer, panel["ends"], "unknown", since=mark)
         await state(observer, panel["today"], "0.08", since=mark)
+        await state(observer, panel["week"], "0.08", since=mark)
+        await state(observer, panel["weekly_goal"], "0.1", since=mark)  # 5 s of 1 h, in %
+        await state(observer, AREA_WEEK, "0.08", since=mark)
         await state(observer, "sensor.redlight_active_sessions", "0", since=mark)
         assert plug.on_commands == 1
 

@@ -328,3 +328,15 @@ def test_a_bad_control_is_refused(payload: str, message: str) -> None:
     parsed = cmd.parse_panel_command(payload.encode())
     assert isinstance(parsed, cmd.Rejection)
     assert parsed.message.startswith(message)
+
+
+def test_the_week_counts_a_paused_session_once(kit: LoggedKit) -> None:
+    """This week's on-time is the light too: 2m before the pause and 1m after, 3m."""
+    lit(kit, 300)
+    kit.advance(120)
+    kit.command("hip_left", "PAUSE")
+    kit.report("hip_left", on=False)
+    kit.command("hip_left", "RESUME")
+    kit.report("hip_left", on=True)
+    kit.advance(60)
+    assert state(kit, "hip_left")["week_s"] == 180

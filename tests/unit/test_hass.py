@@ -112,6 +112,7 @@ def test_panel_entities_are_exactly_the_specs() -> None:
         "Session ends": "sensor",
         "State": "sensor",
         "Today": "sensor",
+        "This week": "sensor",
         "Plug": "binary_sensor",
         "Session events": "event",
     }
@@ -128,6 +129,97 @@ def test_panel_entities_are_exactly_the_specs() -> None:
     assert not {"routine_step", "schedule_offer"} & set(parts["events"]["event_types"])
     assert parts["session"]["default_entity_id"] == "switch.redlight_hip_left_session"
     assert parts["length"]["default_entity_id"] == "number.redlight_hip_left_session_length"
+
+
+def with_goal(goal: str = "1h") -> Config:
+    """``full_config`` with a weekly goal on ``hip_left``; ``sauna`` has none."""
+    panels = {key: p.model_dump(exclude_unset=True) for key, p in make_config().panels.items()}
+    panels["hip_left"]["weekly_goal"] = goal
+    return full_config(panels=panels)
+
+
+def test_this_week_is_a_duration_total_that_resets_on_monday() -> None:
+    """Every panel has ``This week``: minutes from ``week_s``, a ``total_increasing`` like
+    ``Today`` (a week starting again is a new cycle to Home Assistant's statistics)."""
+    payloads = discovery_payloads(with_goal())
+    sauna = payloads["homeassistant/device/redlight_redlight__sauna/config"]["components"]
+    assert sauna["week"] == {
+        "platform": "sensor",
+        "unique_id": "redlight_redlight__sauna_week",
+        "name": "This week",
+        "default_entity_id": "sensor.redlight_sauna_this_week",
+        "icon": "mdi:calendar-week",
+        "device_class": "duration",
+        "unit_of_measurement": "min",
+        "state_class": "total_increasing",
+        "suggested_display_precision": 1,
+        "state_topic": "redlight/panel/sauna/state",
+        "value_template": "{{ (value_json.week_s / 60) | round(2) }}",
+    }
+    assert "weekly_goal" not in sauna  # no goal configured
+
+
+def test_a_weekly_goal_is_a_percent_sensor_with_the_goal_as_attribute() -> None:
+    """With ``weekly_goal``, ``Weekly goal`` shows the share reached this week in percent
+    (100 and more: met), and the goal in minutes as its attribute ``goal_min``."""
+    left = discovery_payloads(with_goal())[
+        "homeassistant/device/redlight_redlight__hip_left/config"
+    ]["components"]
+    assert left["weekly_goal"] == {
+        "platform": "sensor",
+        "unique_id": "redlight_redlight__hip_left_weekly_goal",
+        "name": "Weekly goal",
+        "default_entity_id": "sensor.redlight_hip_left_weekly_goal",
+        "icon": "mdi:target",
+        "unit_of_measurement": "%",
+        "state_class": "measurement",
+        "suggested_display_precision": 0,
+        "state_topic": "redlight/panel/hip_left/state",
+        "value_template": "{{ (100 * value_json.week_s / value_json.weekly_goal_s) | round(1) }}",
+        "json_attributes_topic": "redlight/panel/hip_left/state",
+        "json_attributes_template": "{{ {'goal_min': value_json.weekly_goal_s / 60} | tojson }}",
+    }
+
+
+def test_each_area_is_a_week_sensor_on_the_redlight_device() -> None:
+    """One sensor per area (two panels aimed at it make one), reading the area's retained
+    state; its ids come from the area's slug and include the base topic."""
+    panels = {key: p.model_dump(exclude_unset=True) for key, p in make_config().panels.items()}
+    panels["sauna"]["area"] = "Left-Hip"
+    config = full_config(panels=panels, mqtt={"base_topic": "clinic"})
+    own = discovery_payloads(config)["homeassistant/device/redlight_clinic/config"]["components"]
+    areas = {key: value for key, value in own.items() if key.startswith("area_")}
+    assert areas == {
+        "area_left_hip": {
+            "platform": "sensor",
+            "unique_id": "redlight_clinic_area_left_hip",
+            "name": "Left hip area this week",
+            "default_entity_id": "sensor.redlight_clinic_left_hip_area_this_week",
+            "icon": "mdi:human",
+            "state_topic": "clinic/area/left_hip/state",
+            "device_class": "duration",
+            "unit_of_measurement": "min",
+            "state_class": "total_increasing",
+            "suggested_display_precision": 1,
+            "value_template": "{{ (value_json.week_s / 60) | round(2) }}",
+        }
+    }
+
+
+def test_areas_without_ascii_letters_still_get_distinct_legal_ids() -> None:
+    """Areas written in another script ("腰", "膝") make two sensors whose ids differ and are
+    legal component keys and entity ids."""
+    panels = {key: p.model_dump(exclude_unset=True) for key, p in make_config().panels.items()}
+    panels["hip_left"]["area"] = "腰"
+    panels["sauna"]["area"] = "膝"
+    own = discovery_payloads(full_config(panels=panels))[
+        "homeassistant/device/redlight_redlight/config"
+    ]["components"]
+    areas = [value for key, value in own.items() if key.startswith("area_")]
+    ids = [a["default_entity_id"] for a in areas]
+    assert len(set(ids)) == 2
+    assert all(re.fullmatch(r"sensor\.redlight_area_[0-9a-f]{8}_area_this_week", i) for i in ids)
+    assert [a["name"] for a in areas] == ["腰 area this week", "膝 area this week"]
 
 
 def test_length_is_bounded_by_a_lower_max_on() -> None:
@@ -196,6 +288,7 @@ def test_redlight_device_has_stop_all_active_routines_and_schedules() -> None:
         "rest_days enabled": "switch",
         "rest_days next run": "sensor",
         "Events": "event",
+        "Left hip area this week": "sensor",
     }
     parts = own["components"]
     assert parts["stop_all"]["payload_press"] == '{"action":"stop_all"}'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -10,7 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from redlight.cli import main
-from redlight.history import as_json, as_text, build_report
+from redlight.config import Config
+from redlight.history import as_json, as_text, build_report, weeks_text
 from redlight.storage import HistoryWriter, SessionRow
 from tests.unit.corekit import make_config
 
@@ -192,3 +194,94 @@ def test_history_of_an_unavailable_database_is_an_error_not_no_history(
     assert line.startswith(f"redlight: the history database is unavailable: {db}: ")
     assert reason in line
     assert "no history" not in line
+
+
+def with_goal(goal: str = "1h") -> Config:
+    """The test panels, ``hip_left`` with a weekly goal."""
+    panels = {key: p.model_dump(exclude_unset=True) for key, p in make_config().panels.items()}
+    panels["hip_left"]["weekly_goal"] = goal
+    return make_config(panels=panels)
+
+
+def test_weeks_are_whole_with_each_goal_met_or_missed() -> None:
+    """Every week the period touches, Monday to Sunday and whole (its days before the period
+    count too): minutes per panel, ✓ where the goal was met, ✗ where a finished week missed
+    it, nothing yet for the week not over; the goals; then the same weeks per area."""
+    rows = [*three_weeks(), row(date(2026, 11, 9), 7, "hip_left", 600)]
+    report = build_report(with_goal("65m"), rows, today=TODAY, days=14, zone=AMS, now=NOW)
+    lines = as_text(report)
+    start = lines.index("week of                 hip_left    sauna    total")
+    assert lines[start : start + 10] == [
+        "week of                 hip_left    sauna    total",
+        "2026-11-09 W46           1h20m ✓      15m    1h35m",
+        "2026-11-16 W47              1h ✗      15m    1h15m",
+        "2026-11-23 W48 (so far)    50m        15m     1h5m",
+        "weekly goal               1h5m          -",
+        "",
+        "area, week of           left hip",
+        "2026-11-09 W46             1h20m",
+        "2026-11-16 W47                1h",
+        "2026-11-23 W48 (so far)      50m",
+    ]
+    assert lines[start - 1] == ""  # after the day table
+
+
+def test_weeks_in_json_carry_goal_and_met() -> None:
+    """``--json``'s weeks: ISO week, its days, whether it is over, per panel seconds, goal
+    (null without one) and met, per area seconds."""
+    report = build_report(with_goal(), three_weeks(), today=TODAY, days=7, zone=AMS, now=NOW)
+    weeks = as_json(report)["weeks"]
+    assert [w["week"] for w in weeks] == ["2026-W47", "2026-W48"]
+    assert weeks[0] == {
+        "week": "2026-W47",
+        "from": "2026-11-16",
+        "to": "2026-11-22",
+        "complete": True,
+        "panels": {
+            "hip_left": {"seconds": 3600, "goal_s": 3600, "met": True},
+            "sauna": {"seconds": 900, "goal_s": None, "met": None},
+        },
+        "areas": {"left hip": {"seconds": 3600}},
+        "seconds": 4500,
+    }
+    assert (weeks[1]["complete"], weeks[1]["panels"]["hip_left"]["met"]) == (False, False)
+
+
+def test_a_week_counts_each_session_for_the_area_it_was_recorded_with() -> None:
+    """A session's area is the one in its row (what the panel was aimed at then), spellings
+    merged as the daemon merges them; without goals there is no goal row and no marks."""
+    moved = replace(row(TODAY, 8, "sauna", 120), area="Left-Hip")
+    report = build_report(
+        make_config(), [*three_weeks(), moved], today=TODAY, days=3, zone=AMS, now=NOW
+    )
+    [week] = report.weeks
+    assert week.areas == {"left hip": 3000 + 120}
+    text = weeks_text(report)
+    assert "weekly goal" not in "\n".join(text)
+    assert text[1] == "2026-11-23 W48 (so far)      50m      17m     1h7m"
+
+
+def test_history_command_shows_the_weeks_and_their_goal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``redlight history`` on a real database with a weekly goal: the week table has the
+    goal, and ``--json`` the weeks with it."""
+    db = tmp_path / "history.db"
+    writer = HistoryWriter(db)
+    start = datetime.now().astimezone().replace(hour=7, minute=0, second=0, microsecond=0)
+    writer.session_opened(SessionRow("s", "hip_left", "left hip", "cli", start, 600.0, None))
+    writer.session_closed("s", start + timedelta(minutes=10), 600.0, "completed", None)
+    writer.close(timeout=5.0)
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[storage]\npath = "{db}"\n[panels.hip_left]\narea = "left hip"\n'
+        'weekly_goal = "10m"\nplug = { preset = "tasmota", topic = "t" }\n'
+    )
+    assert main(["history", "--config", str(path), "--days", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    table = out.index("week of                 hip_left    total")
+    assert out[table + 1].endswith(" (so far)    10m ✓      10m")
+    assert out[table + 2] == "weekly goal                10m"
+    assert main(["history", "--config", str(path), "--days", "1", "--json"]) == 0
+    [week] = json.loads(capsys.readouterr().out)["weeks"]
+    assert week["panels"]["hip_left"] == {"seconds": 600, "goal_s": 600, "met": True}
