@@ -192,3 +192,11 @@ def test_history_of_an_unavailable_database_is_an_error_not_no_history(
     assert line.startswith(f"redlight: the history database is unavailable: {db}: ")
     assert reason in line
     assert "no history" not in line
+
+
+def test_one_session_is_one_session() -> None:
+    """Issue 14 item 10: a panel with a single session reads "1 session", not "1 sessions"."""
+    config = make_config()
+    rows = [row(TODAY, 19, "sauna", 300)]
+    lines = as_text(build_report(config, rows, today=TODAY, days=7, zone=AMS, now=NOW))
+    assert "Sauna: 1 session, 5m; ended: completed 1" in lines
