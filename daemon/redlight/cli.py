@@ -623,11 +623,7 @@ def _answer(answer: Received | None) -> dict[str, Any] | None:
 
 async def _start(config: Config, args: argparse.Namespace) -> int:
     if args.routine:
-        if args.panel or args.duration or args.dose is not None:
-            raise UserError(
-                "a routine sets its own panels and lengths: 'redlight start --routine ID', "
-                "or 'redlight start PANEL [--duration 10m | --dose 30]', not both"
-            )
+        _routine_alone(args)
         return await _start_routine(config, args.routine, follow=args.follow)
     if not args.panel:
         raise UserError("name a panel to start, e.g. 'redlight start hip_left'")
@@ -666,7 +662,17 @@ async def _start(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: ``start --routine``'s command on ``<b>/routine/<id>/set``.
+def _routine_alone(args: argparse.Namespace) -> None:
+    """``start PANEL --routine R`` ignored the panel: a routine takes nothing beside it."""
+    if args.panel or args.duration or args.dose is not None:
+        raise UserError(
+            "a routine sets its own panels and lengths: 'redlight start --routine ID', "
+            "or 'redlight start PANEL [--duration 10m | --dose 30]', not both"
+        )
+
+
+#: ``start --routine``'s command on ``<b>/routine/<id>/set``: JSON rather than START, so the
+#: routine's source is "cli", not Home Assistant.
 _ROUTINE_START: Final = {"action": "start", "source": "cli"}
 
 
@@ -677,7 +683,6 @@ async def _start_routine(config: Config, routine_id: str, *, follow: bool) -> in
         await _daemon_online(link)
         await link.subscribe([link.topics.daemon_event])
         await link.messages(quiet_s=0.2)
-        # JSON rather than START: the routine's source is then "cli", not Home Assistant.
         link.publish(link.topics.routine_set(routine_id), dumps(_ROUTINE_START))
 
         def ours(message: Received) -> bool:
