@@ -28,7 +28,7 @@ from redlight.broker import (
 from redlight.config import Config, ConfigError, config_path, describe, load_config
 from redlight.durations import format_duration, parse_duration
 from redlight.messages import Topics, dumps, loads_object
-from redlight.presets import PlugState, build_plug
+from redlight.presets import Plug, PlugAvailability, PlugState, build_plug
 
 if TYPE_CHECKING:
     from redlight.storage import SessionRow
@@ -54,15 +54,21 @@ class UserError(Exception):
 #: Examples shown by ``redlight COMMAND --help``.
 _EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     "run": ("redlight run --config /etc/redlight/config.toml", "redlight run --log-level debug"),
-    "check": ("redlight check --config config/example.toml",),
+    "check": (
+        "redlight check --config config/example.toml",
+        "redlight check --connect   # and the broker, the credentials and every plug",
+    ),
     "status": ("redlight status",),
     "start": (
-        "redlight start hip_left --duration 8m",
+        "redlight start hip_left --duration 8m   # a unit is needed: 8m, 90s, 8min",
         "redlight start hip_left --dose 25 --follow",
         "redlight start --routine post_run --follow",
     ),
     "stop": ("redlight stop hip_left", "redlight stop --all"),
-    "off": ("redlight off --all   # ExecStopPost=: straight to the plugs, no daemon needed",),
+    "off": (
+        "redlight off --all   # ExecStopPost=: straight to the plugs, no daemon needed",
+        "redlight off hip_left hip_right",
+    ),
     "history": (
         "redlight history",
         "redlight history --days 28 --panel hip_left",
@@ -129,7 +135,12 @@ def _add_service_commands(commands: _Commands) -> None:
         choices=["auto", "console", "json"],
         help="auto: console on a terminal, JSON lines otherwise (journald is detected)",
     )
-    commands.add("check", "validate the config file: one line per problem")
+    check = commands.add("check", "validate the config file: one line per problem")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the broker and ask every plug its state (switches nothing)",
+    )
     commands.add("status", "show every panel's state, read from the broker")
 
 
@@ -137,7 +148,9 @@ def _add_session_commands(commands: _Commands) -> None:
     start = commands.add("start", "start a session (or a routine) and print the outcome")
     start.add_argument("panel", nargs="?", help="panel id")
     group = start.add_mutually_exclusive_group()
-    group.add_argument("--duration", help="session length, e.g. 90s, 10m")
+    group.add_argument(
+        "--duration", help="session length with its unit, e.g. 90s, 10m, 8min (no bare numbers)"
+    )
     group.add_argument("--dose", type=float, metavar="J_CM2", help="dose in J/cm²")
     start.add_argument("--routine", metavar="ID", help="start a routine instead of a panel")
     start.add_argument("--follow", action="store_true", help="show a countdown until it ends")
@@ -146,8 +159,9 @@ def _add_session_commands(commands: _Commands) -> None:
     stop.add_argument("panel", nargs="?", help="panel id")
     stop.add_argument("--all", action="store_true", help="stop every session")
 
-    off = commands.add("off", "switch every plug OFF directly, without the daemon")
-    off.add_argument("--all", action="store_true", required=True, help="every configured plug")
+    off = commands.add("off", "switch plugs OFF directly, without the daemon")
+    off.add_argument("panels", nargs="*", metavar="PANEL", help="panel ids (or --all)")
+    off.add_argument("--all", action="store_true", help="every configured plug")
 
 
 def _add_report_commands(commands: _Commands) -> None:
@@ -256,7 +270,7 @@ def _client_command(config: Config, args: argparse.Namespace) -> int:
         return asyncio.run(_stop(config, args))
     if args.command == "schedules":
         return asyncio.run(_schedules(config))
-    return asyncio.run(_off_all(config))
+    return asyncio.run(_off(config, _off_panels(config, args)))
 
 
 def _quiet_logging() -> None:
@@ -294,7 +308,86 @@ def _check(args: argparse.Namespace) -> int:
         _plural(len(summary[kind]), kind[:-1]) for kind in ("panels", "routines", "schedules")
     )
     print(f"{path}: OK ({counts}; max_on {summary['max_on']})")
+    if args.connect:
+        _quiet_logging()
+        return asyncio.run(_check_connect(config))
     return EXIT_OK
+
+
+async def _check_connect(config: Config) -> int:
+    """``check --connect``: the broker takes the connection (and the credentials), and each
+    plug answers the question redlight asks it (safety rule 8's), one line per panel. Only
+    state questions are sent, the ones the daemon sends every poll: nothing is switched."""
+    base = config.mqtt.base_topic
+    plugs = {key: build_plug(key, p.plug, base_topic=base) for key, p in config.panels.items()}
+    within = config.safety.confirm_timeout.total_seconds()
+    try:
+        answers, heard = await _ask_plugs(config, plugs, within)
+    except UserError as error:
+        print(f"broker: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    failed = False
+    for key, plug in plugs.items():
+        answer = answers.get(key)
+        if answer is not None:
+            on, topic, retained = answer
+            how = "retained state" if retained else "answered"
+            print(f"{key}: {how}, {'on' if on else 'off'} ({plug.preset} on {topic})")
+            continue
+        failed = True
+        said = heard.get(key)
+        aside = f" ({said[0]} says {'online' if said[1] else 'offline'})" if said else ""
+        silent = f"{key}: no answer on {plug.report_topic} within {within:g}s{aside}"
+        print(silent, file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _ask_plugs(
+    config: Config, plugs: dict[str, Plug], within_s: float
+) -> tuple[dict[str, tuple[bool, str, bool]], dict[str, tuple[str, bool]]]:
+    """Connect (``UserError`` with why if not), say so, ask every plug its state, and collect
+    what each reported within ``within_s``: panel -> (on, topic, retained), read by its
+    preset's reader; and panel -> (topic, online) for the availability heard from it."""
+    answers: dict[str, tuple[bool, str, bool]] = {}
+    heard: dict[str, tuple[str, bool]] = {}
+    async with Link(config, "check") as link:
+        who = f" as {config.mqtt.username}" if config.mqtt.username else ""
+        print(f"broker: connected to {config.mqtt.url}{who} (MQTT {config.mqtt.protocol})")
+        filters = sorted({t for plug in plugs.values() for t in plug.subscriptions})
+        await link.subscribe([link.topics.status, *filters])
+        settled = await link.messages(quiet_s=0.3)  # retained states and availability
+        status = [m.payload for m in settled if m.topic == link.topics.status]
+        running = "running" if status[-1:] == [b"online"] else "not running (fine for a check)"
+        print(f"redlight: {running}, by {link.topics.status}")
+        for message in settled:
+            _read_answer(plugs, message, answers, heard)
+        for plug in plugs.values():
+            for question in plug.ask_state():
+                link.client.publish(question)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while len(answers) < len(plugs) and loop.time() < deadline:
+            arrived = await link.wait_for(lambda m: True, deadline - loop.time())
+            if arrived is None:
+                break
+            _read_answer(plugs, arrived, answers, heard)
+    return answers, heard
+
+
+def _read_answer(
+    plugs: dict[str, Plug],
+    message: Received,
+    answers: dict[str, tuple[bool, str, bool]],
+    heard: dict[str, tuple[str, bool]],
+) -> None:
+    """Note what ``message`` says of each plug. A retained state counts only for a plug that
+    cannot be asked (ESPHome: its state is retained); one that can must answer now."""
+    for key, plug in plugs.items():
+        report = plug.read(message.topic, message.payload)
+        if isinstance(report, PlugState) and not (message.retain and plug.ask_state()):
+            answers[key] = (report.on, message.topic, message.retain)
+        elif isinstance(report, PlugAvailability):
+            heard[key] = (message.topic, report.online)
 
 
 def _plural(count: int, noun: str) -> str:
@@ -500,6 +593,13 @@ def _start_command(args: argparse.Namespace) -> dict[str, Any]:
     """The JSON start command for ``redlight start PANEL``, with a fresh request id."""
     body: dict[str, Any] = {"action": "start", "source": "cli"}
     if args.duration:
+        if args.duration.strip().replace(".", "", 1).isdigit():
+            # Home Assistant's number and duration/set are minutes, a JSON duration is seconds:
+            # a bare number here would be one or the other by surprise.
+            raise UserError(
+                f"--duration: give a unit, e.g. {args.duration.strip()}m for minutes or "
+                f"{args.duration.strip()}s for seconds (a bare number is ambiguous)"
+            )
         try:
             body["duration"] = parse_duration(args.duration).total_seconds()
         except ValueError as error:
@@ -523,6 +623,7 @@ def _answer(answer: Received | None) -> dict[str, Any] | None:
 
 async def _start(config: Config, args: argparse.Namespace) -> int:
     if args.routine:
+        _routine_alone(args)
         return await _start_routine(config, args.routine, follow=args.follow)
     if not args.panel:
         raise UserError("name a panel to start, e.g. 'redlight start hip_left'")
@@ -561,6 +662,20 @@ async def _start(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _routine_alone(args: argparse.Namespace) -> None:
+    """``start PANEL --routine R`` ignored the panel: a routine takes nothing beside it."""
+    if args.panel or args.duration or args.dose is not None:
+        raise UserError(
+            "a routine sets its own panels and lengths: 'redlight start --routine ID', "
+            "or 'redlight start PANEL [--duration 10m | --dose 30]', not both"
+        )
+
+
+#: ``start --routine``'s command on ``<b>/routine/<id>/set``: JSON rather than START, so the
+#: routine's source is "cli", not Home Assistant.
+_ROUTINE_START: Final = {"action": "start", "source": "cli"}
+
+
 async def _start_routine(config: Config, routine_id: str, *, follow: bool) -> int:
     if routine_id not in config.routines:
         raise UserError(f"there is no routine {routine_id!r} in the config")
@@ -568,7 +683,7 @@ async def _start_routine(config: Config, routine_id: str, *, follow: bool) -> in
         await _daemon_online(link)
         await link.subscribe([link.topics.daemon_event])
         await link.messages(quiet_s=0.2)
-        link.publish(link.topics.routine_set(routine_id), "START")
+        link.publish(link.topics.routine_set(routine_id), dumps(_ROUTINE_START))
 
         def ours(message: Received) -> bool:
             event = _json(message.payload)
@@ -801,10 +916,27 @@ def _report_topic(config: Config, panel: str) -> str:
     return plug.report_topic
 
 
-async def _off_all(config: Config) -> int:
-    """Safety rule 9 without the daemon: every plug OFF, straight to the plugs."""
+def _off_panels(config: Config, args: argparse.Namespace) -> list[str]:
+    """The panels ``off`` switches: ``--all``, or the ones named (each one known)."""
+    if args.all and args.panels:
+        raise UserError("name panels to switch off, or use --all, not both")
+    if args.all:
+        return list(config.panels)
+    if not args.panels:
+        raise UserError(
+            "name the panels to switch off (e.g. 'redlight off hip_left'), or use --all "
+            f"(panels: {', '.join(config.panels)})"
+        )
+    for panel in args.panels:
+        _known_panel(config, panel)
+    return list(dict.fromkeys(args.panels))
+
+
+async def _off(config: Config, panels: Sequence[str]) -> int:
+    """Safety rule 9 without the daemon: the plugs OFF (every one, or those named), straight
+    to the plugs."""
     base = config.mqtt.base_topic
-    plugs = {key: build_plug(key, p.plug, base_topic=base) for key, p in config.panels.items()}
+    plugs = {key: build_plug(key, config.panels[key].plug, base_topic=base) for key in panels}
     async with Link(config, "off") as link:
         filters = sorted({t for plug in plugs.values() for t in plug.subscriptions})
         await link.subscribe(filters)
@@ -824,7 +956,8 @@ async def _off_all(config: Config) -> int:
                 if isinstance(report, PlugState) and not report.on:
                     waiting.discard(key)
     confirmed = sorted(set(plugs) - waiting)
-    print(f"OFF sent to {len(plugs)} plugs; confirmed off: {', '.join(confirmed) or 'none'}")
+    sent = _plural(len(plugs), "plug")
+    print(f"OFF sent to {sent}; confirmed off: {', '.join(confirmed) or 'none'}")
     if waiting:
         print(f"not confirmed (check them): {', '.join(sorted(waiting))}", file=sys.stderr)
         return EXIT_FAILED

@@ -80,9 +80,10 @@ class AcceptOffer:
 
 @dataclass(frozen=True, slots=True)
 class RoutineCommand:
-    """Start or stop a routine."""
+    """Start or stop a routine; ``source`` says who asked (the command line sends JSON)."""
 
     start: bool
+    source: Literal["homeassistant", "cli"] = "homeassistant"
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,13 +355,34 @@ def _accept_offer(body: dict[str, object], request_id: str | None) -> AcceptOffe
 
 
 def parse_routine_command(payload: bytes) -> RoutineCommand | Rejection:
-    """Parse ``<b>/routine/<id>/set``: ``START`` or ``STOP``."""
+    """Parse ``<b>/routine/<id>/set``: ``START`` or ``STOP``, or the command line's JSON
+    ``{"action": "start", "source": "cli"}`` (so the routine is logged as the CLI's)."""
     text = _decode(payload)
     if isinstance(text, Rejection):
         return text
     if text.upper() in {"START", "STOP"}:
         return RoutineCommand(start=text.upper() == "START")
-    return Rejection("invalid_payload", f"expected START or STOP (got {_quote(text)})")
+    if not text.startswith("{"):
+        return Rejection("invalid_payload", f"expected START or STOP (got {_quote(text)})")
+    return _routine_json(text)
+
+
+def _routine_json(text: str) -> RoutineCommand | Rejection:
+    """The JSON form of a routine command: ``action``, ``source`` and ``request_id`` only."""
+    parsed = _body(text)
+    if isinstance(parsed, Rejection):
+        return parsed
+    body, request_id = parsed
+    unknown = set(body) - {"action", "source", "request_id"}
+    if unknown:
+        return _unknown_keys(unknown, request_id)
+    action, source = body.get("action"), body.get("source", "homeassistant")
+    if action not in ("start", "stop"):
+        message = f"'action' must be 'start' or 'stop' (got {_quote(str(action))})"
+        return Rejection("unknown_action", message, request_id)
+    if source not in ("homeassistant", "cli"):
+        return Rejection("invalid_payload", "'source' must be 'homeassistant' or 'cli'", request_id)
+    return RoutineCommand(start=action == "start", source=source)
 
 
 def parse_schedule_command(payload: bytes) -> ScheduleCommand | Rejection:

@@ -760,10 +760,44 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     private = [key for key in raw if key.startswith("_")]
     if private:
         raise ConfigError([f"{_where((key,))}: unknown key" for key in private])
+    unknown_sections = _unknown_env_sections(os.environ)
+    if unknown_sections:
+        raise ConfigError(unknown_sections)
     try:
         return Config(**raw)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error)) from None
+        raise ConfigError(format_validation_error(error, env=_env_names(os.environ))) from None
+
+
+#: The prefix of every environment override (``REDLIGHT_<SECTION>__<KEY>``).
+ENV_PREFIX: Final = "REDLIGHT_"
+
+
+def _env_names(environ: Mapping[str, str]) -> dict[str, str]:
+    """Each ``REDLIGHT_<SECTION>__<KEY>`` variable by the config key it sets
+    (``mqtt.hots`` -> ``REDLIGHT_MQTT__HOTS``), so a problem can name the variable."""
+    names: dict[str, str] = {}
+    for name in environ:
+        if name.upper().startswith(ENV_PREFIX) and "__" in name:
+            names[".".join(name[len(ENV_PREFIX) :].lower().split("__"))] = name
+    return names
+
+
+def _unknown_env_sections(environ: Mapping[str, str]) -> list[str]:
+    """``REDLIGHT_MQQT__URL``: a section that does not exist, which pydantic-settings would
+    ignore without a word (it reads only the sections it knows)."""
+    sections = list(Config.model_fields)
+    problems = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX) or "__" not in name:
+            continue  # REDLIGHT_CONFIG, or a variable of some other tool
+        section = name[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+        if section not in sections:
+            problems.append(
+                f"environment variable {name}: there is no section {section!r} "
+                f"(sections: {', '.join(sections)})"
+            )
+    return problems
 
 
 def _reason(error: BaseException) -> str:
@@ -776,14 +810,24 @@ _MESSAGES: Final[Mapping[str, str]] = {
 }
 
 
-def format_validation_error(error: ValidationError) -> list[str]:
-    """One line per problem, ``where: what``; secrets never appear (inputs are not echoed)."""
+def format_validation_error(
+    error: ValidationError, *, env: Mapping[str, str] | None = None
+) -> list[str]:
+    """One line per problem, ``where: what``; secrets never appear (inputs are not echoed).
+
+    ``env`` maps config keys to the environment variables that set them (see
+    :func:`_env_names`): a problem with a key a variable set names the variable, since the
+    key is nowhere in the file the user will look in.
+    """
     lines: list[str] = []
     for item in error.errors(include_url=False, include_input=False):
         where = _where(item["loc"])
         message = _MESSAGES.get(item["type"], item["msg"])
         message = message.removeprefix("Value error, ")
-        if message.startswith(where.rsplit(".", 1)[0] + ".") or not where:
+        variable = (env or {}).get(".".join(str(part).lower() for part in item["loc"]))
+        if variable is not None:
+            lines.append(f"{where} (from the environment variable {variable}): {message}")
+        elif message.startswith(where.rsplit(".", 1)[0] + ".") or not where:
             # A cross-check names its own location (e.g. "panels.x.default_duration: ...").
             lines.append(message)
         else:

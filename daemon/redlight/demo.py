@@ -25,6 +25,7 @@ from redlight.config import Config
 from redlight.durations import parse_duration
 from redlight.membroker import MemoryBroker
 from redlight.messages import Topics, status_message
+from redlight.presets import pulsetime_seconds
 from redlight.runtime import Runtime
 from redlight.simplug import SimulatedPlug
 from redlight.storage import History, HistoryWriter
@@ -75,6 +76,11 @@ class Story:
         self.out.write(f"{stamp}  {self._paint(f'{who:<10}', '36')} {self._paint(text, code)}\n")
         self.out.flush()
 
+    def say(self, text: str) -> None:
+        """Plain text, before the story begins."""
+        self.out.write(text + "\n")
+        self.out.flush()
+
     def chapter(self, text: str) -> None:
         """A heading for the next part of the story."""
         self.out.write("\n" + self._paint(f"== {text}", "1;33") + "\n")
@@ -119,8 +125,8 @@ async def run_demo(out: TextIO | None = None) -> int:
         return await _story(story, Path(tmp))
 
 
-async def _story(story: Story, tmp: Path) -> int:
-    db = tmp / "history.db"
+def _config(db: Path) -> Config:
+    """Three panels, one routine, and the demo's short ceiling."""
     routine = {
         "name": "After the run",
         "steps": [
@@ -129,7 +135,7 @@ async def _story(story: Story, tmp: Path) -> int:
             {"panels": ["hip_right"], "duration": "2s"},
         ],
     }
-    config = Config(
+    return Config(
         mqtt={"base_topic": "redlight"},
         routines={"after_run": routine},
         homeassistant={"enabled": False},
@@ -142,118 +148,191 @@ async def _story(story: Story, tmp: Path) -> int:
         storage={"path": str(db)},
         panels=_PANELS,
     )
-    broker = MemoryBroker()
-    topics = Topics("redlight")
-    plugs: dict[str, SimulatedPlug] = {}
-    for panel_id, panel in config.panels.items():
-        client = broker.client(f"plug-{panel_id}", will=SimulatedPlug.last_will(panel.plug))
-        plugs[panel_id] = SimulatedPlug(panel_id, panel.plug, client=client)
-        await plugs[panel_id].start()
 
-    def show(event: BrokerEvent) -> None:
-        if isinstance(event, Connected):
-            watcher.subscribe([topics.daemon_event])
-        elif isinstance(event, Received):
-            body = json.loads(event.payload)
-            if body.get("event_type") != "ending_soon":
-                text, colour = _describe(body)
-                story.line(body.get("panel") or "redlight", text, colour)
 
-    watcher = broker.client("watcher")
-    watcher.start(show)
-    user = broker.client("user")
-    user.start(lambda event: None)
-    await asyncio.sleep(0)
-
-    writer = HistoryWriter(db)
-    runtime = Runtime(
-        config,
-        broker.client("redlight", will=status_message(topics, online=False)),
-        writer=writer,
-        notifier=Notifier(None, None),
+async def _story(story: Story, tmp: Path) -> int:
+    stage = _Stage(story, _config(tmp / "history.db"))
+    await stage.set_up()
+    story.say(
+        "redlight demo: the real core on an in-memory broker, with simulated plugs.\n"
+        f"Times are shortened: max_on is {DEMO_MAX_ON} here (15 minutes for real), so the "
+        "story takes about 20 seconds; the rules are the same."
     )
-    story.chapter("redlight starts: every plug is asked for its state and switched OFF")
-    online = broker.next(topics.status, lambda m: m.payload_bytes() == b"online")
-    task = asyncio.create_task(runtime.run())
-    await online
-    story.line("redlight", "online; 3 panels: Tasmota, Shelly Gen2, Zigbee2MQTT", "32")
-
-    def command(panel: str, body: dict[str, Any] | str) -> None:
-        text = body if isinstance(body, str) else json.dumps(body)
-        story.line("you", f"{topics.panel_set(panel)} <- {text}", "35")
-        user.publish(Message(topics.panel_set(panel), text))
-
-    async def until(plug: SimulatedPlug, on: bool) -> None:
-        async with asyncio.timeout(15.0):
-            await plug.wait_for(lambda p: p.is_on is on)
-
-    async def wait(what: Awaitable[Any]) -> None:
-        async with asyncio.timeout(15.0):
-            await what
-
-    left, right = plugs["hip_left"], plugs["hip_right"]
-    finished = broker.next(topics.daemon_event, lambda m: b"session_finished" in m.payload_bytes())
-
-    story.chapter("A 4-second session on the left hip (Tasmota) ends on time")
-    command("hip_left", {"action": "start", "duration": "4s"})
-    await until(left, on=True)
-    story.line("tasmota", f"relay ON (PulseTime {left.pulsetime} = its own off-timer)", "2")
-    await wait(finished)
-    await until(left, on=False)
-    story.line("tasmota", f"relay OFF after {left.on_seconds()[-1]:.1f}s", "2")
-
-    story.chapter("Asking for more than max_on is refused, never shortened")
-    rejected = broker.next(topics.daemon_event, lambda m: b"command_rejected" in m.payload_bytes())
-    command("hip_right", {"action": "start", "duration": "20s"})
-    await wait(rejected)
-
-    story.chapter("A routine: left hip, a pause with a prompt, then the right hip")
-    routine_done = broker.next(
-        topics.daemon_event, lambda m: b"routine_finished" in m.payload_bytes()
-    )
-    story.line("you", f"{topics.routine_set('after_run')} <- START", "35")
-    user.publish(Message(topics.routine_set("after_run"), "START"))
-    await wait(routine_done)
-    await until(right, on=False)
-
-    story.chapter(
-        f"Someone switches the right hip panel on at the plug itself, right after its step: "
-        f"ON time with less than {DEMO_MIN_OFF} OFF between is one exposure, within max_on"
-    )
-    cut = broker.next(topics.daemon_event, lambda m: b"cutoff_enforced" in m.payload_bytes())
-    right.press_button()
-    story.line("shelly", "relay ON by its button (redlight did not start this)", "2")
-    await wait(cut)
-    await until(right, on=False)
-    story.line("shelly", f"relay OFF after {right.on_seconds()[-1]:.1f}s", "2")
-
-    story.chapter("Shutdown in the middle of a session: everything goes off first")
-    command("knee", "ON")
-    await until(plugs["knee"], on=True)
-    story.line("zigbee", f"relay ON (on_time {plugs['knee'].failsafe_armed_s:g}s armed)", "2")
-    await asyncio.sleep(1.0)
-    runtime.request_shutdown()
-    code = await task
-    story.line("redlight", f"offline (retained: {broker.retained(topics.status)!r})", "32")
-    for plug in plugs.values():
-        await plug.stop()
-    await watcher.stop()
-    await user.stop()
-
-    writer.close(timeout=2.0)
-    with History.open(db) as history:
-        rows = history.sessions()
-    story.chapter("History (SQLite)")
-    for row in rows:
-        story.line(row.panel, f"{row.source:<13} {row.reason:<9} {row.actual_s or 0:.1f}s", "0")
-
-    longest = max((_longest_exposure(plug) for plug in plugs.values()), default=0.0)
-    held = code == 0 and not any(p.is_on for p in plugs.values()) and longest <= 8.5
+    await stage.start()
+    await stage.session_on_time()
+    await stage.over_the_ceiling()
+    await stage.routine()
+    await stage.button_press()
+    code = await stage.shutdown()
+    stage.history()
+    longest = max((_longest_exposure(plug) for plug in stage.plugs.values()), default=0.0)
+    held = code == 0 and not any(p.is_on for p in stage.plugs.values()) and longest <= 8.5
     story.chapter(
         f"Every panel is off; the longest exposure of any panel: {longest:.1f}s "
         f"(max_on {DEMO_MAX_ON})"
     )
     return 0 if held else 1
+
+
+class _Stage:
+    """The demo's broker, plugs, daemon and clients, and the story's sections in order.
+
+    Each section waits until the lines it announces are printed (:meth:`printed`) before the
+    next heading, so no event's line strays under the following one.
+    """
+
+    def __init__(self, story: Story, config: Config) -> None:
+        """Everything the story needs; nothing runs until :meth:`set_up`."""
+        self.story = story
+        self.config = config
+        self.broker = MemoryBroker()
+        self.topics = Topics("redlight")
+        self.plugs: dict[str, SimulatedPlug] = {}
+        self.watcher = self.broker.client("watcher")
+        self.user = self.broker.client("user")
+        self.writer = HistoryWriter(config.storage.path)
+        self.runtime = Runtime(
+            config,
+            self.broker.client("redlight", will=status_message(self.topics, online=False)),
+            writer=self.writer,
+            notifier=Notifier(None, None),
+        )
+        self.task: asyncio.Task[int] | None = None
+        self._awaited: list[tuple[str, str | None, asyncio.Future[None]]] = []
+
+    async def set_up(self) -> None:
+        """The plugs connect, and the watcher that prints every event."""
+        for panel_id, panel in self.config.panels.items():
+            will = SimulatedPlug.last_will(panel.plug)
+            client = self.broker.client(f"plug-{panel_id}", will=will)
+            self.plugs[panel_id] = SimulatedPlug(panel_id, panel.plug, client=client)
+            await self.plugs[panel_id].start()
+        self.watcher.start(self._show)
+        self.user.start(lambda event: None)
+        await asyncio.sleep(0)
+
+    def _show(self, event: BrokerEvent) -> None:
+        if isinstance(event, Connected):
+            self.watcher.subscribe([self.topics.daemon_event])
+        elif isinstance(event, Received):
+            body = json.loads(event.payload)
+            kind, panel = body.get("event_type"), body.get("panel")
+            if kind != "ending_soon":
+                text, colour = _describe(body)
+                self.story.line(panel or "redlight", text, colour)
+            for awaited in list(self._awaited):
+                if awaited[0] == kind and awaited[1] in (None, panel):
+                    self._awaited.remove(awaited)
+                    awaited[2].set_result(None)
+
+    def printed(self, kind: str, panel: str | None = None) -> asyncio.Future[None]:
+        """Done once the watcher has printed the next event of ``kind`` (for ``panel``)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._awaited.append((kind, panel, future))
+        return future
+
+    def command(self, panel: str, body: dict[str, Any] | str) -> None:
+        """Send a panel command, as Home Assistant or a user would."""
+        text = body if isinstance(body, str) else json.dumps(body)
+        self.story.line("you", f"{self.topics.panel_set(panel)} <- {text}", "35")
+        self.user.publish(Message(self.topics.panel_set(panel), text))
+
+    async def start(self) -> None:
+        """Safety rule 8: redlight asks every plug and switches it OFF, then says online."""
+        self.story.chapter("redlight starts: every plug is asked for its state and switched OFF")
+        online = self.broker.next(self.topics.status, lambda m: m.payload_bytes() == b"online")
+        self.task = asyncio.create_task(self.runtime.run())
+        await _wait(online)
+        self.story.line("redlight", "online; 3 panels: Tasmota, Shelly Gen2, Zigbee2MQTT", "32")
+
+    async def session_on_time(self) -> None:
+        """A session ends on time, with the plug's own off-timer armed (rules 3 and 5)."""
+        left = self.plugs["hip_left"]
+        self.story.chapter("A 4-second session on the left hip (Tasmota) ends on time")
+        finished = self.printed("session_finished", "hip_left")
+        self.command("hip_left", {"action": "start", "duration": "4s"})
+        await _until(left, on=True)
+        self.story.line(
+            "tasmota",
+            f"relay ON; PulseTime {left.pulsetime} ({pulsetime_seconds(left.pulsetime):g}s: the "
+            "plug's own off-timer, armed before the ON; Tasmota counts it in tenths of a second)",
+            "2",
+        )
+        await _wait(finished)
+        await _until(left, on=False)
+        self.story.line("tasmota", f"relay OFF after {left.on_seconds()[-1]:.1f}s", "2")
+
+    async def over_the_ceiling(self) -> None:
+        """Rule 1: a request over max_on is refused, never shortened."""
+        self.story.chapter("Asking for more than max_on is refused, never shortened")
+        rejected = self.printed("command_rejected", "hip_right")
+        self.command("hip_right", {"action": "start", "duration": "20s"})
+        await _wait(rejected)
+
+    async def routine(self) -> None:
+        """A routine's steps, with its prompt, to the end."""
+        self.story.chapter("A routine: left hip, a pause with a prompt, then the right hip")
+        done = self.printed("routine_finished")
+        self.story.line("you", f"{self.topics.routine_set('after_run')} <- START", "35")
+        self.user.publish(Message(self.topics.routine_set("after_run"), "START"))
+        await _wait(done)
+        await _until(self.plugs["hip_right"], on=False)
+
+    async def button_press(self) -> None:
+        """Rule 2: an ON redlight did not cause is cut off within what is left of max_on."""
+        right = self.plugs["hip_right"]
+        self.story.chapter(
+            f"Someone switches the right hip panel on at the plug itself, right after its step: "
+            f"ON time with less than {DEMO_MIN_OFF} OFF between is one exposure, within max_on"
+        )
+        ended = self.printed("session_finished", "hip_right")
+        right.press_button()
+        self.story.line("shelly", "relay ON by its button (redlight did not start this)", "2")
+        await _wait(ended)  # after cutoff_enforced
+        await _until(right, on=False)
+        self.story.line("shelly", f"relay OFF after {right.on_seconds()[-1]:.1f}s", "2")
+
+    async def shutdown(self) -> int:
+        """Rule 9: a shutdown mid-session switches everything off first; the exit code."""
+        knee = self.plugs["knee"]
+        self.story.chapter("Shutdown in the middle of a session: everything goes off first")
+        self.command("knee", "ON")
+        await _until(knee, on=True)
+        self.story.line("zigbee", f"relay ON (on_time {knee.failsafe_armed_s:g}s armed)", "2")
+        await asyncio.sleep(1.0)  # a second of the session, then the shutdown
+        ended = self.printed("session_finished", "knee")
+        self.runtime.request_shutdown()
+        assert self.task is not None
+        code = await self.task
+        await _wait(ended)
+        retained = self.broker.retained(self.topics.status)
+        said = retained.decode("utf-8", "replace") if retained is not None else "nothing"
+        self.story.line("redlight", f"offline (its retained status: {said})", "32")
+        for plug in self.plugs.values():
+            await plug.stop()
+        await self.watcher.stop()
+        await self.user.stop()
+        return code
+
+    def history(self) -> None:
+        """What the history database holds, once the writer has finished."""
+        self.writer.close(timeout=2.0)
+        with History.open(self.config.storage.path) as history:
+            rows = history.sessions()
+        self.story.chapter("History (SQLite)")
+        for row in rows:
+            line = f"{row.source:<13} {row.reason:<9} {row.actual_s or 0:.1f}s"
+            self.story.line(row.panel, line, "0")
+
+
+async def _until(plug: SimulatedPlug, on: bool) -> None:
+    async with asyncio.timeout(15.0):
+        await plug.wait_for(lambda p: p.is_on is on)
+
+
+async def _wait(what: Awaitable[Any]) -> None:
+    async with asyncio.timeout(15.0):
+        await what
 
 
 def _longest_exposure(plug: SimulatedPlug) -> float:

@@ -300,8 +300,9 @@ def as_text(report: Report) -> list[str]:
         where = f" ({totals.area})" if totals.area else ""
         dose = f", ~{totals.dose_j_cm2:.0f} J/cm²" if totals.dose_j_cm2 else ""
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(totals.reasons.items())) or "none"
+        count = f"{totals.sessions} session{'' if totals.sessions == 1 else 's'}"
         lines.append(
-            f"{totals.name}{where}: {totals.sessions} sessions, "
+            f"{totals.name}{where}: {count}, "
             f"{format_duration(round(totals.seconds))}{dose}; ended: {reasons}"
         )
     for item in report.adherence:

@@ -174,7 +174,7 @@ def _routine(config: Config, routine: str, payload: bytes) -> Command | Refused:
     if routine not in config.routines:
         unknown = cmd.Rejection("unknown_routine", f"there is no routine {routine!r}")
         return Refused(unknown, routine=routine)
-    return SwitchRoutine(routine, parsed.start)
+    return SwitchRoutine(routine, parsed.start, parsed.source)
 
 
 def _schedule(config: Config, schedule: str, payload: bytes) -> Command | Refused:

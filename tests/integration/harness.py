@@ -152,16 +152,27 @@ class Observer:
 class Daemon:
     """The real ``redlight run`` process."""
 
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        """Prepare; nothing runs until :meth:`start`."""
+    def __init__(
+        self,
+        config_path: Path,
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        """Prepare; nothing runs until :meth:`start`. ``env`` adds variables (REDLIGHT_...
+        overrides, which are otherwise removed); ``cwd`` is where the process runs."""
         self.config_path = config_path
         self.log_path = log_path
+        self.env = dict(env or {})
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         """Start the process (its output goes to a log file in tmp_path)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("REDLIGHT_")}
         env.pop("NOTIFY_SOCKET", None)
+        env.update(self.env)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
@@ -177,6 +188,7 @@ class Daemon:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=self.cwd,
         )
         log.close()
 

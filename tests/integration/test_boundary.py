@@ -64,7 +64,9 @@ def test_a_token_in_the_url_from_the_environment_exits_78(tmp_path: Path) -> Non
     done = run(write_config(tmp_path, ""), REDLIGHT_MQTT__URL=f"mqtts://u:{TOKEN}@broker")
     assert done.returncode == EXIT_CONFIG
     assert TOKEN not in done.stdout + done.stderr
-    assert done.stderr.startswith("mqtt.url: must not hold credentials")
+    assert done.stderr.startswith(
+        "mqtt.url (from the environment variable REDLIGHT_MQTT__URL): must not hold credentials"
+    )
 
 
 def test_a_password_without_a_username_exits_78(tmp_path: Path) -> None:

@@ -104,9 +104,12 @@ async def test_start_routine_waits_for_its_first_step(system: System) -> None:
     assert "cooldown" in refused.err
     assert system.plugs["tasmota"].on_commands == 1  # the one session before
     await asyncio.sleep(8)  # the cooldown is over
+    mark = system.observer.mark()
     started = await redlight(system, "start", "--routine", "post_run")
     assert (started.code, started.out) == (0, "started routine Post-run (2 steps)\n")
     await until(system.plugs["tasmota"], is_on)
+    # Issue 14 item 10: the command line's routine is the command line's, not Home Assistant's.
+    assert (await system.observer.event("routine_started", since=mark))["source"] == "cli"
 
 
 async def test_interrupted_follow_says_the_session_goes_on(system: System) -> None:
@@ -163,6 +166,71 @@ async def test_a_wrong_broker_port_fails_at_once_with_the_reason(system: System)
     assert took_s < 5  # a Python start-up and one attempt; the timeout is 10 s
 
 
+async def test_an_unknown_host_fails_at_once_with_the_reason(system: System) -> None:
+    """Issue 14 item 5: a broker host that does not exist: one line with the resolver's
+    reason, at the first attempt. ``.invalid`` never resolves (RFC 6761), and resolvers
+    answer so at once (a made-up name under a real domain could wait for DNS timeouts)."""
+    await system.up(["tasmota"], start=False)
+    config = system.tmp / "config.toml"
+    config.write_text(
+        config.read_text().replace(f"127.0.0.1:{system.broker.port}", "nonexistent.invalid:1883")
+    )
+    began = asyncio.get_running_loop().time()
+    ran = await redlight(system, "status")
+    took_s = asyncio.get_running_loop().time() - began
+    assert ran.code == 1
+    assert ran.err.startswith(
+        "redlight: cannot connect to the broker at mqtt://nonexistent.invalid:1883: [Errno "
+    )
+    assert "Name or service not known" in ran.err or "not known" in ran.err
+    assert len(ran.err.splitlines()) == 1
+    assert took_s < 5  # a Python start-up and one attempt; the timeout is 10 s
+
+
+async def test_check_connect_asks_every_plug_and_switches_nothing(system: System) -> None:
+    """Issue 14 item 5: ``check --connect`` says the broker took the connection, then one line
+    per panel: the plug that answered the state question (with its state and topic), and the
+    one that did not (with the topic waited on), exit 1. The plug that is on stays on."""
+    await system.up(["tasmota", "shelly_gen2"], start=False)
+    answering, silent = system.plugs["tasmota"], system.plugs["shelly_gen2"]
+    answering.press_button()
+    silent.set_responsive(False)
+    mark = system.observer.mark()
+    ran = await redlight(system, "check", "--connect")
+    assert ran.code == 1, ran.err
+    lines = ran.out.splitlines()
+    assert lines[1] == f"broker: connected to mqtt://127.0.0.1:{system.broker.port} (MQTT 5)"
+    assert lines[2] == "redlight: not running (fine for a check), by redlight/status"
+    assert lines[3].startswith("tasmota: answered, on (tasmota on stat/sim_tasmota/")
+    assert ran.err == (
+        "shelly_gen2: no answer on shellyplusplugs-sim2/status/switch:0 within 2s "
+        "(shellyplusplugs-sim2/online says online)\n"
+    )
+    assert answering.is_on
+    assert answering.on_commands == 0
+    sent = {m.topic for m in system.observer.seen[mark:]}
+    assert "cmnd/sim_tasmota/POWER" in sent  # the question: an empty POWER, as the daemon asks
+    assert not [m for m in system.observer.seen[mark:] if m.topic.startswith("cmnd/") and m.payload]
+
+
+async def test_check_connect_without_a_broker_says_why(system: System) -> None:
+    """Issue 14 item 5: the config is fine but nothing listens: ``check --connect`` names the
+    broker's refusal, exit 1 (plain ``check`` still says OK: it only reads the file)."""
+    await system.up(["tasmota"], start=False)
+    config = system.tmp / "config.toml"
+    port = free_port()
+    config.write_text(
+        config.read_text().replace(f"127.0.0.1:{system.broker.port}", f"127.0.0.1:{port}")
+    )
+    ran = await redlight(system, "check", "--connect")
+    assert ran.code == 1
+    assert ran.out.endswith(": OK (1 panel, 0 routines, 0 schedules; max_on 15m)\n")
+    assert ran.err == (
+        f"broker: cannot connect to the broker at mqtt://127.0.0.1:{port}: "
+        "[Errno 111] Connection refused\n"
+    )
+
+
 async def test_a_plug_never_heard_from_is_not_online(system: System) -> None:
     """Issue 14 item 6: a topic typo: ``status`` says the plug was never heard from (not
     "online"), and a start is refused naming the topic redlight waited on."""
@@ -213,6 +281,18 @@ async def test_off_all_switches_plugs_off_without_the_daemon(system: System) -> 
     assert "confirmed off: shelly_gen2, tasmota, zigbee2mqtt" in ran.out
     for plug in system.plugs.values():
         await until(plug, is_off)
+
+
+async def test_off_switches_only_the_panels_named(system: System) -> None:
+    """Issue 14 item 10: ``off PANEL`` (it was a usage error without ``--all``) switches that
+    plug off straight, and leaves the others as they are."""
+    await system.up(["tasmota", "esphome"], start=False)
+    for plug in system.plugs.values():
+        plug.press_button()
+    ran = await redlight(system, "off", "tasmota")
+    assert (ran.code, ran.out, ran.err) == (0, "OFF sent to 1 plug; confirmed off: tasmota\n", "")
+    assert not system.plugs["tasmota"].is_on
+    assert system.plugs["esphome"].is_on
 
 
 async def test_off_all_reports_plugs_that_do_not_confirm(system: System) -> None:

@@ -258,6 +258,34 @@ def test_the_command_line_says_at_once_why_it_cannot_connect(secure: Secure) -> 
         assert took_s < 5  # a Python start-up and one attempt; the timeout is 10 s
 
 
+def test_check_connect_says_whether_the_credentials_were_taken(secure: Secure) -> None:
+    """Issue 14 item 5: ``check --connect`` with the right password says who it connected as;
+    with a wrong one, the broker's refusal, never the password. (No plug answers here: the
+    panel's line says so, exit 1.)"""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REDLIGHT_")}
+    good = secure.config(name="good.toml", extra='[safety]\nconfirm_timeout = "1s"')
+    bad = secure.config(password="not-the-password", name="bad-password.toml")  # noqa: S106
+    ran = {}
+    for config in (good, bad):
+        ran[config] = subprocess.run(
+            [sys.executable, "-m", "redlight", "check", "--connect", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env=clean,
+            timeout=WAIT_S * 2,
+            check=False,
+        )
+    url = f"mqtts://127.0.0.1:{secure.tls_port}"
+    lines = ran[good].stdout.splitlines()
+    assert lines[1] == f"broker: connected to {url} as redlight (MQTT {secure.protocol})"
+    assert ran[good].stderr.startswith("hip_left: no answer on stat/secure_left/")
+    assert ran[bad].returncode == 1
+    assert ran[bad].stderr.startswith(f"broker: cannot connect to the broker at {url}: refused: ")
+    for done in ran.values():
+        assert PASSWORD not in done.stdout + done.stderr
+        assert "not-the-password" not in done.stdout + done.stderr
+
+
 async def test_an_untrusted_broker_certificate_is_refused(
     secure: Secure, run_daemon: list[Process]
 ) -> None:

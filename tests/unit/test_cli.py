@@ -81,3 +81,52 @@ def test_check_fails_on_a_storage_path_that_cannot_be_created(
     err = capsys.readouterr().err
     assert err.startswith(f"redlight: the history database is unavailable: {blocker}")
     assert "no history yet" not in err
+
+
+TWO_PANELS = (
+    '[panels.hip_left]\nplug = { preset = "tasmota", topic = "l" }\n'
+    '[panels.hip_right]\nplug = { preset = "tasmota", topic = "r" }\n'
+    '[routines.post_run]\nsteps = [{ panels = ["hip_left"], duration = "1m" }]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["start", "hip_left", "--routine", "post_run"],
+            "a routine sets its own panels and lengths: 'redlight start --routine ID', or "
+            "'redlight start PANEL [--duration 10m | --dose 30]', not both",
+        ),
+        (
+            ["start", "--routine", "post_run", "--duration", "5m"],
+            "a routine sets its own panels and lengths: 'redlight start --routine ID', or "
+            "'redlight start PANEL [--duration 10m | --dose 30]', not both",
+        ),
+        (
+            ["start", "hip_left", "--duration", "10"],
+            "--duration: give a unit, e.g. 10m for minutes or 10s for seconds "
+            "(a bare number is ambiguous)",
+        ),
+        (
+            ["off"],
+            "name the panels to switch off (e.g. 'redlight off hip_left'), or use --all "
+            "(panels: hip_left, hip_right)",
+        ),
+        (["off", "hip_left", "--all"], "name panels to switch off, or use --all, not both"),
+        (
+            ["off", "hip_left", "nope"],
+            "there is no panel 'nope' in the config (panels: hip_left, hip_right)",
+        ),
+    ],
+)
+def test_ambiguous_commands_are_refused_before_anything_is_sent(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14 item 10: a panel beside a routine (the panel was ignored), a bare number for a
+    duration (seconds here, minutes in Home Assistant), ``off`` with nothing to switch: each
+    is one sentence and exit 1, before any broker is asked (none runs here)."""
+    path = tmp_path / "config.toml"
+    path.write_text('[mqtt]\nurl = "mqtt://127.0.0.1:9"\n' + TWO_PANELS)
+    assert main([*argv, "--config", str(path)]) == 1
+    assert capsys.readouterr().err == f"redlight: {message}\n"

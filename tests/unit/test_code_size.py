@@ -26,10 +26,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("storage", "HistoryWriter.__init__"): (
         "declares the writer thread's state, one commented field per line (a line over)"
     ),
-    ("demo", "_story"): (
-        "the demo's story, one step after another as the user reads it; issue 14 reworks "
-        "what the demo prints and splits it into its sections then"
-    ),
     ("mqtt", "PahoClient"): (
         "the paho adapter: the port's methods on the loop and paho's callbacks on its thread "
         "share one paho client and its connection flags; building the client and touching "

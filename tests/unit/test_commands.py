@@ -73,6 +73,25 @@ def test_routine_and_schedule_commands() -> None:
     assert isinstance(cmd.parse_routine_command(b"GO"), cmd.Rejection)
 
 
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"action": "start", "source": "schedule"}', "invalid_payload"),
+        (b'{"action": "go"}', "unknown_action"),
+        (b'{"action": "start", "panel": "hip_left"}', "invalid_payload"),
+        (b"{not json", "invalid_payload"),
+    ],
+)
+def test_a_json_routine_command_that_is_not_a_start_or_stop_is_refused(
+    payload: bytes, reason: str
+) -> None:
+    """The routine topic's JSON form takes only ``action``, ``source`` (homeassistant or cli)
+    and ``request_id``; anything else is a rejection with its reason."""
+    rejected = cmd.parse_routine_command(payload)
+    assert isinstance(rejected, cmd.Rejection)
+    assert rejected.reason == reason
+
+
 PARSERS = (
     cmd.parse_panel_command,
     cmd.parse_daemon_command,

@@ -205,7 +205,47 @@ def test_environment_cannot_raise_the_ceiling(
 ) -> None:
     """The ceiling holds for values from the environment too."""
     monkeypatch.setenv("REDLIGHT_SAFETY__MAX_ON", "30m")
-    assert problems(tmp_path, MINIMAL) == ["safety.max_on: must be at most 15 minutes (got 30m)"]
+    assert problems(tmp_path, MINIMAL) == [
+        "safety.max_on (from the environment variable REDLIGHT_SAFETY__MAX_ON): "
+        "must be at most 15 minutes (got 30m)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "REDLIGHT_MQTT__HOTS",
+            "mqtt.hots (from the environment variable REDLIGHT_MQTT__HOTS): unknown key",
+        ),
+        (
+            "REDLIGHT_PANELS__HIP_LEFT__NAMEE",
+            "panels.hip_left.namee (from the environment variable "
+            "REDLIGHT_PANELS__HIP_LEFT__NAMEE): unknown key",
+        ),
+        (
+            "REDLIGHT_MQQT__URL",
+            "environment variable REDLIGHT_MQQT__URL: there is no section 'mqqt' (sections: "
+            "mqtt, homeassistant, safety, storage, panels, routines, schedules)",
+        ),
+    ],
+)
+def test_an_environment_variable_typo_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, expected: str
+) -> None:
+    """Issue 14 item 10: a typo in an override names the variable (the key is in no file), and
+    one in its section, which pydantic-settings would ignore without a word, is an error too."""
+    monkeypatch.setenv(name, "x")
+    assert problems(tmp_path, MINIMAL) == [expected]
+
+
+def test_other_redlight_variables_are_not_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only ``REDLIGHT_<SECTION>__<KEY>`` is an override: ``REDLIGHT_CONFIG`` and a tool's own
+    ``REDLIGHT_SOMETHING`` (no double underscore) are left alone."""
+    monkeypatch.setenv("REDLIGHT_TEST_PROTOCOL", "5")
+    assert set(load_config(write(tmp_path, MINIMAL)).panels) == {"hip_left"}
 
 
 def test_password_from_a_credential_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -294,7 +334,9 @@ def test_user_info_from_the_environment_is_refused_too(
     monkeypatch.setenv("REDLIGHT_MQTT__URL", f"mqtt://{TOKEN}@broker")
     found = problems(tmp_path, MINIMAL)
     assert len(found) == 1
-    assert found[0].startswith("mqtt.url: must not hold credentials")
+    assert found[0].startswith(
+        "mqtt.url (from the environment variable REDLIGHT_MQTT__URL): must not hold credentials"
+    )
     assert TOKEN not in found[0]
 
 

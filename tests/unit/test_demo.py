@@ -45,3 +45,63 @@ async def test_demo_story_shows_every_promise_and_exits_0(
     assert "session finished: shutdown" in text
     assert "Every panel is off; the longest exposure of any panel: 8.0s" in text
     assert "\033[" not in text  # no colour codes when not on a terminal
+
+
+def sections(text: str) -> dict[str, list[str]]:
+    """The demo's output by heading (``== ...``); the lines before the first under ``""``."""
+    found: dict[str, list[str]] = {"": []}
+    heading = ""
+    for line in text.splitlines():
+        if line.startswith("== "):
+            heading = line[3:]
+            found[heading] = []
+        elif line:
+            found[heading].append(line)
+    return found
+
+
+async def demo_text(monkeypatch: pytest.MonkeyPatch) -> str:
+    """What the demo prints (called from a looptime test: virtual time, milliseconds)."""
+    monkeypatch.setattr(demo, "HistoryWriter", AnsweringWriter)
+    out = io.StringIO()
+    assert await run_demo(out) == 0
+    return out.getvalue()
+
+
+@pytest.mark.looptime
+async def test_the_demo_says_its_ceiling_before_it_begins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 item 9: the 8 s ceiling is announced up front, before the first heading."""
+    text = await demo_text(monkeypatch)
+    before = sections(text)[""]
+    assert any("max_on is 8s here (15 minutes for real)" in line for line in before)
+
+
+@pytest.mark.looptime
+async def test_pulsetime_is_explained_where_it_is_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 item 9: ``PulseTime 60`` says what it is: 6 s, the plug's own off-timer."""
+    text = await demo_text(monkeypatch)
+    assert (
+        "relay ON; PulseTime 60 (6s: the plug's own off-timer, armed before the ON; "
+        "Tasmota counts it in tenths of a second)"
+    ) in text
+
+
+@pytest.mark.looptime
+async def test_the_offline_status_is_text_not_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 item 9: the retained status is printed as text, not as a Python bytes repr."""
+    text = await demo_text(monkeypatch)
+    assert "offline (its retained status: offline)" in text
+    assert "b'" not in text
+
+
+@pytest.mark.looptime
+async def test_every_event_line_is_under_its_own_heading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 item 9: a section waits for the lines it announces before the next heading:
+    the cut-off session's end is under the button's heading, not under the shutdown's."""
+    text = await demo_text(monkeypatch)
+    found = sections(text)
+    [button] = [h for h in found if h.startswith("Someone switches the right hip panel on")]
+    [shutdown] = [h for h in found if h.startswith("Shutdown in the middle")]
+    assert any("hip_right  session finished: cutoff after 6s" in line for line in found[button])
+    assert not [line for line in found[shutdown] if "hip_right" in line]
+    assert found[shutdown][-1].endswith("offline (its retained status: offline)")

@@ -285,3 +285,11 @@ def test_history_command_shows_the_weeks_and_their_goal(
     assert main(["history", "--config", str(path), "--days", "1", "--json"]) == 0
     [week] = json.loads(capsys.readouterr().out)["weeks"]
     assert week["panels"]["hip_left"] == {"seconds": 600, "goal_s": 600, "met": True}
+
+
+def test_one_session_is_one_session() -> None:
+    """Issue 14 item 10: a panel with a single session reads "1 session", not "1 sessions"."""
+    config = make_config()
+    rows = [row(TODAY, 19, "sauna", 300)]
+    lines = as_text(build_report(config, rows, today=TODAY, days=7, zone=AMS, now=NOW))
+    assert "Sauna: 1 session, 5m; ended: completed 1" in lines

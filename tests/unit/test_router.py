@@ -78,6 +78,15 @@ def test_a_routine_started_by_a_command_comes_from_home_assistant() -> None:
     assert routed("redlight/routine/post_run/set", "START").source == "homeassistant"
 
 
+def test_a_routine_started_by_the_command_line_comes_from_the_command_line() -> None:
+    """Issue 14 item 10: the command line's JSON start names ``cli`` as the routine's source,
+    so its log line and ``routine_started`` say who started it."""
+    payload = '{"action": "start", "source": "cli"}'
+    assert routed("redlight/routine/post_run/set", payload) == SwitchRoutine(
+        "post_run", start=True, source="cli"
+    )
+
+
 @pytest.mark.parametrize(
     ("topic", "payload", "expected"),
     [
