@@ -65,6 +65,9 @@ _EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
         "redlight start --routine post_run --follow",
     ),
     "stop": ("redlight stop hip_left", "redlight stop --all"),
+    "extend": ("redlight extend hip_left 2m   # never past safety.max_on of on-time in all",),
+    "pause": ("redlight pause hip_left   # resume within safety.max_pause, or the session ends",),
+    "resume": ("redlight resume hip_left",),
     "off": (
         "redlight off --all   # ExecStopPost=: straight to the plugs, no daemon needed",
         "redlight off hip_left hip_right",
@@ -158,6 +161,14 @@ def _add_session_commands(commands: _Commands) -> None:
     stop = commands.add("stop", "stop a session, or every session")
     stop.add_argument("panel", nargs="?", help="panel id")
     stop.add_argument("--all", action="store_true", help="stop every session")
+
+    extend = commands.add("extend", "make a running or paused session longer, within max_on")
+    extend.add_argument("panel", help="panel id")
+    extend.add_argument("by", help="how much longer, with its unit, e.g. 2m or 90s")
+    pause = commands.add("pause", "switch a panel off and keep its session, to resume it")
+    pause.add_argument("panel", help="panel id")
+    resume = commands.add("resume", "switch a paused session's panel on for what it has left")
+    resume.add_argument("panel", help="panel id")
 
     off = commands.add("off", "switch plugs OFF directly, without the daemon")
     off.add_argument("panels", nargs="*", metavar="PANEL", help="panel ids (or --all)")
@@ -262,14 +273,14 @@ def _client_command(config: Config, args: argparse.Namespace) -> int:
     """The commands that talk to the broker, or read the history, as a client of the daemon."""
     if args.command == "history":
         return _history(config, args)
-    if args.command == "status":
-        return asyncio.run(_status(config))
+    if args.command in ("status", "schedules"):
+        return asyncio.run(_status(config) if args.command == "status" else _schedules(config))
     if args.command == "start":
         return asyncio.run(_start(config, args))
     if args.command == "stop":
         return asyncio.run(_stop(config, args))
-    if args.command == "schedules":
-        return asyncio.run(_schedules(config))
+    if args.command in ("extend", "pause", "resume"):
+        return asyncio.run(_control(config, args))
     return asyncio.run(_off(config, _off_panels(config, args)))
 
 
@@ -593,17 +604,7 @@ def _start_command(args: argparse.Namespace) -> dict[str, Any]:
     """The JSON start command for ``redlight start PANEL``, with a fresh request id."""
     body: dict[str, Any] = {"action": "start", "source": "cli"}
     if args.duration:
-        if args.duration.strip().replace(".", "", 1).isdigit():
-            # Home Assistant's number and duration/set are minutes, a JSON duration is seconds:
-            # a bare number here would be one or the other by surprise.
-            raise UserError(
-                f"--duration: give a unit, e.g. {args.duration.strip()}m for minutes or "
-                f"{args.duration.strip()}s for seconds (a bare number is ambiguous)"
-            )
-        try:
-            body["duration"] = parse_duration(args.duration).total_seconds()
-        except ValueError as error:
-            raise UserError(f"--duration: {error}") from None
+        body["duration"] = _with_unit(args.duration, "--duration")
     if args.dose is not None:
         body["dose_j_cm2"] = args.dose
     body["request_id"] = f"cli-{secrets.token_hex(4)}"
@@ -867,6 +868,87 @@ async def _stop(config: Config, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_FAILED if unconfirmed else EXIT_OK
+
+
+async def _control(config: Config, args: argparse.Namespace) -> int:
+    """``extend``, ``pause``, ``resume``: the daemon's answer, and for a pause the plug's OFF."""
+    _known_panel(config, args.panel)
+    body: dict[str, Any] = {"action": args.command, "request_id": f"cli-{secrets.token_hex(4)}"}
+    if args.command == "extend":
+        body["by"] = _with_unit(args.by, "by")
+    async with Link(config, "cli") as link:
+        state_topic = link.topics.panel_state(args.panel)
+        event = _answer(await _ask(link, args.panel, body, also=state_topic))
+        if event is None:
+            return EXIT_FAILED
+        if args.command == "pause":
+            within = config.safety.confirm_timeout.total_seconds() + STOP_MARGIN_S
+            off = await link.wait_for(
+                lambda m: m.topic == state_topic and _json(m.payload).get("plug") == "off", within
+            )
+            return _paused(config, args.panel, event, confirmed=off is not None)
+    print(_control_line(args.panel, event))
+    return EXIT_OK
+
+
+async def _ask(link: Link, panel: str, body: dict[str, Any], *, also: str) -> Received | None:
+    """Publish ``body`` to ``panel`` and wait for the event that answers its request id
+    (listening on ``also`` too, from before it went out)."""
+    await _daemon_online(link)
+    event_topic = link.topics.panel_event(panel)
+    await link.subscribe([event_topic, also])
+    await link.messages(quiet_s=0.2)  # let the subscriptions settle
+    link.publish(link.topics.panel_set(panel), dumps(body))
+    rid = body["request_id"]
+    return await link.wait_for(
+        lambda m: m.topic == event_topic and _json(m.payload).get("request_id") == rid,
+        ANSWER_TIMEOUT_S,
+    )
+
+
+def _with_unit(text: str, what: str) -> float:
+    """A duration from the command line, in seconds; a bare number is refused (minutes or
+    seconds? Home Assistant counts minutes where JSON counts seconds)."""
+    if text.strip().replace(".", "", 1).isdigit():
+        raise UserError(
+            f"{what}: give a unit, e.g. {text.strip()}m for minutes or {text.strip()}s for "
+            "seconds (a bare number is ambiguous)"
+        )
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as error:
+        raise UserError(f"{what}: {error}") from None
+
+
+def _control_line(panel: str, event: dict[str, Any]) -> str:
+    """What an extension or a resume did, as the daemon said it."""
+    until = str(event.get("ends_at") or "")[11:19]
+    if event.get("event_type") == "session_resumed":
+        left = format_duration(float(event.get("remaining_s", 0)))
+        return f"resumed {panel}: {left} left, until {until}"
+    total = format_duration(float(event.get("duration_s", 0)))
+    line = f"extended {panel} by {format_duration(float(event.get('by_s', 0)))}: {total} in all"
+    if not until:
+        return line + " (paused: the end moves with the resume)"
+    line += f", until {until}"
+    if "failsafe_s" in event:
+        line += f"; the plug's own timer is re-armed for {format_duration(event['failsafe_s'])}"
+    return line
+
+
+def _paused(config: Config, panel: str, event: dict[str, Any], *, confirmed: bool) -> int:
+    """A pause is done once the plug confirmed OFF; said otherwise, and exit 1."""
+    left = format_duration(float(event.get("remaining_s", 0)))
+    by = str(event.get("resume_by", ""))[11:19]
+    if not confirmed:
+        print(
+            f"not confirmed off: {panel} (paused, but redlight waited for a report on "
+            f"{_report_topic(config, panel)}); it keeps sending OFF, check the plug",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    print(f"paused {panel}: off, {left} left; 'redlight resume {panel}' before {by}, or it ends")
+    return EXIT_OK
 
 
 def _known_panel(config: Config, panel: str | None) -> None:

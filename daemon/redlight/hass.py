@@ -32,6 +32,9 @@ PANEL_EVENT_TYPES: Final = (
     "plug_unresponsive",
     "plug_recovered",
     "ending_soon",
+    "session_extended",
+    "session_paused",
+    "session_resumed",
     "relay_stuck",
     "off_not_obeyed",
 )
@@ -47,7 +50,9 @@ DAEMON_EVENT_TYPES: Final = (
 #: renders those empty, which Home Assistant ignores (at debug level), and takes only its own.
 _DAEMON_EVENTS_ONLY: Final = "{{ value if value_json.panel is none else '' }}"
 #: The values of the ``State`` enum sensor.
-PANEL_STATES: Final = ("idle", "running", "cooldown", "fault")
+PANEL_STATES: Final = ("idle", "running", "paused", "cooldown", "fault")
+#: What the ``Extend`` button adds to a session (within ``max_on`` of on-time in all).
+EXTEND_STEP: Final = "2m"
 
 _UNSAFE: Final = re.compile(r"[^a-zA-Z0-9_-]")
 
@@ -140,7 +145,9 @@ def panel_components(config: Config, panel: str) -> dict[str, dict[str, Any]]:
     event_types = [t for t in PANEL_EVENT_TYPES if verified or t != "relay_stuck"]
     components = {
         **_panel_controls(config, panel, uid, state),
+        **_session_controls(topics, panel, uid, state),
         **_panel_readings(uid, state),
+        "remaining": _remaining(uid, state),
         **_week_components(config, panel, uid, state),
         "plug": {
             "platform": "binary_sensor",
@@ -203,6 +210,70 @@ def _panel_controls(config: Config, panel: str, uid: str, state: str) -> dict[st
             "value_template": "{{ (value_json.default_duration_s / 60) | round(2) }}",
             "retain": False,
         },
+    }
+
+
+#: When each session control makes sense, read off the panel's state: only for a session
+#: redlight started (an ON from elsewhere is cut off at max_on, not paused or lengthened).
+_OWN: Final = "value_json.session and value_json.session.source != 'external'"
+_CONTROL_WHEN: Final = {
+    "extend": f"{_OWN} and value_json.state in ('running', 'paused')",
+    "pause": f"{_OWN} and value_json.state == 'running'",
+    "resume": f"{_OWN} and value_json.state == 'paused'",
+}
+
+
+def _session_controls(
+    topics: Topics, panel: str, uid: str, state: str
+) -> dict[str, dict[str, Any]]:
+    """Buttons for the session that runs: ``Extend 2 min``, ``Pause``, ``Resume``; each
+    available only while it applies (a second availability entry on the panel's state)."""
+    buttons = {
+        "extend": ("Extend 2 min", "mdi:timer-plus-outline", {"by": EXTEND_STEP}),
+        "pause": ("Pause", "mdi:pause-circle-outline", {}),
+        "resume": ("Resume", "mdi:play-circle-outline", {}),
+    }
+    return {
+        key: {
+            "platform": "button",
+            "unique_id": f"{uid}_{key}",
+            "name": name,
+            "icon": icon,
+            "command_topic": topics.panel_set(panel),
+            "payload_press": dumps({"action": key, **extra}),
+            "retain": False,
+            "availability_mode": "all",
+            "availability": [
+                *_availability(topics),
+                {
+                    "topic": state,
+                    "value_template": f"{{{{ 'yes' if {_CONTROL_WHEN[key]} else 'no' }}}}",
+                    "payload_available": "yes",
+                    "payload_not_available": "no",
+                },
+            ],
+        }
+        for key, (name, icon, extra) in buttons.items()
+    }
+
+
+def _remaining(uid: str, state: str) -> dict[str, Any]:
+    """``Remaining``: the on-time a session has left, paused or not."""
+    # What is left, paused or not: published with the state (at least once a minute while a
+    # session runs, TODAY_EVERY_S), so a countdown that never floods the broker; "Session
+    # ends" is the exact one, and Home Assistant shows it counting down ("in 4 minutes").
+    return {
+        "platform": "sensor",
+        "unique_id": f"{uid}_remaining",
+        "name": "Remaining",
+        "icon": "mdi:timer-sand",
+        "device_class": "duration",
+        "unit_of_measurement": "min",
+        "suggested_display_precision": 1,
+        "state_topic": state,
+        "value_template": (
+            "{{ (value_json.session.remaining_s / 60) | round(2) if value_json.session else None }}"
+        ),
     }
 
 

@@ -302,3 +302,35 @@ async def test_off_all_reports_plugs_that_do_not_confirm(system: System) -> None
     ran = await redlight(system, "off", "--all")
     assert ran.code == 1
     assert "not confirmed (check them): esphome" in ran.err
+
+
+async def test_extend_pause_and_resume_say_what_happened(system: System) -> None:
+    """Issue 14's session controls against the real daemon: ``extend`` says the new length
+    and re-arms the plug's own timer; ``pause`` returns once the plug is off; ``resume``
+    lights it again; a refusal exits 1 with the reason."""
+    await system.up(["tasmota"])
+    plug = system.plugs["tasmota"]
+    assert (await redlight(system, "start", "tasmota", "--duration", "2m")).code == 0
+    await until(plug, is_on)
+    extended = await redlight(system, "extend", "tasmota", "1m")
+    assert extended.code == 0, extended.err
+    assert extended.out.startswith("extended tasmota by 1m: 3m in all, until ")
+    assert "the plug's own timer is re-armed for" in extended.out
+    armed = plug.failsafe_armed_s
+    assert armed is not None
+    assert 180 < armed <= 180 + 30  # what is left of 3m, plus failsafe_margin
+    too_long = await redlight(system, "extend", "tasmota", "13m")
+    assert too_long.code == 1
+    assert "(over_max_on)" in too_long.err
+    paused = await redlight(system, "pause", "tasmota")
+    assert paused.code == 0, paused.err
+    assert paused.out.startswith("paused tasmota: off, ")
+    assert not plug.is_on
+    resumed = await redlight(system, "resume", "tasmota")
+    assert resumed.code == 0, resumed.err
+    assert resumed.out.startswith("resumed tasmota: ")
+    await until(plug, is_on)
+    again = await redlight(system, "resume", "tasmota")
+    assert again.code == 1
+    assert "(not_paused)" in again.err
+    assert (await redlight(system, "stop", "tasmota")).out == "stopped: tasmota\n"

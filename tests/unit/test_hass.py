@@ -101,7 +101,8 @@ def test_one_device_per_panel_via_the_redlight_device() -> None:
 
 
 def test_panel_entities_are_exactly_the_specs() -> None:
-    """Session, Session length, Session ends, State, Today, Plug, Session events (SPEC §4)."""
+    """Session, Session length, Session ends, State, Today, Plug, Session events (SPEC §4),
+    and the session controls, Remaining and This week (issue 14)."""
     left = discovery_payloads(full_config())[
         "homeassistant/device/redlight_redlight__hip_left/config"
     ]
@@ -109,7 +110,11 @@ def test_panel_entities_are_exactly_the_specs() -> None:
     assert named == {
         "Session": "switch",
         "Session length": "number",
+        "Extend 2 min": "button",
+        "Pause": "button",
+        "Resume": "button",
         "Session ends": "sensor",
+        "Remaining": "sensor",
         "State": "sensor",
         "Today": "sensor",
         "This week": "sensor",
@@ -120,7 +125,7 @@ def test_panel_entities_are_exactly_the_specs() -> None:
     assert parts["session"]["command_topic"] == "redlight/panel/hip_left/set"
     assert (parts["length"]["min"], parts["length"]["max"]) == (1.0, 15.0)
     assert parts["ends"]["device_class"] == "timestamp"
-    assert parts["state"]["options"] == ["idle", "running", "cooldown", "fault"]
+    assert parts["state"]["options"] == ["idle", "running", "paused", "cooldown", "fault"]
     assert parts["plug"]["device_class"] == "connectivity"
     assert parts["plug"]["entity_category"] == "diagnostic"
     assert parts["length"]["entity_category"] == "config"
@@ -129,6 +134,35 @@ def test_panel_entities_are_exactly_the_specs() -> None:
     assert not {"routine_step", "schedule_offer"} & set(parts["events"]["event_types"])
     assert parts["session"]["default_entity_id"] == "switch.redlight_hip_left_session"
     assert parts["length"]["default_entity_id"] == "number.redlight_hip_left_session_length"
+
+
+def test_the_session_controls_are_buttons_available_while_they_apply() -> None:
+    """Extend, Pause and Resume press the panel's JSON commands; each is available only
+    while redlight is online and the panel's state says it applies (never for an ON redlight
+    did not start). Remaining reads the state's remaining_s in minutes."""
+    parts = discovery_payloads(full_config())[
+        "homeassistant/device/redlight_redlight__hip_left/config"
+    ]["components"]
+    presses = {key: parts[key]["payload_press"] for key in ("extend", "pause", "resume")}
+    assert presses == {
+        "extend": '{"action":"extend","by":"2m"}',
+        "pause": '{"action":"pause"}',
+        "resume": '{"action":"resume"}',
+    }
+    own = "value_json.session and value_json.session.source != 'external'"
+    assert parts["pause"]["availability_mode"] == "all"
+    assert parts["pause"]["availability"][1] == {
+        "topic": "redlight/panel/hip_left/state",
+        "value_template": f"{{{{ 'yes' if {own} and value_json.state == 'running' else 'no' }}}}",
+        "payload_available": "yes",
+        "payload_not_available": "no",
+    }
+    assert "'paused'" in parts["resume"]["availability"][1]["value_template"]
+    assert "('running', 'paused')" in parts["extend"]["availability"][1]["value_template"]
+    assert parts["extend"]["command_topic"] == "redlight/panel/hip_left/set"
+    assert parts["extend"]["default_entity_id"] == "button.redlight_hip_left_extend_2_min"
+    assert parts["remaining"]["unit_of_measurement"] == "min"
+    assert "remaining_s / 60" in parts["remaining"]["value_template"]
 
 
 def with_goal(goal: str = "1h") -> Config:
