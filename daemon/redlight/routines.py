@@ -164,8 +164,9 @@ class Routines:
         """End a run; any of its sessions still on are stopped first."""
         self.runs.pop(run.routine, None)
         for session_id, panel in list(run.sessions.items()):
-            current = self.core.panels[panel].session
-            if current is not None and current.id == session_id:
+            state = self.core.panels[panel]
+            # Running, or paused by its user (its panel off, the session not over).
+            if any(s is not None and s.id == session_id for s in (state.session, state.paused)):
                 out.extend(self.core.stop(panel, now))
         run.sessions.clear()
         fields: dict[str, Any] = {"reason": reason, "step": run.step + 1}

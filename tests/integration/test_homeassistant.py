@@ -111,6 +111,10 @@ EXPECTED_ENTITIES: Final = {
     "redlight_redlight__tasmota_session": "switch.redlight_tasmota_session",
     "redlight_redlight__tasmota_length": "number.redlight_tasmota_session_length",
     "redlight_redlight__tasmota_ends": "sensor.redlight_tasmota_session_ends",
+    "redlight_redlight__tasmota_remaining": "sensor.redlight_tasmota_remaining",
+    "redlight_redlight__tasmota_extend": "button.redlight_tasmota_extend_2_min",
+    "redlight_redlight__tasmota_pause": "button.redlight_tasmota_pause",
+    "redlight_redlight__tasmota_resume": "button.redlight_tasmota_resume",
     "redlight_redlight__tasmota_state": "sensor.redlight_tasmota_state",
     "redlight_redlight__tasmota_today": "sensor.redlight_tasmota_today",
     "redlight_redlight__tasmota_week": "sensor.redlight_tasmota_this_week",
@@ -140,6 +144,10 @@ def entity_ids() -> dict[str, str]:
 AREA_WEEK: Final = "sensor.redlight_left_hip_area_this_week"
 #: The one entity that is unavailable while no offer is open.
 ACCEPT: Final = "redlight_redlight_accept_offer"
+#: The session controls: each available only while it applies (none while idle).
+CONTROLS: Final = tuple(
+    f"redlight_redlight__tasmota_{key}" for key in ("extend", "pause", "resume")
+)
 
 #: Log lines in which Home Assistant rejects or mis-reads something redlight sent.
 REJECTED: Final = re.compile(
@@ -543,8 +551,8 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
         await observer.wait("test/snapshot/done", since=snapshot)
 
         # (a) An entity for every discovered component, each available (redlight is online),
-        # but Accept offer, which is available only while an offer is open.
-        always = {uid: e for uid, e in expected.items() if uid != ACCEPT}
+        # but Accept offer, available only while an offer is open, and the session controls.
+        always = {uid: e for uid, e in expected.items() if uid not in (ACCEPT, *CONTROLS)}
 
         def all_available(_: Seen) -> bool:
             seen = states(observer, snapshot)
@@ -566,6 +574,8 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
         assert now[panel["session"]] == "off"
         assert now[panel["length"]] == "0.08"
         assert now[panel["ends"]] == "unknown"
+        assert now[panel["remaining"]] == "unknown"
+        assert [now[expected[uid]] for uid in CONTROLS] == ["unavailable"] * 3
         assert now[panel["state"]] == "idle"
         assert now[panel["today"]] == "0.0"
         assert now[panel["week"]] == "0.0"
@@ -606,6 +616,7 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
         await state(observer, "sensor.redlight_active_sessions", "0", since=mark)
         assert plug.on_commands == 1
 
+        await control_a_session(system, panel)
         await accept_an_offer(system, expected)
         assert observer.events("command_rejected") == []
 
@@ -623,6 +634,54 @@ async def test_home_assistant_accepts_discovery_and_runs_a_session(
     assert differences == {}
     # (b) Nothing rejected or mis-read, from discovery to the end of the session.
     assert ha.problems() == [], ha.report()
+
+
+async def control_a_session(system: System, panel: dict[str, str]) -> None:
+    """Issue 14's buttons: on a running session Extend and Pause are available and Resume is
+    not; Extend lengthens it, Pause switches the plug off (State paused, Remaining kept),
+    Resume switches it on again, each pressed in Home Assistant."""
+    observer, plug = system.observer, system.plugs[PANEL]
+    mark = observer.mark()
+    observer.publish(f"redlight/panel/{PANEL}/set", '{"action": "start", "duration": "5m"}')
+    await until(plug, is_on)
+    await state(observer, panel["state"], "running", since=mark)
+    await state(observer, panel["pause"], "unknown", since=mark)  # never pressed: available
+    await state(observer, panel["extend"], "unknown", since=mark)
+    assert states(observer, mark).get(panel["resume"], ["unavailable"])[-1] == "unavailable"
+    await state(observer, panel["remaining"], "5.0", since=mark)
+
+    mark = observer.mark()
+    observer.publish("test/press", panel["extend"])
+    extended = await observer.event("session_extended", since=mark, panel=PANEL, within=30.0)
+    assert (extended["by_s"], extended["duration_s"]) == (120, 420)
+    ends = await observer.wait(f"test/state/{panel['ends']}", since=mark)
+    assert moment(ends.payload.decode()) == moment(extended["ends_at"])
+
+    mark = observer.mark()
+    observer.publish("test/press", panel["pause"])
+    paused = await observer.event("session_paused", since=mark, panel=PANEL, within=30.0)
+    await until(plug, is_off)
+    await state(observer, panel["state"], "paused", since=mark)
+    await state(observer, panel["pause"], "unavailable", since=mark)
+    await state(observer, panel["resume"], "unknown", since=mark)
+    left_min = paused["remaining_s"] / 60
+
+    def kept(message: Seen) -> bool:
+        text = message.payload.decode()
+        return text.replace(".", "", 1).isdigit() and abs(float(text) - left_min) <= 0.02
+
+    await observer.wait(f"test/state/{panel['remaining']}", kept, since=mark)
+
+    mark = observer.mark()
+    observer.publish("test/press", panel["resume"])
+    await observer.event("session_resumed", since=mark, panel=PANEL, within=30.0)
+    await until(plug, is_on)
+    await state(observer, panel["state"], "running", since=mark)
+    observer.publish(f"redlight/panel/{PANEL}/set", "OFF")
+    finished = await observer.event("session_finished", since=mark, panel=PANEL, within=30.0)
+    assert finished["reason"] == "stopped"
+    await until(plug, is_off)
+    await state(observer, panel["resume"], "unavailable", since=mark)
 
 
 async def accept_an_offer(system: System, expected: dict[str, str]) -> None:

@@ -179,6 +179,26 @@ async def test_stop_all_ends_the_routine_and_its_session(hips: Hips) -> None:
     assert hips.plugs["hip_right"].on_commands == 0
 
 
+async def test_a_routine_stopped_while_its_session_is_paused_ends_that_session(
+    hips: Hips,
+) -> None:
+    """STOP while the step's session is paused: the session ends as stopped with the
+    routine, and nothing is resumed or started later."""
+    hips.send("redlight/routine/post_run/set", "START")
+    left = hips.plugs["hip_left"]
+    await left.wait_for(lambda p: p.is_on)
+    paused = hips.event("session_paused")
+    hips.send("redlight/panel/hip_left/set", "PAUSE")
+    await paused
+    await left.wait_for(lambda p: not p.is_on)
+    finished = hips.event("session_finished")
+    hips.send("redlight/routine/post_run/set", "STOP")
+    assert body(await finished)["reason"] == "stopped"
+    await asyncio.sleep(900)
+    assert [p.on_commands for p in hips.plugs.values()] == [1, 0]
+    assert hips.runtime.core.panels["hip_left"].paused is None
+
+
 async def test_a_session_ended_at_the_plug_aborts_the_routine(hips: Hips) -> None:
     """Someone switches the left panel off at its plug: the routine gives up, says why."""
     hips.send("redlight/routine/post_run/set", "START")
