@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from redlight import __version__
-from redlight.cli import _EXAMPLES, build_parser, completion_script, main
+from redlight.cli import _EXAMPLES, _control_line, _paused, build_parser, completion_script, main
+from redlight.config import load_config
 
 COMMANDS = sorted(_EXAMPLES)
 
@@ -115,6 +116,15 @@ TWO_PANELS = (
         ),
         (["off", "hip_left", "--all"], "name panels to switch off, or use --all, not both"),
         (
+            ["extend", "hip_left", "2"],
+            "by: give a unit, e.g. 2m for minutes or 2s for seconds (a bare number is ambiguous)",
+        ),
+        (
+            ["extend", "hip_left", "soon"],
+            "by: expected a duration like '90s', '10m' or '1h30m' (got 'soon')",
+        ),
+        (["pause", "nope"], "there is no panel 'nope' in the config (panels: hip_left, hip_right)"),
+        (
             ["off", "hip_left", "nope"],
             "there is no panel 'nope' in the config (panels: hip_left, hip_right)",
         ),
@@ -130,3 +140,67 @@ def test_ambiguous_commands_are_refused_before_anything_is_sent(
     path.write_text('[mqtt]\nurl = "mqtt://127.0.0.1:9"\n' + TWO_PANELS)
     assert main([*argv, "--config", str(path)]) == 1
     assert capsys.readouterr().err == f"redlight: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("event", "line"),
+    [
+        (
+            {
+                "event_type": "session_extended",
+                "by_s": 120,
+                "duration_s": 720,
+                "ends_at": "2026-11-24T07:42:00+01:00",
+                "failsafe_s": 450,
+            },
+            "extended hip_left by 2m: 12m in all, until 07:42:00; the plug's own timer is "
+            "re-armed for 7m30s",
+        ),
+        (
+            {"event_type": "session_extended", "by_s": 60, "duration_s": 300},
+            "extended hip_left by 1m: 5m in all (paused: the end moves with the resume)",
+        ),
+        (
+            {
+                "event_type": "session_extended",
+                "by_s": 60,
+                "duration_s": 300,
+                "ends_at": "2026-11-24T07:35:00+01:00",
+            },
+            "extended hip_left by 1m: 5m in all, until 07:35:00",  # a plug without a timer
+        ),
+        (
+            {
+                "event_type": "session_resumed",
+                "remaining_s": 360,
+                "ends_at": "2026-11-24T07:50:00+01:00",
+            },
+            "resumed hip_left: 6m left, until 07:50:00",
+        ),
+    ],
+)
+def test_a_control_says_what_the_daemon_did(event: dict[str, object], line: str) -> None:
+    """``extend`` and ``resume`` print the daemon's answer: the length it became, the end, and
+    whether the plug's own timer was re-armed (only while the panel is on, with a timer)."""
+    assert _control_line("hip_left", event) == line
+
+
+def test_a_pause_is_done_once_the_plug_confirmed_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A confirmed pause says what is left and until when to resume; an unconfirmed one names
+    the plug's report topic on stderr and fails."""
+    path = tmp_path / "config.toml"
+    path.write_text(TWO_PANELS)
+    config = load_config(path)
+    event = {"remaining_s": 360, "resume_by": "2026-11-24T07:44:00+01:00"}
+    assert _paused(config, "hip_left", event, confirmed=True) == 0
+    assert capsys.readouterr().out == (
+        "paused hip_left: off, 6m left; 'redlight resume hip_left' before 07:44:00, or it ends\n"
+    )
+    assert _paused(config, "hip_left", event, confirmed=False) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "not confirmed off: hip_left (paused, but redlight waited for a report on "
+    )
+    assert err.endswith("); it keeps sending OFF, check the plug\n")
