@@ -121,7 +121,8 @@ image: podman
 ## test-image: both images under podman against a private mosquitto and simulated plugs
 ## (tests/image; not part of `make test`).
 test-image: venv image
-	REDLIGHT_IMAGE=$(IMAGE) REDLIGHT_APP_IMAGE=$(APP_IMAGE) $(BIN)/python -m pytest -m image tests/image
+	REDLIGHT_IMAGE=$(IMAGE) REDLIGHT_APP_IMAGE=$(APP_IMAGE) $(BIN)/python -m pytest -m image \
+	    --junitxml=build/test-image.xml -o junit_family=xunit1 tests/image
 
 ## test-package: the wheel as PyPI would get it: twine check, a fresh venv, `redlight demo`.
 PACKAGE_VENV := build/package-tools

@@ -134,7 +134,7 @@ async def test_a_session_starts_and_ends_on_time(
     began = time.monotonic()
     await container.run()
     await rig.online(mark)
-    # The figure for the README (shown by `make test-image`, which runs with -rP).
+    # The figure for the README: make test-image writes it to build/test-image.xml.
     record_property("run_to_online_s", round(time.monotonic() - began, 1))
     assert await container.health() == 0, container.logs()
     mark = rig.start(4)
