@@ -149,6 +149,29 @@ async def test_a_session_starts_and_ends_on_time(
     assert (rig.tmp / "data" / "redlight.db").exists()  # the history is in the /data volume
 
 
+async def test_the_container_runs_from_environment_variables_alone(rig: Rig) -> None:
+    """With no config file mounted, REDLIGHT_* variables (panels as JSON) are the whole config."""
+    data = rig.tmp / "data"
+    data.mkdir()
+    os.chown(data, IMAGE_UID, IMAGE_UID)
+    panels = {PANEL: {"name": "Left hip panel", "plug": PLUG}}
+    container = rig.container(
+        IMAGE,
+        volumes=[f"{data}:/data"],
+        env={
+            "REDLIGHT_CONFIG": "/etc/redlight/empty.toml",
+            "REDLIGHT_MQTT__URL": f"mqtt://127.0.0.1:{rig.broker.port}",
+            "REDLIGHT_PANELS": json.dumps(panels),
+        },
+    )
+    mark = rig.observer.mark()
+    await container.run()
+    await rig.online(mark)
+    rig.start(2)
+    await rig.plug_is(True)
+    await rig.plug_is(False)
+
+
 async def test_podman_stop_mid_session_switches_the_panel_off(rig: Rig) -> None:
     """SIGTERM (podman stop) switches the panel off, says offline, and the container exits 0."""
     container = rig.container(IMAGE, volumes=container_volumes(rig))
