@@ -136,4 +136,5 @@ demo: venv
 	$(BIN)/redlight demo
 
 clean:
-	rm -rf $(VENV) $(HA_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
+	rm -rf $(VENV) $(HA_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* \
+	    $(WHEELS) build *.egg-info
