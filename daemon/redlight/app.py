@@ -225,8 +225,10 @@ def fetch_broker(
         f"{supervisor.rstrip('/')}/services/mqtt",
         headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
     )
+    # No proxy, whatever the environment says: the token is for the Supervisor's eyes only.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - as above
+        with opener.open(request, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as error:
         raise AppError(_http_problem(error)) from None
@@ -290,6 +292,17 @@ class Launch:
     env: Mapping[str, str]
 
 
+@dataclass(frozen=True)
+class AppPaths:
+    """Where the App reads and writes; the Supervisor's layout unless a test says otherwise."""
+
+    options: Path = DATA_DIR / "options.json"
+    data_dir: Path = DATA_DIR
+    config_dir: Path = CONFIG_DIR
+    #: The parent of the private credential directory; ``None``: the system's temp dir.
+    credentials_dir: Path | None = None
+
+
 def prepare(
     options: Options,
     broker: Broker,
@@ -325,17 +338,6 @@ def prepare(
         )
     argv = (sys.executable, "-m", "redlight", "run", "--config", str(config))
     return Launch(argv=(*argv, "--log-level", options.log_level), env=env)
-
-
-@dataclass(frozen=True)
-class AppPaths:
-    """Where the App reads and writes; the Supervisor's layout unless a test says otherwise."""
-
-    options: Path = DATA_DIR / "options.json"
-    data_dir: Path = DATA_DIR
-    config_dir: Path = CONFIG_DIR
-    #: The parent of the private credential directory; ``None``: the system's temp dir.
-    credentials_dir: Path | None = None
 
 
 def _broker_env(broker: Broker) -> dict[str, str]:

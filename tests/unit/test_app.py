@@ -314,3 +314,16 @@ def test_no_panels_anywhere_is_a_config_error(paths: AppPaths) -> None:
 def test_the_broker_repr_hides_the_password() -> None:
     """A Broker printed by accident (a debugger, a log) does not show the password."""
     assert "pw" not in repr(Broker(host="h", port=1, username="u", password="pw"))  # noqa: S106 - a test value
+
+
+def test_the_token_never_goes_through_a_proxy(
+    attempt: Attempt, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy in the environment is not used: the Supervisor's token goes to it alone."""
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens: a proxy would fail
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    code, err = attempt()
+    assert (code, err.count("\n")) == (0, 1)  # the one line saying which broker it uses
+    assert attempt.supervisor.authorizations == [f"Bearer {TOKEN}"]
