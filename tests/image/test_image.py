@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
+import shlex
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ import pytest
 import yaml
 
 from redlight.simplug import SimulatedPlug
-from tests.image.podman import APP_IMAGE, IMAGE, Container, missing_image
+from tests.image.podman import APP_IMAGE, IMAGE, ULIMITS, Container, missing_image, podman
 from tests.integration.harness import Observer, start_plug
 from tests.mosquitto import MosquittoBroker, mosquitto_binary
 from tests.supervisor import TOKEN, stub_supervisor
@@ -170,6 +172,55 @@ async def test_the_container_runs_from_environment_variables_alone(rig: Rig) -> 
     rig.start(2)
     await rig.plug_is(True)
     await rig.plug_is(False)
+
+
+def readme_container_line(start: str) -> list[str]:
+    """The README's Container line starting with ``start``, split as the shell would."""
+    lines = [line for line in readme_container_lines() if line.startswith(start)]
+    assert len(lines) == 1, start
+    return shlex.split(lines[0])
+
+
+def readme_container_lines() -> list[str]:
+    """The command lines of every ``sh`` block in the README's Container section."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Home Assistant Container") :]
+    section = section[: section.index("\n### ")]
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    lines = [line.split(" #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line]
+
+
+async def test_the_readmes_container_lines_run_under_podman(rig: Rig) -> None:
+    """`docker run ... print-example` and the env-only `docker run -d` work as written.
+
+    podman stands in for docker (with this machine's runtime flags); the broker's port is the
+    test's own, never 1883; the named volume is a directory the image's user owns.
+    """
+    argv = readme_container_line("docker run --rm localhost/redlight")
+    redirect = argv.index(">")  # the shell's `> config.toml`: the test reads stdout instead
+    assert argv[redirect - 1] == "tasmota"
+    printed = podman(argv[1], *ULIMITS, *argv[2:redirect])
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == (ROOT / "config" / "examples" / "tasmota.toml").read_text()
+
+    argv = readme_container_line("docker run -d --name redlight")
+    data = rig.tmp / "data"
+    data.mkdir()
+    os.chown(data, IMAGE_UID, IMAGE_UID)
+    container = rig.container(IMAGE)
+    words = [
+        word.replace("mqtt://127.0.0.1:1883", f"mqtt://127.0.0.1:{rig.broker.port}").replace(
+            "redlight-data:/data", f"{data}:/data"
+        )
+        for word in argv[2:]
+    ]
+    words[words.index("--name") + 1] = container.name
+    mark = rig.observer.mark()
+    started = await asyncio.to_thread(podman, "run", *ULIMITS, *words)
+    assert started.returncode == 0, started.stderr
+    await rig.online(mark)
+    assert await container.stop() == 0
 
 
 async def test_podman_stop_mid_session_switches_the_panel_off(rig: Rig) -> None:
