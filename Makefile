@@ -112,11 +112,14 @@ image: podman
 	# The image's Python is bookworm's 3.11: its binary wheels, whatever this machine runs.
 	$(PYTHON) -m pip download --quiet --only-binary=:all: --python-version 3.11 \
 	    --implementation cp --platform manylinux2014_$$(uname -m) -d $(WHEELS) $(WHEELS)/redlight-*.whl
-	# Docker format: OCI images have no HEALTHCHECK (podman drops it with a warning).
+	# Docker format: OCI images have no HEALTHCHECK (podman drops it with a warning). The
+	# images these replace are removed (only those: a prune would take other projects' too).
+	old="$$($(PODMAN) images -q $(IMAGE)) $$($(PODMAN) images -q $(APP_IMAGE))"; \
 	$(PODMAN) build $(ULIMITS) --format docker --network none --build-arg BUILD_FROM=$(BASE_IMAGE) \
-	    --build-arg BUILD_VERSION=$(IMAGE_VERSION) --target container -t $(IMAGE) redlight-app
-	$(PODMAN) build $(ULIMITS) --format docker --network none --build-arg BUILD_FROM=$(BASE_IMAGE) \
-	    --build-arg BUILD_VERSION=$(IMAGE_VERSION) --target app -t $(APP_IMAGE) redlight-app
+	    --build-arg BUILD_VERSION=$(IMAGE_VERSION) --target container -t $(IMAGE) redlight-app \
+	&& $(PODMAN) build $(ULIMITS) --format docker --network none --build-arg BUILD_FROM=$(BASE_IMAGE) \
+	    --build-arg BUILD_VERSION=$(IMAGE_VERSION) --target app -t $(APP_IMAGE) redlight-app \
+	&& for id in $$old; do $(PODMAN) rmi $$id >/dev/null 2>&1 || true; done
 
 ## test-image: both images under podman against a private mosquitto and simulated plugs
 ## (tests/image; not part of `make test`).
