@@ -52,6 +52,7 @@ TOPIC_KEYS: Final[Mapping[str, str]] = {
 SWITCH_PRESETS: Final = frozenset({"shelly_gen2", "esphome"})
 _PANEL_KEYS: Final = frozenset({"id", "name", "area", "preset", "topic", "switch", "minutes"})
 _ID: Final = re.compile(r"[a-z0-9_]{1,64}")
+_TOKENS: Final = frozenset({"SUPERVISOR_TOKEN", "HASSIO_TOKEN"})
 
 
 class AppError(Exception):
@@ -329,7 +330,8 @@ def prepare(
             f"or write {user_config} (see the App's documentation)",
             EXIT_CONFIG,
         )
-    env = {key: value for key, value in environ.items() if key != "SUPERVISOR_TOKEN"}
+    # The daemon never talks to the Supervisor: its token (and the old name) stays here.
+    env = {key: value for key, value in environ.items() if key not in _TOKENS}
     env.update(_broker_env(broker))
     env["REDLIGHT_STORAGE__PATH"] = str(paths.data_dir / "redlight.db")
     if broker.password is not None:

@@ -138,7 +138,7 @@ def test_default_options_launch_the_daemon_with_the_supervisors_broker(
     assert launch.env["REDLIGHT_MQTT__USERNAME"] == "addons"
     assert launch.env["REDLIGHT_MQTT__PROTOCOL"] == "3.1.1"
     assert launch.env["REDLIGHT_STORAGE__PATH"] == str(paths.data_dir / "redlight.db")
-    assert "SUPERVISOR_TOKEN" not in launch.env
+    assert "SUPERVISOR_TOKEN" not in launch.env  # the daemon has no use for it
     # The password is only in the credential file: not in argv, the environment or the log.
     password = MOSQUITTO_APP["password"]
     assert not any(password in part for part in launch.argv)
