@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.broker import BrokerError
-from bench.clients import BenchError
-from bench.constrained import (
+from .broker import BrokerError
+from .clients import BenchError
+from .constrained import (
     quarter_core_figures,
     quarter_core_rows,
     run_quarter_core,
@@ -25,13 +25,13 @@ from bench.constrained import (
     slow_disk_figures,
     slow_disk_rows,
 )
-from bench.cpuquota import unavailable
-from bench.daemon import source
-from bench.probe import probe_report, run_probe
-from bench.profile import summarise
-from bench.report import figures, flood_report, json_line, table
-from bench.scenarios import FULL, QUICK, Plan, progress, run, run_flood
-from bench.startupmsgs import (
+from .cpuquota import unavailable
+from .daemon import source
+from .probe import probe_report, run_probe
+from .profile import summarise
+from .report import figures, flood_report, json_line, table
+from .scenarios import FULL, QUICK, Plan, progress, run, run_flood
+from .startupmsgs import (
     run_startup_messages,
     startup_messages_figures,
     startup_messages_report,

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from bench import procfs
+from . import procfs
 
 #: The machine's shared broker: never used here.
 SHARED_PORT: Final = 1883

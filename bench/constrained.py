@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from bench.clients import BenchError
-from bench.cpuquota import CpuQuota
-from bench.report import percentile
-from bench.scenarios import WAIT_S, Rig, WaveResult, cutoff_wave, progress, rig, wait_quiet
-from bench.slowdisk import build_shim, fsync_ms, pad_wal, shim_env
+from .clients import BenchError
+from .cpuquota import CpuQuota
+from .report import percentile
+from .scenarios import WAIT_S, Rig, WaveResult, cutoff_wave, progress, rig, wait_quiet
+from .slowdisk import build_shim, fsync_ms, pad_wal, shim_env
 
 REPEATS: Final = 3
 #: The issue's slow SD card: every sync of the daemon takes this much longer.

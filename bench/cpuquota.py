@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from bench.clients import BenchError
+from .clients import BenchError
 
 #: Where this machine mounts the v1 ``cpu`` controller.
 CPU_ROOT: Final = Path("/sys/fs/cgroup/cpu")

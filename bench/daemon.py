@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from bench import procfs
-from bench.clients import plug_command_topic, plug_state_topic
+from . import procfs
+from .clients import plug_command_topic, plug_state_topic
 
 STOP_TIMEOUT_S: Final = 15.0
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Final
 
-from bench import procfs
-from bench.clients import BenchError
+from . import procfs
+from .clients import BenchError
 
 SESSION_S: Final = 5
 #: Messages a second, all flooders together, and over how long (from 1 s into the session).

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from bench.report import percentile
-from bench.scenarios import cutoff_wave, progress, rig
+from .report import percentile
+from .scenarios import cutoff_wave, progress, rig
 
 SESSIONS: Final = 10
 SESSION_S: Final = 5

@@ -8,8 +8,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from bench.flood import FLOOD_RATE, FloodResult
-from bench.scenarios import Latencies, Results, Startup
+from .flood import FLOOD_RATE, FloodResult
+from .scenarios import Latencies, Results, Startup
 
 #: The issue's goals: figure, the most it may be.
 GOALS: Final = (

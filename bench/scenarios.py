@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from bench import procfs
-from bench.broker import Mosquitto
-from bench.clients import FLOOR_CMD, BenchError, Observer, PanelView, Record, Responder, Wave
-from bench.daemon import Daemon, config_text, panel_ids, source
-from bench.flood import (
+from . import procfs
+from .broker import Mosquitto
+from .clients import FLOOR_CMD, BenchError, Observer, PanelView, Record, Responder, Wave
+from .daemon import Daemon, config_text, panel_ids, source
+from .flood import (
     BIRTH_WATCH_S,
     BIRTHS,
     FLOOD_RATE,
@@ -36,8 +36,8 @@ from bench.flood import (
     births,
     flood,
 )
-from bench.flood import body as flood_body
-from bench.profile import Recording, py_spy
+from .flood import body as flood_body
+from .profile import Recording, py_spy
 
 #: Pause before each measured operation: commands and reports come now and then, so each one
 #: meets a quiet connection, as the floor's do. Longer than Linux's delayed ACK (40 ms): with

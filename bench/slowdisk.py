@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from bench.clients import BenchError
+from .clients import BenchError
 
 SHIM_SOURCE: Final = Path(__file__).with_name("slowsync.c")
 #: The shim's setting: milliseconds each sync is delayed.

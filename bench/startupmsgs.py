@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from bench.clients import PLUG_PREFIX
-from bench.scenarios import progress, rig
+from .clients import PLUG_PREFIX
+from .scenarios import progress, rig
 
 PANELS: Final = 1000
 PROTOCOLS: Final = ("3.1.1", "5")

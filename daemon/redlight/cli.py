@@ -80,6 +80,8 @@ _EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     "schedules": ("redlight schedules",),
     "demo": ("redlight demo",),
     "completion": ("redlight completion bash > /etc/bash_completion.d/redlight",),
+    "print-unit": ("redlight print-unit | sudo tee /etc/systemd/system/redlight.service",),
+    "print-example": ("redlight print-example tasmota | sudo tee /etc/redlight/config.toml",),
 }
 
 #: Exit codes, documented in ``redlight --help`` and the README.
@@ -189,6 +191,10 @@ def _add_report_commands(commands: _Commands) -> None:
     )
     completion = commands.add("completion", "print a shell completion script", config=False)
     completion.add_argument("shell", choices=["bash", "zsh"])
+    # The shipped files, so that an installed package needs no checkout (redlight.shipped).
+    commands.add("print-unit", "print the systemd unit redlight ships", config=False)
+    example = commands.add("print-example", "print a shipped example config", config=False)
+    example.add_argument("name", nargs="?", help="which one (without it: list them)")
 
 
 def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
@@ -255,6 +261,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "completion":
         print(completion_script(build_parser(), args.shell), end="")
         return EXIT_OK
+    if args.command in ("print-unit", "print-example"):
+        return _print_shipped(args)
     config = load_config(args.config)
     if args.command == "run":
         from redlight.daemon import run_daemon
@@ -267,6 +275,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     _quiet_logging()
     return _client_command(config, args)
+
+
+def _print_shipped(args: argparse.Namespace) -> int:
+    """``print-unit`` and ``print-example``: a file shipped in the package, or the names."""
+    from redlight import shipped
+
+    if args.command == "print-unit":
+        print(shipped.unit_file().read_text(encoding="utf-8"), end="")
+    elif args.name is None:
+        print("\n".join(shipped.example_names()))
+    else:
+        try:
+            print(shipped.example_file(args.name).read_text(encoding="utf-8"), end="")
+        except ValueError as error:
+            raise UserError(str(error)) from None
+    return EXIT_OK
 
 
 def _client_command(config: Config, args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+"""The container images under podman (``make test-image``; not part of ``make test``)."""
