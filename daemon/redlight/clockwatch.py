@@ -42,12 +42,16 @@ class DayRead:
     earlier: WeekRows = field(default_factory=dict)
 
 
+def earlier_sessions(history: History, day: date) -> WeekRows:
+    """The sessions of ``day``'s week before it, by local date (ISO): what ``week_s`` adds."""
+    return {d.isoformat(): history.day_sessions(d) for d in earlier_days(day)}
+
+
 def read_day(path: Path, day: date) -> DayRead:
     """Every panel's sessions of ``day`` and of its week's earlier days from the history
     (blocking: run it on a thread)."""
     with History.open(path) as history:
-        earlier = {d.isoformat(): history.day_sessions(d) for d in earlier_days(day)}
-        return DayRead(day, history.day_sessions(day), earlier)
+        return DayRead(day, history.day_sessions(day), earlier_sessions(history, day))
 
 
 class ClockWatch:

@@ -29,7 +29,7 @@ from redlight.broker import (
     Message,
     Received,
 )
-from redlight.clockwatch import CLOCK_CHECK_S, ClockWatch, DayRead
+from redlight.clockwatch import CLOCK_CHECK_S, ClockWatch, DayRead, earlier_sessions
 from redlight.config import Config
 from redlight.controller import Controller
 from redlight.core import (
@@ -41,7 +41,6 @@ from redlight.core import (
     Resubscribe,
     ScheduleChanged,
 )
-from redlight.days import earlier_days
 from redlight.hass import HassBridge
 from redlight.inbox import Inbox
 from redlight.messages import Event, event_messages, status_message
@@ -161,7 +160,7 @@ def _restore(history: History, config: Config, wall: datetime) -> tuple[Restored
         exposure=exposure,
         day=day.isoformat(),
         day_sessions=day_sessions,
-        week_sessions={d.isoformat(): history.day_sessions(d) for d in earlier_days(day)},
+        week_sessions=earlier_sessions(history, day),
     )
     return restored, interrupted
 
