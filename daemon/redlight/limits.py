@@ -72,14 +72,11 @@ def admit(limits: Limits, panel: Panel, request: cmd.Start, at: Moment) -> float
     return _budget(limits, panel, duration_s, at, rid) or duration_s
 
 
-def _reachable(  # noqa: PLR0911 - one refusal per check, in the order a user meets them
-    panel: Panel, at: Moment, rid: str | None
-) -> cmd.Rejection | None:
+def _reachable(panel: Panel, at: Moment, rid: str | None) -> cmd.Rejection | None:
     """Why redlight cannot switch the panel on now: the broker, the plug, a session."""
-    if not at.connected:
-        return cmd.Rejection("disconnected", "redlight is not connected to the broker", rid)
-    if at.stopping:
-        return cmd.Rejection("shutting_down", "redlight is shutting down", rid)
+    refusal = _broker(at, rid)
+    if refusal is not None:
+        return refusal
     if not panel.online:
         return cmd.Rejection("plug_offline", f"the plug of {panel.name} is offline", rid)
     if panel.unresponsive:
@@ -102,6 +99,15 @@ def _reachable(  # noqa: PLR0911 - one refusal per check, in the order a user me
         external = panel.session.source == "external"
         what = "is switched on outside redlight" if external else "already has a session"
         return cmd.Rejection("already_running", f"{panel.name} {what}; stop it first", rid)
+    return None
+
+
+def _broker(at: Moment, rid: str | None) -> cmd.Rejection | None:
+    """Why no command can reach a plug now: no broker, or redlight is shutting down."""
+    if not at.connected:
+        return cmd.Rejection("disconnected", "redlight is not connected to the broker", rid)
+    if at.stopping:
+        return cmd.Rejection("shutting_down", "redlight is shutting down", rid)
     return None
 
 
@@ -148,10 +154,9 @@ def admit_extension(  # noqa: PLR0913 - what a start is judged on, and the sessi
 ) -> cmd.Rejection | None:
     """Why ``session`` (running or paused) may not be ``by_s`` longer: the broker, the
     ceiling on its on-time in all, the exposure its stretch of light continues, the day."""
-    if not at.connected:
-        return cmd.Rejection("disconnected", "redlight is not connected to the broker", rid)
-    if at.stopping:
-        return cmd.Rejection("shutting_down", "redlight is shutting down", rid)
+    refusal = _broker(at, rid)
+    if refusal is not None:
+        return refusal
     longest = limits.max_on_s
     if session.duration_s + by_s > longest:
         left = max(0.0, longest - session.duration_s)
