@@ -654,18 +654,8 @@ async def _start(config: Config, args: argparse.Namespace) -> int:
         raise UserError("name a panel to start, e.g. 'redlight start hip_left'")
     _known_panel(config, args.panel)
     body = _start_command(args)
-    request_id = body["request_id"]
     async with Link(config, "cli") as link:
-        await _daemon_online(link)
-        event_topic = link.topics.panel_event(args.panel)
-        await link.subscribe([event_topic])
-        await link.messages(quiet_s=0.2)  # let the subscription settle
-        link.publish(link.topics.panel_set(args.panel), dumps(body))
-        answer = await link.wait_for(
-            lambda m: m.topic == event_topic and _json(m.payload).get("request_id") == request_id,
-            ANSWER_TIMEOUT_S,
-        )
-        event = _answer(answer)
+        event = _answer(await _ask(link, args.panel, body))
         if event is None:
             return EXIT_FAILED
         duration = event.get("duration_s", 0)
@@ -915,12 +905,14 @@ async def _control(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _ask(link: Link, panel: str, body: dict[str, Any], *, also: str) -> Received | None:
+async def _ask(
+    link: Link, panel: str, body: dict[str, Any], *, also: str | None = None
+) -> Received | None:
     """Publish ``body`` to ``panel`` and wait for the event that answers its request id
-    (listening on ``also`` too, from before it went out)."""
+    (listening on ``also`` too, from before it went out): a start's and a control's answer."""
     await _daemon_online(link)
     event_topic = link.topics.panel_event(panel)
-    await link.subscribe([event_topic, also])
+    await link.subscribe([event_topic] if also is None else [event_topic, also])
     await link.messages(quiet_s=0.2)  # let the subscriptions settle
     link.publish(link.topics.panel_set(panel), dumps(body))
     rid = body["request_id"]
